@@ -1,0 +1,126 @@
+"""The ``vigil`` console script. Subcommands load lazily, so ``vigil work`` never imports TensorFlow
+and ``common`` imports no other package at import time."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from common.errors import VigilError
+from common.log import setup_logging
+from common.settings import load_settings
+
+# name -> (module, attribute, one-line help). The module is imported only when the command runs.
+SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
+    "model": ("model.cli", "model", "Train, prune, quantize, evaluate and bundle models (needs the [train] extra)."),
+    "produce": ("producers.cli", "produce", "Push frames from files or cameras into Redis streams."),
+    "work": ("workers.cli", "work", "Run the supervised worker pool that classifies frames."),
+    "results": ("workers.results_cli", "results", "Tail, export and summarise classification results."),
+    "status": ("workers.status", "status", "Show streams, lag, pending, consumers and camera states."),
+    "bench": ("workers.bench", "bench", "Benchmarks that print side-by-side ratios."),
+    "demo": ("workers.demo", "demo", "Run the whole pipeline on a conveyor video of real test images."),
+    "broker": ("common.broker", "broker_command", "Run the embedded Redis-protocol broker in the foreground."),
+}
+
+RET_OK = 0
+RET_ERROR = 1
+RET_USAGE = 2
+RET_INTERRUPTED = 130
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*SUBCOMMANDS, *super().list_commands(ctx)])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in SUBCOMMANDS:
+            return super().get_command(ctx, cmd_name)
+        module_name, attr, _ = SUBCOMMANDS[cmd_name]
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            return _unavailable(cmd_name, exc)
+        command: click.Command = getattr(module, attr)
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # Help must not import every subcommand (TensorFlow would load for `vigil --help`).
+        rows = [(name, SUBCOMMANDS[name][2]) for name in sorted(SUBCOMMANDS)]
+        rows += [(n, c.get_short_help_str()) for n, c in sorted(self.commands.items())]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+def _unavailable(name: str, exc: ModuleNotFoundError) -> click.Command:
+    @click.command(name=name, context_settings={"ignore_unknown_options": True})
+    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+    def missing(args: tuple[str, ...]) -> None:
+        hint = " Install the training extra: pip install 'vigil[train]'." if exc.name in (
+            "tensorflow", "tf_keras", "tensorflow_model_optimization", "matplotlib") else ""
+        raise click.ClickException(f"`vigil {name}` is unavailable: module {exc.name!r} is missing.{hint}")
+
+    return missing
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
+              help="Settings file (.toml or .yaml). Also VIGIL_CONFIG.")
+@click.option("--redis-url", default=None, help="Broker URL. Unset: an embedded server is started. Also REDIS_URL.")
+@click.option("--log-level", default=None, type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
+@click.option("--log-json", is_flag=True, default=None, help="One JSON object per log line.")
+@click.pass_context
+def cli(ctx: click.Context, config_file: Path | None, redis_url: str | None, log_level: str | None,
+        log_json: bool | None) -> None:
+    """Vigil: streaming video classification on Redis streams.
+
+    \b
+    Frames flow producer -> Redis stream -> worker pool -> results stream:
+      vigil demo                      the whole pipeline on a conveyor video (no setup)
+      vigil produce file VIDEO        push a video file's frames (lossless, resumable)
+      vigil work                      classify frames with the bundle's INT8 model
+      vigil results tail              follow labels as they are published
+      vigil model evaluate --json     accuracy, size and speed of the shipped bundle
+
+    Settings come from VIGIL_* env vars, then --config FILE, then flags. `vigil config` prints them.
+    """
+    import os
+
+    url = redis_url or os.environ.get("REDIS_URL") or None
+    settings = load_settings(config_file, redis_url=url, log_level=log_level, log_json=log_json)
+    setup_logging(settings.log_level, settings.log_json)
+    ctx.obj = settings
+
+
+@cli.command("config")
+@click.pass_obj
+def config_cmd(settings: Any) -> None:
+    """Print the effective settings as JSON (env + file + flags resolved)."""
+    click.echo(json.dumps(settings.model_dump(mode="json"), indent=2))
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cli.main(args=argv, prog_name="vigil", standalone_mode=False)
+    except VigilError as exc:
+        click.secho(f"error: {exc}", fg="red", err=True)
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.Abort:
+        click.echo("interrupted", err=True)
+        return RET_INTERRUPTED
+    except KeyboardInterrupt:
+        return RET_INTERRUPTED
+    return RET_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""LiteRT classifier over a bundle: numpy and ``ai_edge_litert`` only, never TensorFlow.
+
+One interpreter is prepared per batch size (``resize_tensor_input`` + ``allocate_tensors`` re-initialises
+XNNPACK, which is slow), and softmax runs in numpy because XNNPACK has no int8 SOFTMAX kernel.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.bundle import Bundle
+from common.errors import BundleError
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    out: np.ndarray = e / e.sum(axis=-1, keepdims=True)
+    return out
+
+
+def make_interpreter(model_path: Path, num_threads: int) -> Any:
+    from ai_edge_litert.interpreter import Interpreter
+
+    try:
+        return Interpreter(model_path=str(model_path), num_threads=num_threads)
+    except (ValueError, RuntimeError) as exc:
+        raise BundleError(f"{model_path} is not a loadable LiteRT model: {exc}") from exc
+
+
+class Classifier:
+    """Batch in (N, H, W, C) raw pixels of the bundle's input dtype, probabilities (N, classes) out."""
+
+    def __init__(self, model_path: Path, num_threads: int = 1, outputs_logits: bool = True) -> None:
+        self.model_path = Path(model_path)
+        self.outputs_logits = outputs_logits
+        self.num_threads = num_threads
+        self._by_batch: dict[int, Any] = {}
+        probe = make_interpreter(self.model_path, num_threads)
+        self._in = probe.get_input_details()[0]
+        self._out = probe.get_output_details()[0]
+        self.input_shape = tuple(int(d) for d in self._in["shape"][1:])
+        self.input_dtype = np.dtype(self._in["dtype"])
+        self._out_scale, self._out_zero = self._out["quantization"]
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle, num_threads: int = 1) -> Classifier:
+        clf = cls(bundle.tflite_path, num_threads, outputs_logits=bundle.spec.outputs == "logits")
+        if clf.input_shape != bundle.spec.input.shape:
+            raise BundleError(
+                f"bundle {bundle.root}: model input {clf.input_shape} does not match spec {bundle.spec.input.shape}."
+            )
+        return clf
+
+    def _interpreter(self, batch: int) -> Any:
+        interp = self._by_batch.get(batch)
+        if interp is None:
+            interp = make_interpreter(self.model_path, self.num_threads)
+            interp.resize_tensor_input(self._in["index"], [batch, *self.input_shape])
+            interp.allocate_tensors()
+            self._by_batch[batch] = interp
+        return interp
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        if batch.ndim != 4 or tuple(batch.shape[1:]) != self.input_shape:
+            raise ValueError(f"expected a batch of shape (N, {self.input_shape}), got {batch.shape}")
+        interp = self._interpreter(batch.shape[0])
+        interp.set_tensor(self._in["index"], np.ascontiguousarray(batch, dtype=self.input_dtype))
+        interp.invoke()
+        raw = interp.get_tensor(self._out["index"])
+        if self._out_scale:
+            return (raw.astype(np.float32) - self._out_zero) * self._out_scale
+        return np.asarray(raw, dtype=np.float32)
+
+    def predict_proba(self, batch: np.ndarray) -> np.ndarray:
+        out = self.logits(batch)
+        return softmax(out) if self.outputs_logits else out

@@ -1,0 +1,77 @@
+"""Typed settings, validated once: env vars with the ``VIGIL_`` prefix, an optional TOML/YAML/env file,
+then CLI flags on top (the CLI passes them as keyword overrides)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from common.errors import ConfigError
+
+CONFIG_FILE_ENV = "VIGIL_CONFIG"
+DEFAULT_BUNDLE = Path(__file__).resolve().parent.parent / "bundles" / "fashion-mnist"
+
+
+class Settings(BaseSettings):
+    """Everything a producer, worker or the CLI needs to agree on."""
+
+    model_config = SettingsConfigDict(env_prefix="VIGIL_", extra="forbid", validate_default=True)
+
+    redis_url: str | None = Field(
+        default=None,
+        description="Broker URL (redis://, rediss://, unix://). Unset: start the embedded server.",
+    )
+    namespace: str = Field(default="vigil", pattern=r"^[A-Za-z0-9_.-]+$", description="Key prefix.")
+    bundle: Path = Field(default=DEFAULT_BUNDLE, description="Model bundle directory.")
+    log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+    log_json: bool = False
+
+    # Workers
+    workers: int = Field(default=max(1, os.cpu_count() or 1), ge=1, le=256)
+    threads_per_worker: int = Field(default=1, ge=1, le=64)
+    max_batch: int = Field(default=32, ge=1, le=1024)
+    max_wait_ms: int = Field(default=20, ge=0, le=10_000)
+    per_source_cap: int = Field(default=32, ge=1, le=1024)
+    claim_idle_ms: int = Field(default=30_000, ge=100)
+    max_deliveries: int = Field(default=3, ge=1, le=100)
+
+    # Producers
+    high_water: int = Field(default=2_000, ge=1, description="Pause a file producer above this group lag.")
+    live_maxlen: int = Field(default=64, ge=1, description="Stream cap for live sources.")
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build settings from env, an optional file (``--config`` or ``VIGIL_CONFIG``) and CLI overrides."""
+    path = config_file or (Path(os.environ[CONFIG_FILE_ENV]) if os.environ.get(CONFIG_FILE_ENV) else None)
+    file_values = _read_config_file(path) if path else {}
+    values = {**file_values, **{k: v for k, v in overrides.items() if v is not None}}
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid settings: {problems}. Check VIGIL_* env vars, the config file and flags.") from exc
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist. Pass an existing file or unset {CONFIG_FILE_ENV}.")
+    text = path.read_text()
+    if path.suffix == ".toml":
+        import tomllib
+
+        data: Any = tomllib.loads(text)
+    elif path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        data = yaml.safe_load(text) or {}
+    else:
+        raise ConfigError(f"config file {path}: unsupported type {path.suffix!r}; use .toml or .yaml.")
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a table of settings, got {type(data).__name__}.")
+    return data.get("vigil", data)

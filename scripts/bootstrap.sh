@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Set up a fresh machine for Vigil: system packages (Debian), a virtualenv in .venv, the package itself.
+# Usage: scripts/bootstrap.sh [serve|full]   serve = demo/serving deps; full = + TensorFlow, tests, tools.
+# Idempotent: re-running only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+profile=${1:-full}
+
+need_apt=()
+[ -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ] || need_apt+=(dataset-fashion-mnist)
+command -v ffmpeg >/dev/null 2>&1 || need_apt+=(ffmpeg)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if command -v apt-get >/dev/null 2>&1; then
+    sudo_cmd=""; [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+    echo "bootstrap: installing Debian packages: ${need_apt[*]}" >&2
+    $sudo_cmd apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  else
+    echo "bootstrap: please install ${need_apt[*]} (Debian/Ubuntu package names) and re-run." >&2
+    exit 1
+  fi
+fi
+
+py=${PYTHON:-python3.11}
+command -v "$py" >/dev/null 2>&1 || py=python3
+if [ ! -x .venv/bin/python ]; then
+  echo "bootstrap: creating .venv with $($py --version)" >&2
+  "$py" -m venv .venv
+fi
+extras="dev"
+[ "$profile" = "full" ] && extras="train,dev"
+stamp=".venv/.vigil-$profile-$(sha256sum pyproject.toml | cut -c1-12)"
+if [ ! -f "$stamp" ]; then
+  echo "bootstrap: installing vigil[$extras] into .venv (first run downloads TensorFlow: a few minutes)" >&2
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e ".[$extras]"
+  touch "$stamp"
+fi
