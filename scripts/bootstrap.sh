@@ -27,12 +27,13 @@ if [ ! -x .venv/bin/python ]; then
   echo "bootstrap: creating .venv with $($py --version)" >&2
   "$py" -m venv .venv
 fi
-extras="dev"
-[ "$profile" = "full" ] && extras="train,dev"
-stamp=".venv/.vigil-$profile-$(sha256sum pyproject.toml | cut -c1-12)"
-if [ ! -f "$stamp" ]; then
-  echo "bootstrap: installing vigil[$extras] into .venv (first run downloads TensorFlow: a few minutes)" >&2
+extras=""
+[ "$profile" = "full" ] && extras="[train,dev]"
+hash=$(sha256sum pyproject.toml | cut -c1-12)
+stamp=".venv/.vigil-$profile-$hash"
+if [ ! -f "$stamp" ] && [ ! -f ".venv/.vigil-full-$hash" ]; then
+  echo "bootstrap: installing vigil$extras into .venv (first run downloads TensorFlow: a few minutes)" >&2
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[$extras]"
+  .venv/bin/python -m pip install -q -e ".$extras"
   touch "$stamp"
 fi
