@@ -38,6 +38,7 @@ class Settings(BaseSettings):
     per_source_cap: int = Field(default=32, ge=1, le=1024)
     claim_idle_ms: int = Field(default=30_000, ge=100)
     max_deliveries: int = Field(default=3, ge=1, le=100)
+    block_ms: int = Field(default=1_000, ge=1, le=2_000, description="XREADGROUP BLOCK; below the socket timeout.")
 
     # Producers
     high_water: int = Field(default=2_000, ge=1, description="Pause a file producer above this group lag.")

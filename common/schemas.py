@@ -1,0 +1,168 @@
+"""The wire format, owned here and nowhere else.
+
+A frame is one stream entry with a single field ``f``: a msgpack map with a schema version, size limits
+checked on both ends, and raw or JPEG pixels. A result is a flat map of strings so that ``redis-cli XRANGE``
+and non-Python subscribers can read it (documented in docs/results-schema.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import msgpack
+import numpy as np
+
+from common.errors import DecodeError
+
+FRAME_VERSION = 1
+RESULT_VERSION = "1"
+FRAME_FIELD = b"f"
+MAX_FRAME_BYTES = 8 * 1024 * 1024
+MAX_SIDE = 8192
+MAX_SOURCE_LEN = 128
+
+Encoding = Literal["raw", "jpeg"]
+
+
+@dataclass(frozen=True)
+class Frame:
+    source: str
+    seq: int
+    captured_at: float  # media time in seconds for files, wall clock for live sources
+    produced_at: float
+    shape: tuple[int, int, int] = (0, 0, 0)
+    dtype: str = "uint8"
+    encoding: Encoding = "raw"
+    data: bytes = b""
+    eos: bool = False
+
+    @property
+    def frame_id(self) -> str:
+        return f"{self.source}:{self.seq}"
+
+    @classmethod
+    def from_pixels(cls, source: str, seq: int, pixels: np.ndarray, captured_at: float, produced_at: float,
+                    encoding: Encoding = "raw", jpeg_quality: int = 95) -> Frame:
+        if pixels.ndim == 2:
+            pixels = pixels[:, :, None]
+        shape = (int(pixels.shape[0]), int(pixels.shape[1]), int(pixels.shape[2]))
+        if encoding == "jpeg":
+            import cv2
+
+            ok, buf = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
+            if not ok:
+                raise DecodeError(f"frame {source}:{seq}: JPEG encoding failed")
+            data = buf.tobytes()
+        else:
+            data = np.ascontiguousarray(pixels).tobytes()
+        return cls(source, seq, captured_at, produced_at, shape, str(pixels.dtype), encoding, data)
+
+    @classmethod
+    def end_of_stream(cls, source: str, seq: int, produced_at: float) -> Frame:
+        return cls(source, seq, 0.0, produced_at, eos=True)
+
+    def encode(self) -> bytes:
+        if len(self.data) > MAX_FRAME_BYTES:
+            raise DecodeError(f"frame {self.frame_id}: {len(self.data)} bytes exceeds {MAX_FRAME_BYTES}")
+        payload = asdict(self)
+        payload["v"] = FRAME_VERSION
+        out: bytes = msgpack.packb(payload, use_bin_type=True)
+        return out
+
+    @classmethod
+    def decode(cls, raw: bytes | None) -> Frame:
+        if not raw:
+            raise DecodeError("empty entry (trimmed or written without the frame field)")
+        if len(raw) > MAX_FRAME_BYTES + 4096:
+            raise DecodeError(f"entry of {len(raw)} bytes exceeds the frame size limit")
+        try:
+            obj = msgpack.unpackb(raw, raw=False)
+        except (msgpack.UnpackException, ValueError, TypeError) as exc:
+            raise DecodeError(f"not msgpack: {exc}") from exc
+        if not isinstance(obj, dict) or obj.pop("v", None) != FRAME_VERSION:
+            raise DecodeError(f"not a version {FRAME_VERSION} frame")
+        try:
+            obj["shape"] = tuple(int(s) for s in obj["shape"])
+            frame = cls(**obj)
+        except (TypeError, KeyError, ValueError) as exc:
+            raise DecodeError(f"frame fields invalid: {exc}") from exc
+        _validate(frame)
+        return frame
+
+    def pixels(self) -> np.ndarray:
+        """The (H, W, C) array this frame carries; ``DecodeError`` if the bytes do not match the header."""
+        h, w, c = self.shape
+        if self.encoding == "jpeg":
+            import cv2
+
+            flag = cv2.IMREAD_GRAYSCALE if c == 1 else cv2.IMREAD_COLOR
+            img = cv2.imdecode(np.frombuffer(self.data, np.uint8), flag)
+            if img is None:
+                raise DecodeError(f"frame {self.frame_id}: JPEG payload does not decode")
+            img = img.reshape(img.shape[0], img.shape[1], -1)
+        else:
+            try:
+                img = np.frombuffer(self.data, dtype=np.dtype(self.dtype)).reshape(h, w, c)
+            except (ValueError, TypeError) as exc:
+                raise DecodeError(f"frame {self.frame_id}: {len(self.data)} bytes do not fit {self.shape}") from exc
+        if img.shape != (h, w, c):
+            raise DecodeError(f"frame {self.frame_id}: decoded shape {img.shape} != header {self.shape}")
+        return img
+
+
+def _validate(frame: Frame) -> None:
+    if not frame.source or len(frame.source) > MAX_SOURCE_LEN:
+        raise DecodeError(f"source name must be 1..{MAX_SOURCE_LEN} characters")
+    if frame.seq < 0:
+        raise DecodeError(f"frame {frame.frame_id}: negative seq")
+    if frame.eos:
+        return
+    if len(frame.shape) != 3 or not all(0 < s <= MAX_SIDE for s in frame.shape[:2]) or frame.shape[2] not in (1, 3):
+        raise DecodeError(f"frame {frame.frame_id}: bad shape {frame.shape}")
+    if frame.encoding not in ("raw", "jpeg") or frame.dtype not in ("uint8", "int8", "float32"):
+        raise DecodeError(f"frame {frame.frame_id}: unsupported encoding/dtype {frame.encoding}/{frame.dtype}")
+
+
+@dataclass(frozen=True)
+class Result:
+    """One classification, or (``type == "eos"``) the marker that a source has ended."""
+
+    source: str
+    frame_id: str
+    seq: int
+    label: str = ""
+    score: float = 0.0
+    captured_at: float = 0.0
+    produced_at: float = 0.0
+    inferred_at: float = 0.0
+    model_version: str = ""
+    worker: str = ""
+    topk: list[tuple[str, float]] = field(default_factory=list)
+    type: Literal["result", "eos"] = "result"
+
+    def encode(self) -> dict[str, str]:
+        return {
+            "v": RESULT_VERSION, "type": self.type, "source": self.source, "frame_id": self.frame_id,
+            "seq": str(self.seq), "label": self.label, "score": f"{self.score:.6f}",
+            "captured_at": f"{self.captured_at:.6f}", "produced_at": f"{self.produced_at:.6f}",
+            "inferred_at": f"{self.inferred_at:.6f}", "model_version": self.model_version, "worker": self.worker,
+            "topk": ",".join(f"{name}:{p:.4f}" for name, p in self.topk),
+        }
+
+    @classmethod
+    def decode(cls, fields: dict[Any, Any]) -> Result:
+        f = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+             for k, v in fields.items()}
+        if f.get("v") != RESULT_VERSION:
+            raise DecodeError(f"not a version {RESULT_VERSION} result: {f.get('v')!r}")
+        try:
+            topk = [(n, float(p)) for n, p in (item.rsplit(":", 1) for item in f["topk"].split(",") if item)]
+            return cls(
+                source=f["source"], frame_id=f["frame_id"], seq=int(f["seq"]), label=f["label"],
+                score=float(f["score"]), captured_at=float(f["captured_at"]), produced_at=float(f["produced_at"]),
+                inferred_at=float(f["inferred_at"]), model_version=f["model_version"], worker=f["worker"],
+                topk=topk, type="eos" if f["type"] == "eos" else "result",
+            )
+        except (KeyError, ValueError) as exc:
+            raise DecodeError(f"result fields invalid: {exc}") from exc

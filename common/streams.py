@@ -1,0 +1,67 @@
+"""Stream, group and key names. Every per-source key carries the hash tag ``{source}`` so that a source's
+frames, results, dead letters and bookkeeping share one cluster slot (the result script touches them all).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from common.errors import ConfigError
+
+GROUP = "workers"
+SOURCE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+
+
+def check_source(name: str) -> str:
+    if not SOURCE_RE.match(name):
+        raise ConfigError(f"source name {name!r} is invalid: use 1-128 of letters, digits, '_', '.', '-'.")
+    return name
+
+
+def registry_key(namespace: str) -> str:
+    """Set of every source name ever produced under this namespace."""
+    return f"{namespace}:sources"
+
+
+@dataclass(frozen=True)
+class SourceKeys:
+    namespace: str
+    source: str
+
+    @property
+    def _prefix(self) -> str:
+        return f"{self.namespace}:{{{self.source}}}"
+
+    @property
+    def frames(self) -> str:
+        return f"{self._prefix}:frames"
+
+    @property
+    def results(self) -> str:
+        return f"{self._prefix}:results"
+
+    @property
+    def dead(self) -> str:
+        """Dead letters: undecodable frames and frames past max deliveries, with a reason."""
+        return f"{self._prefix}:dead"
+
+    @property
+    def done(self) -> str:
+        """Hash frame_id -> outcome (r: result, d: dead letter, e: eos); makes result writes idempotent."""
+        return f"{self._prefix}:done"
+
+    @property
+    def meta(self) -> str:
+        """Producer checkpoint and metadata: path, total, eos, produced."""
+        return f"{self._prefix}:meta"
+
+    def all(self) -> list[str]:
+        return [self.frames, self.results, self.dead, self.done, self.meta]
+
+
+def source_of_stream(namespace: str, stream: str) -> str:
+    prefix = f"{namespace}:{{"
+    if not stream.startswith(prefix) or "}:" not in stream:
+        raise ConfigError(f"{stream!r} is not a Vigil frames stream under namespace {namespace!r}")
+    return stream[len(prefix):stream.index("}:")]

@@ -1,0 +1,89 @@
+"""``vigil produce file``: a video file or image folder → preprocessed frames on the source's stream."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import redis
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from common.bundle import InputSpec
+from common.schemas import Encoding, Frame
+from producers.preprocess import preprocess
+from producers.publisher import SourcePublisher
+from producers.sources import Sampling, estimate_frames, iter_frames
+
+log = logging.getLogger(__name__)
+CHUNK = 32
+
+
+@dataclass
+class FileJob:
+    path: Path
+    source: str
+    spec: InputSpec
+    sampling: Sampling = field(default_factory=Sampling)
+    encoding: Encoding = "raw"
+    jpeg_quality: int = 95
+    restart: bool = False
+
+
+@dataclass
+class FileReport:
+    source: str
+    frames: int
+    sent: int
+    resumed_from: int
+    seconds: float
+    paused_s: float
+    already_done: bool = False
+
+
+def produce_file(client: redis.Redis, namespace: str, job: FileJob, high_water: int,
+                 progress: bool = False) -> FileReport:
+    """Send every sampled frame not yet on the stream, then the end-of-stream marker."""
+    pub = SourcePublisher(client, namespace, job.source, high_water)
+    start_seq = pub.open(str(job.path.resolve()), job.restart)
+    started = time.monotonic()
+    if pub.finished():
+        log.info("source %s already complete (%d frames); nothing to do", job.source, start_seq - 1)
+        return FileReport(job.source, start_seq - 1, 0, start_seq, 0.0, 0.0, already_done=True)
+    if start_seq:
+        log.info("source %s: resuming after frame %d", job.source, start_seq - 1)
+    total = 0
+    chunk: list[Frame] = []
+    with _progress_bar(progress, job.source, estimate_frames(job.path, job.sampling)) as advance:
+        for seq, (ts, img) in enumerate(iter_frames(job.path, job.sampling)):
+            advance()
+            total = seq + 1
+            if seq < start_seq:
+                continue
+            chunk.append(_to_frame(job, seq, ts, img))
+            if len(chunk) >= min(CHUNK, high_water):
+                pub.send(chunk)
+                chunk = []
+        pub.send(chunk)
+    pub.end(total)
+    return FileReport(job.source, total, pub.stats.sent, start_seq, time.monotonic() - started, pub.stats.paused_s)
+
+
+def _to_frame(job: FileJob, seq: int, ts: float, img: np.ndarray) -> Frame:
+    pixels = preprocess(img, job.spec)
+    return Frame.from_pixels(job.source, seq, pixels, ts, time.time(), job.encoding, job.jpeg_quality)
+
+
+@contextmanager
+def _progress_bar(enabled: bool, source: str, total: int | None) -> Iterator[Callable[[], None]]:
+    if not enabled:
+        yield lambda: None
+        return
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, transient=False) as bar:
+        task = bar.add_task(source, total=total)
+        yield lambda: bar.advance(task)

@@ -1,0 +1,44 @@
+"""``vigil work``: the supervised worker pool."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from common.broker import broker_url
+from common.settings import Settings
+from workers.pool import Pool
+from workers.reader import ReadPolicy
+from workers.worker import WorkerConfig
+
+
+def worker_config(settings: Settings, url: str, burst: bool) -> WorkerConfig:
+    policy = ReadPolicy(settings.max_batch, settings.max_wait_ms, settings.per_source_cap, settings.block_ms,
+                        settings.claim_idle_ms)
+    return WorkerConfig(url, settings.namespace, settings.bundle, policy, settings.threads_per_worker,
+                        settings.max_deliveries, burst, settings.log_level, settings.log_json)
+
+
+@click.command("work")
+@click.option("-n", "--workers", type=click.IntRange(1, 256), default=None, help="Processes (default: cores).")
+@click.option("--threads", type=click.IntRange(1, 64), default=None, help="LiteRT threads per process.")
+@click.option("--max-batch", type=click.IntRange(1, 1024), default=None, help="Frames per micro-batch.")
+@click.option("--max-wait-ms", type=click.IntRange(0, 10_000), default=None, help="Batch wait after 1st frame.")
+@click.option("--claim-idle-ms", type=click.IntRange(100), default=None, help="Reclaim entries idle this long.")
+@click.option("--burst", is_flag=True, help="Drain every ended source, then exit 0 (tests, demos, batch jobs).")
+@click.pass_obj
+def work(settings: Settings, workers: int | None, threads: int | None, max_batch: int | None,
+         max_wait_ms: int | None, claim_idle_ms: int | None, burst: bool) -> None:
+    """Classify frames from every registered source: N processes, micro-batches, atomic result+ack.
+
+    SIGTERM drains (finish the batch, ack, exit 0); a second SIGTERM exits at once.
+    """
+    overrides = {"workers": workers, "threads_per_worker": threads, "max_batch": max_batch,
+                 "max_wait_ms": max_wait_ms, "claim_idle_ms": claim_idle_ms}
+    settings = settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    with broker_url(settings.redis_url) as url:
+        if not settings.redis_url:
+            click.echo(f"embedded broker at {url} (export REDIS_URL to share one)", err=True)
+        code = Pool(worker_config(settings, url, burst), settings.workers).run()
+    sys.exit(code)

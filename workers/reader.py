@@ -1,0 +1,147 @@
+"""Micro-batches from the frames streams of every registered source, plus the janitor that reclaims
+entries a crashed consumer left pending (XAUTOCLAIM) and flags those delivered too often."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from common.schemas import FRAME_FIELD
+from common.streams import GROUP, SourceKeys, registry_key
+
+log = logging.getLogger(__name__)
+REFRESH_S = 1.0
+
+
+@dataclass(frozen=True)
+class Entry:
+    source: str
+    entry_id: str
+    raw: bytes | None
+    deliveries: int = 1
+
+
+@dataclass(frozen=True)
+class ReadPolicy:
+    max_batch: int = 32
+    max_wait_ms: int = 20
+    per_source_cap: int = 32
+    block_ms: int = 1000
+    claim_idle_ms: int = 30_000
+
+
+class BatchReader:
+    def __init__(self, client: redis.Redis, namespace: str, consumer: str, policy: ReadPolicy) -> None:
+        self.client = client
+        self.namespace = namespace
+        self.consumer = consumer
+        self.policy = policy
+        self.sources: dict[str, SourceKeys] = {}
+        self._refreshed = 0.0
+        self._claimed_at = time.monotonic()
+        self._cursors: dict[str, str] = {}
+
+    def next_batch(self) -> list[Entry]:
+        """Up to max_batch entries; waits at most max_wait_ms after the first one arrives (empty: idle)."""
+        self._refresh_sources()
+        batch = self._reclaim_due()
+        deadline = time.monotonic() + self.policy.max_wait_ms / 1000 if batch else None
+        while len(batch) < self.policy.max_batch:
+            if deadline is None:
+                block = self.policy.block_ms
+            else:
+                block = int((deadline - time.monotonic()) * 1000)
+                if block <= 0:
+                    break
+            got = self._read(batch, block)
+            if not got:
+                break
+            batch += got
+            deadline = deadline or time.monotonic() + self.policy.max_wait_ms / 1000
+        return batch
+
+    def _read(self, batch: list[Entry], block: int) -> list[Entry]:
+        taken = Counter(e.source for e in batch)
+        cap = self.policy.per_source_cap
+        streams: dict[Any, Any] = {k.frames: ">" for s, k in self.sources.items() if taken[s] < cap}
+        if not streams:
+            time.sleep(min(block, 200) / 1000)
+            return []
+        count = max(1, min(self.policy.max_batch - len(batch), cap - max(taken.values(), default=0)))
+        try:
+            reply: Any = self.client.xreadgroup(GROUP, self.consumer, streams, count=count, block=block)
+        except redis.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            log.warning("a frames stream lost its group (deleted/restarted source); re-registering")
+            self._refreshed = 0.0
+            self._refresh_sources()
+            return []
+        return [Entry(self._source(stream), eid.decode(), fields.get(FRAME_FIELD))
+                for stream, entries in reply or [] for eid, fields in entries]
+
+    def _source(self, stream: bytes) -> str:
+        name = stream.decode()
+        return next(s for s, k in self.sources.items() if k.frames == name)
+
+    def _refresh_sources(self) -> None:
+        if time.monotonic() - self._refreshed < REFRESH_S:
+            return
+        self._refreshed = time.monotonic()
+        self.sources = {}
+        members: Any = self.client.smembers(registry_key(self.namespace))
+        for raw in members:
+            keys = SourceKeys(self.namespace, raw.decode())
+            try:
+                self.client.xgroup_create(keys.frames, GROUP, id="0", mkstream=True)
+            except redis.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+            self.sources[keys.source] = keys
+
+    def _reclaim_due(self) -> list[Entry]:
+        """Janitor tick: claim entries idle past claim_idle_ms, continuing each source's cursor until 0-0."""
+        every = max(self.policy.claim_idle_ms / 2, 100) / 1000
+        if time.monotonic() - self._claimed_at < every:
+            return []
+        self._claimed_at = time.monotonic()
+        out: list[Entry] = []
+        for source, keys in self.sources.items():
+            while len(out) < self.policy.max_batch:
+                cursor = self._cursors.get(source, "0-0")
+                reply = self.client.xautoclaim(keys.frames, GROUP, self.consumer, self.policy.claim_idle_ms,
+                                               start_id=cursor, count=self.policy.max_batch - len(out))
+                self._cursors[source] = reply[0].decode()
+                out += self._with_deliveries(source, keys, reply[1])
+                if self._cursors[source] == "0-0":
+                    break
+        if out:
+            log.warning("janitor reclaimed %d entries idle > %d ms", len(out), self.policy.claim_idle_ms)
+        return out
+
+    def _with_deliveries(self, source: str, keys: SourceKeys, claimed: list[Any]) -> list[Entry]:
+        if not claimed:
+            return []
+        first, last = claimed[0][0], claimed[-1][0]
+        pending = self.client.xpending_range(keys.frames, GROUP, min=first, max=last, count=len(claimed) * 4,
+                                             consumername=self.consumer)
+        counts = {p["message_id"]: int(p["times_delivered"]) for p in pending}
+        return [Entry(source, eid.decode(), (fields or {}).get(FRAME_FIELD), counts.get(eid, 1))
+                for eid, fields in claimed]
+
+    def drained(self) -> bool:
+        """True when every source has ended and nothing is left undelivered or pending (burst mode)."""
+        self._refreshed = 0.0
+        self._refresh_sources()
+        for keys in self.sources.values():
+            if self.client.hget(keys.meta, "eos") != b"1":
+                return False
+            for group in self.client.xinfo_groups(keys.frames):
+                if group["name"].decode() == GROUP and (group.get("lag") or 0) + group["pending"] > 0:
+                    return False
+        return True

@@ -1,0 +1,141 @@
+"""One worker process: read → decode → batch → infer → publish+ack, until told to stop.
+
+Built inside the child after spawn (its own Redis client and LiteRT interpreter). Never imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+import numpy as np
+
+from common.broker import connect
+from common.bundle import Bundle
+from common.errors import DecodeError
+from common.inference import Classifier
+from common.log import setup_logging
+from common.schemas import Frame, Result
+from workers.publish import Outcome, ResultWriter
+from workers.reader import BatchReader, Entry, ReadPolicy
+
+log = logging.getLogger(__name__)
+BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+TOPK = 3
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Settings a child needs; plain values so they pickle across the spawn boundary."""
+
+    redis_url: str
+    namespace: str
+    bundle: Path
+    policy: ReadPolicy
+    threads: int = 1
+    max_deliveries: int = 3
+    burst: bool = False
+    log_level: str = "INFO"
+    log_json: bool = False
+
+
+class Worker:
+    def __init__(self, config: WorkerConfig) -> None:
+        self.config = config
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self.client = connect(config.redis_url)
+        self.bundle = Bundle.load(config.bundle, verify_hashes=False)
+        self.classifier = Classifier.from_bundle(self.bundle, config.threads)
+        self.reader = BatchReader(self.client, config.namespace, self.name, config.policy)
+        self.writer = ResultWriter(self.client, config.namespace)
+        self.stopping = False
+        self.processed = 0
+
+    def run(self) -> None:
+        log.info("worker %s ready (bundle %s, %d threads)", self.name, self.bundle.version, self.config.threads)
+        while not self.stopping:
+            entries = self.reader.next_batch()
+            if not entries:
+                if self.config.burst and self.reader.drained():
+                    break
+                continue
+            frames, outcomes = self.decode(entries)
+            outcomes += self.infer(frames)
+            self.writer.write_batch(outcomes)
+            self.processed += len(entries)
+        log.info("worker %s stopping after %d entries", self.name, self.processed)
+
+    def decode(self, entries: list[Entry]) -> tuple[list[tuple[Entry, Frame, np.ndarray]], list[Outcome]]:
+        """Split a batch into frames to classify and outcomes decided without the model."""
+        frames: list[tuple[Entry, Frame, np.ndarray]] = []
+        outcomes: list[Outcome] = []
+        for entry in entries:
+            if entry.deliveries > self.config.max_deliveries:
+                reason = f"delivered {entry.deliveries} times (max_deliveries={self.config.max_deliveries})"
+                outcomes.append(self.dead(entry, reason))
+                continue
+            try:
+                frame = Frame.decode(entry.raw)
+                if frame.eos:
+                    outcomes.append(self.eos(entry, frame))
+                    continue
+                pixels = frame.pixels()
+                if pixels.shape != self.classifier.input_shape:
+                    raise DecodeError(f"frame shape {pixels.shape} != model input {self.classifier.input_shape}")
+            except DecodeError as exc:
+                outcomes.append(self.dead(entry, str(exc)))
+                continue
+            frames.append((entry, frame, pixels))
+        return frames, outcomes
+
+    def infer(self, frames: list[tuple[Entry, Frame, np.ndarray]]) -> list[Outcome]:
+        if not frames:
+            return []
+        batch = np.stack([pixels for _, _, pixels in frames])
+        size = next((b for b in BUCKETS if b >= len(batch)), len(batch))
+        if size > len(batch):  # pad to a bucket: one prepared interpreter per bucket, not per batch size
+            batch = np.concatenate([batch, np.zeros((size - len(batch), *batch.shape[1:]), batch.dtype)])
+        probs = self.classifier.predict_proba(batch)[: len(frames)]
+        now = time.time()
+        return [self.result(entry, frame, p, now) for (entry, frame, _), p in zip(frames, probs, strict=True)]
+
+    def result(self, entry: Entry, frame: Frame, probs: np.ndarray, now: float) -> Outcome:
+        top = np.argsort(probs)[::-1][:TOPK]
+        labels = self.bundle.labels
+        res = Result(frame.source, frame.frame_id, frame.seq, labels[top[0]], float(probs[top[0]]),
+                     frame.captured_at, frame.produced_at, now, self.bundle.version, self.name,
+                     [(labels[i], float(probs[i])) for i in top])
+        return Outcome(entry.source, entry.entry_id, frame.frame_id, "r", res.encode())
+
+    def eos(self, entry: Entry, frame: Frame) -> Outcome:
+        res = Result(frame.source, frame.frame_id, frame.seq, produced_at=frame.produced_at,
+                     inferred_at=time.time(), model_version=self.bundle.version, worker=self.name, type="eos")
+        return Outcome(entry.source, entry.entry_id, "eos", "e", res.encode())
+
+    def dead(self, entry: Entry, reason: str) -> Outcome:
+        log.warning("dead-lettering %s %s: %s", entry.source, entry.entry_id, reason)
+        fields = {"source": entry.source, "entry_id": entry.entry_id, "reason": reason,
+                  "deliveries": str(entry.deliveries), "worker": self.name, "at": f"{time.time():.6f}"}
+        return Outcome(entry.source, entry.entry_id, f"entry:{entry.entry_id}", "d", fields)
+
+
+def child_main(config: WorkerConfig) -> None:
+    """Entry point of a spawned worker process. First SIGTERM/SIGINT: drain; second: exit now."""
+    setup_logging(config.log_level, config.log_json)
+    worker = Worker(config)
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        if worker.stopping:
+            os._exit(128 + signum)
+        worker.stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    worker.run()
+    worker.client.close()
