@@ -1,0 +1,28 @@
+"""``vigil model evaluate`` for a bundle: LiteRT + numpy only, no TensorFlow in the process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from common.bundle import Bundle
+from common.settings import DEFAULT_BUNDLE
+from model.data import load_fashion_split
+from model.evaluate import evaluate_tflite, plot_confusion
+
+
+def evaluate_bundle(bundle_dir: Path | None, data_path: Path | None = None, threads: int = 2,
+                    limit: int | None = None, confusion_png: Path | None = None) -> dict[str, Any]:
+    bundle = Bundle.load(bundle_dir or DEFAULT_BUNDLE)
+    test = load_fashion_split("test", data_path).head(limit)
+    metrics = evaluate_tflite(bundle.tflite_path, test.x, test.y, bundle.spec.num_classes, threads)
+    if confusion_png is not None:
+        title = f"{bundle.spec.name} {bundle.version}"
+        plot_confusion(metrics["confusion_matrix"], bundle.labels, confusion_png, title)
+    return {"bundle": str(bundle.root), "version": bundle.version, **metrics}
+
+
+def render_metrics(metrics: dict[str, Any]) -> str:
+    lines = [f"{k:>16}: {v:.4f}" if isinstance(v, float) else f"{k:>16}: {v}"
+             for k, v in metrics.items() if k != "confusion_matrix"]
+    return "\n".join(lines)

@@ -1,0 +1,118 @@
+"""One function per ``vigil model`` stage: load inputs, call the library, write artifacts + metrics.
+
+Each run directory holds ``model.keras.h5`` (float), ``config.json`` (resolved config and the command) and
+``metrics.json``; ``quantize`` adds ``model.float.tflite`` / ``model.int8.tflite`` and their measurements.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from common.bundle import BundleSpec
+from model.data import Dataset
+from model.train import TrainConfig
+
+log = logging.getLogger(__name__)
+
+KERAS_FILE = "model.keras.h5"
+FLOAT_TFLITE = "model.float.tflite"
+INT8_TFLITE = "model.int8.tflite"
+
+
+def load_keras(path: Path) -> Any:
+    from model.runtime import setup_tf
+
+    setup_tf()
+    import tf_keras as keras
+
+    return keras.models.load_model(str(path), compile=False)
+
+
+def save_run(model: Any, data: Dataset, out: Path, metrics: dict[str, Any], **config: Any) -> dict[str, Any]:
+    from model.train import keras_accuracy, write_config
+
+    out.mkdir(parents=True, exist_ok=True)
+    model.save(str(out / KERAS_FILE), include_optimizer=False, save_format="h5")
+    metrics = {**metrics, "params": int(model.count_params()),
+               "val_accuracy_float": keras_accuracy(model, data.val),
+               "test_accuracy_float": keras_accuracy(model, data.test)}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_config(out, dataset=data.name, **config)
+    return metrics
+
+
+def train_run(data: Dataset, arch: str, cfg: TrainConfig, out: Path, *, command: str, width: float = 1.0,
+              weights: Path | None = None) -> dict[str, Any]:
+    from model.architectures import build
+    from model.train import fit
+
+    model = build(arch, data.input_shape, len(data.labels), width=width, weights=weights)
+    hist = fit(model, data, cfg, out)
+    return save_run(model, data, out, {"arch": arch, "epochs_run": len(hist["loss"])},
+                    train=cfg, arch=arch, width=width, weights=weights, command=command)
+
+
+def prune_run(data: Dataset, model_path: Path, sparsity: float, cfg: TrainConfig, out: Path, *,
+              command: str) -> dict[str, Any]:
+    from model.prune import magnitude_prune
+
+    pruned, report = magnitude_prune(load_keras(model_path), data, sparsity, cfg, out)
+    (out / "sparsity.json").write_text(json.dumps(report, indent=2) + "\n")
+    return save_run(pruned, data, out, {"parent": str(model_path), "target_sparsity": sparsity,
+                                        "sparsity": report["total"], "epochs_run": cfg.epochs},
+                    train=cfg, parent=str(model_path), sparsity=sparsity, command=command)
+
+
+def structured_run(data: Dataset, model_path: Path, keep: float, criterion: str, cfg: TrainConfig, out: Path, *,
+                   command: str) -> dict[str, Any]:
+    from model.structured import prune_channels
+    from model.train import fit
+
+    parent = load_keras(model_path)
+    thin, kept = prune_channels(parent, keep, criterion)
+    hist = fit(thin, data, cfg, out) if cfg.epochs > 0 else {"loss": []}
+    return save_run(thin, data, out, {"parent": str(model_path), "keep": keep, "criterion": criterion,
+                                      "channels": kept, "parent_params": int(parent.count_params()),
+                                      "epochs_run": len(hist["loss"])},
+                    train=cfg, parent=str(model_path), keep=keep, criterion=criterion, command=command)
+
+
+def quantize_run(data: Dataset, model_path: Path, samples: int = 300, threads: int = 2,
+                 limit: int | None = None) -> dict[str, Any]:
+    from model.evaluate import evaluate_tflite
+    from model.quantize import to_float_tflite, to_int8_tflite
+
+    model = load_keras(model_path)
+    out = model_path.parent
+    (out / FLOAT_TFLITE).write_bytes(to_float_tflite(model))
+    (out / INT8_TFLITE).write_bytes(to_int8_tflite(model, data.train.x, samples))
+    test = data.test.head(limit)
+    result = {name: evaluate_tflite(out / name, test.x, test.y, len(data.labels), threads)
+              for name in (FLOAT_TFLITE, INT8_TFLITE)}
+    (out / "quantize.json").write_text(json.dumps(result, indent=1) + "\n")
+    return {n: {k: v for k, v in m.items() if k != "confusion_matrix"} for n, m in result.items()}
+
+
+def bundle_run(data: Dataset, model_path: Path, out: Path, *, name: str, version: str, command: str,
+               samples: int = 300, threads: int = 2, limit: int | None = None,
+               saved_model: bool = True) -> BundleSpec:
+    from model.bundle import export_bundle
+    from model.evaluate import evaluate_tflite
+    from model.quantize import to_int8_tflite
+
+    model = load_keras(model_path)
+    int8 = to_int8_tflite(model, data.train.x, samples)
+    test = data.test.head(limit)
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "m.tflite").write_bytes(int8)
+        metrics = evaluate_tflite(Path(tmp) / "m.tflite", test.x, test.y, len(data.labels), threads)
+    metrics.pop("confusion_matrix")
+    parent = model_path.parent / "metrics.json"
+    extra = {"source_model": str(model_path), "calibration_samples": samples,
+             "run_metrics": json.loads(parent.read_text()) if parent.is_file() else {}}
+    return export_bundle(out, model, int8, data.labels, name=name, version=version, command=command,
+                         metrics=metrics, extra=extra, saved_model=saved_model)
