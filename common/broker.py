@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import atexit
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -152,7 +154,8 @@ def broker_url(redis_url: str | None) -> Iterator[str]:
 @click.option("--port", type=int, default=6390, show_default=True, help="Loopback port (0: any free port).")
 @click.option("--appendonly", is_flag=True, help="Turn on AOF persistence (in the broker's temp dir).")
 def broker_command(port: int, appendonly: bool) -> None:
-    """Run the embedded valkey-server in the foreground and print its URL (Ctrl-C stops it)."""
+    """Run the embedded valkey-server in the foreground and print its URL (Ctrl-C or SIGTERM stops it)."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with EmbeddedBroker(port or None, appendonly) as broker:
         click.echo(f"export REDIS_URL={broker.url}")
         try:

@@ -29,12 +29,13 @@ def produce() -> None:
 @click.option("--fps", type=click.FloatRange(0, min_open=True), default=None, help="Sample to this media rate.")
 @click.option("--transport", type=click.Choice(["raw", "jpeg"]), default="raw", show_default=True)
 @click.option("--jpeg-quality", type=click.IntRange(1, 100), default=95, show_default=True)
+@click.option("--realtime", is_flag=True, help="Pace frames at media speed (simulate a camera).")
 @click.option("--restart", is_flag=True, help="Delete the source's streams and start from frame 0.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a TTY).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON report per source.")
 @click.pass_obj
 def produce_file_cmd(settings: Settings, paths: tuple[Path, ...], source: str | None, every: int,
-                     fps: float | None, transport: str, jpeg_quality: int, restart: bool,
+                     fps: float | None, transport: str, jpeg_quality: int, realtime: bool, restart: bool,
                      progress: bool | None, as_json: bool) -> None:
     """Send the frames of video files or image folders, lossless and resumable, then exit.
 
@@ -48,7 +49,7 @@ def produce_file_cmd(settings: Settings, paths: tuple[Path, ...], source: str | 
         client = connect(url)
         for path in paths:
             job = FileJob(path, source or default_source_name(path), spec, Sampling(every, fps),
-                          "jpeg" if transport == "jpeg" else "raw", jpeg_quality, restart)
+                          "jpeg" if transport == "jpeg" else "raw", jpeg_quality, restart, realtime)
             report = produce_file(client, settings.namespace, job, settings.high_water, show)
             if as_json:
                 click.echo(json.dumps(asdict(report)))

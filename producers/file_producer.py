@@ -32,6 +32,7 @@ class FileJob:
     encoding: Encoding = "raw"
     jpeg_quality: int = 95
     restart: bool = False
+    realtime: bool = False  # pace frames at media speed, like a camera would deliver them
 
 
 @dataclass
@@ -58,14 +59,17 @@ def produce_file(client: redis.Redis, namespace: str, job: FileJob, high_water: 
         log.info("source %s: resuming after frame %d", job.source, start_seq - 1)
     total = 0
     chunk: list[Frame] = []
+    chunk_size = 1 if job.realtime else min(CHUNK, high_water)
     with _progress_bar(progress, job.source, estimate_frames(job.path, job.sampling)) as advance:
         for seq, (ts, img) in enumerate(iter_frames(job.path, job.sampling)):
             advance()
             total = seq + 1
             if seq < start_seq:
                 continue
+            if job.realtime:
+                time.sleep(max(0.0, started + ts - time.monotonic()))
             chunk.append(_to_frame(job, seq, ts, img))
-            if len(chunk) >= min(CHUNK, high_water):
+            if len(chunk) >= chunk_size:
                 pub.send(chunk)
                 chunk = []
         pub.send(chunk)

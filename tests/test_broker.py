@@ -1,0 +1,34 @@
+import pytest
+import redis
+
+from common.broker import EmbeddedBroker, broker_url, connect, ping, redact
+from common.errors import BrokerError
+
+
+def test_embedded_broker_starts_answers_and_stops() -> None:
+    with EmbeddedBroker() as broker:
+        assert connect(broker.url).ping()
+        data_dir = broker.dir
+    assert data_dir is not None and not data_dir.exists()
+    with pytest.raises(redis.ConnectionError):
+        redis.Redis.from_url(broker.url, socket_connect_timeout=0.5).ping()
+
+
+def test_broker_url_without_config_starts_embedded() -> None:
+    with broker_url(None) as url:
+        assert url.startswith("redis://127.0.0.1:")
+        assert connect(url).ping()
+
+
+def test_unreachable_broker_is_a_named_error() -> None:
+    with pytest.raises(BrokerError, match="unreachable"):
+        ping("redis://127.0.0.1:1/0")
+
+
+def test_bad_scheme_is_a_named_error() -> None:
+    with pytest.raises(BrokerError, match="invalid broker URL"):
+        connect("http://example.com")
+
+
+def test_password_is_redacted() -> None:
+    assert redact("redis://user:secret@host:6379/0") == "redis://***@host:6379/0"

@@ -1,0 +1,147 @@
+"""End-to-end delivery semantics against a real server: producer -> stream -> worker pool -> results."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import redis
+
+from common.streams import GROUP, SourceKeys
+from workers.results import read_dead, read_results
+
+pytestmark = pytest.mark.integration
+VIGIL = [sys.executable, "-m", "common.cli"]
+
+
+def produce(env: dict[str, str], video: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*VIGIL, "produce", "file", str(video), "--source", "cam", "--no-progress", *extra],
+                          env=env, capture_output=True, text=True, timeout=60, check=True)
+
+
+def start_workers(env: dict[str, str], *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([*VIGIL, "work", "-n", "2", *extra], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def wait_results(client: redis.Redis, ns: str, n: int, timeout: float = 30.0) -> None:
+    key = SourceKeys(ns, "cam").results
+    deadline = time.monotonic() + timeout
+    while int(client.xlen(key)) < n + 1 and time.monotonic() < deadline:  # + the end-of-stream result
+        time.sleep(0.05)
+
+
+def assert_exactly_once(client: redis.Redis, ns: str, n: int) -> None:
+    seqs = Counter(r.seq for r in read_results(client, ns, "cam"))
+    assert sorted(seqs) == list(range(n)), "missing frames"
+    assert max(seqs.values()) == 1, "duplicate results"
+    assert [r.type for r in read_results(client, ns, "cam", include_eos=True)].count("eos") == 1
+
+
+def test_n_frames_in_exactly_n_results(pipeline_env, client, namespace, small_video) -> None:
+    produce(pipeline_env, small_video)
+    proc = start_workers(pipeline_env, "--burst")
+    assert proc.wait(60) == 0, proc.stderr.read() if proc.stderr else ""
+    assert_exactly_once(client, namespace, 60)
+    pending = client.xpending(SourceKeys(namespace, "cam").frames, GROUP)
+    assert pending["pending"] == 0
+
+
+def test_workers_before_producer_then_sigterm_drains(pipeline_env, client, namespace, small_video) -> None:
+    proc = start_workers(pipeline_env)
+    time.sleep(1.0)
+    produce(pipeline_env, small_video, "--every", "2")
+    wait_results(client, namespace, 30)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == 0
+    assert_exactly_once(client, namespace, 30)
+
+
+def test_crashed_consumer_entries_are_reclaimed(pipeline_env, client, namespace, small_video) -> None:
+    """A consumer that read a batch and died (same PEL state as a SIGKILLed worker) loses nothing."""
+    produce(pipeline_env, small_video)
+    keys = SourceKeys(namespace, "cam")
+    client.xreadgroup(GROUP, "ghost", {keys.frames: ">"}, count=25)
+    proc = start_workers(pipeline_env, "--burst")
+    assert proc.wait(60) == 0
+    assert_exactly_once(client, namespace, 60)
+
+
+def test_sigkilled_worker_is_respawned_and_nothing_is_lost(pipeline_env, client, namespace, small_video) -> None:
+    env = {**pipeline_env, "VIGIL_MAX_BATCH": "8", "VIGIL_MAX_WAIT_MS": "300"}
+    proc = start_workers(env)
+    producer = subprocess.Popen([*VIGIL, "produce", "file", str(small_video), "--source", "cam", "--no-progress",
+                                 "--realtime"], env=env)  # 2.4 s at 25 fps: batches fill over 300 ms
+    victim = wait_for_pending_consumer(client, SourceKeys(namespace, "cam").frames)
+    os.kill(int(victim.rsplit(":", 1)[1]), signal.SIGKILL)  # consumer names are host:pid
+    assert producer.wait(30) == 0
+    wait_results(client, namespace, 60)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+    log = proc.stderr.read() if proc.stderr else ""
+    assert_exactly_once(client, namespace, 60)
+    assert "respawning" in log and "janitor reclaimed" in log
+
+
+def wait_for_pending_consumer(client: redis.Redis, key: str, timeout: float = 20.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if client.exists(key):
+            pending = client.xpending_range(key, GROUP, "-", "+", 1)
+            if pending:
+                return str(pending[0]["consumer"].decode())
+        time.sleep(0.01)
+    raise AssertionError("no worker ever held a pending entry")
+
+
+def test_undecodable_frame_is_dead_lettered_and_the_rest_flow(pipeline_env, client, namespace, small_video) -> None:
+    produce(pipeline_env, small_video)
+    client.xadd(SourceKeys(namespace, "cam").frames, {b"f": b"\xc1not msgpack"}, id="2-0")
+    proc = start_workers(pipeline_env, "--burst")
+    assert proc.wait(60) == 0
+    assert_exactly_once(client, namespace, 60)
+    dead = read_dead(client, namespace, "cam")
+    assert [(d["entry_id"], "msgpack" in d["reason"]) for d in dead] == [("2-0", True)]
+
+
+def test_killed_producer_resumes_without_gap_or_duplicate(pipeline_env, client, namespace, small_video) -> None:
+    env = {**pipeline_env, "VIGIL_HIGH_WATER": "8"}
+    cmd = [*VIGIL, "produce", "file", str(small_video), "--source", "cam", "--no-progress"]
+    first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    key = SourceKeys(namespace, "cam").frames
+    deadline = time.monotonic() + 30
+    while (not client.exists(key) or client.xlen(key) < 8) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    first.send_signal(signal.SIGKILL)  # paused on backpressure, mid-file: no workers yet
+    first.wait(10)
+    sent = int(client.xlen(key))
+    assert 8 <= sent < 60
+    second = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    workers = start_workers(env, "--burst")
+    assert second.wait(60) == 0
+    assert workers.wait(60) == 0
+    assert int(client.xlen(key)) == 61  # 60 frames + end of stream, each once
+    assert_exactly_once(client, namespace, 60)
+
+
+def test_worker_process_never_imports_tensorflow_and_stays_small(pipeline_env) -> None:
+    code = (
+        "import sys, psutil\n"
+        "from pathlib import Path\n"
+        "from workers.worker import Worker, WorkerConfig\n"
+        "from workers.reader import ReadPolicy\n"
+        f"w = Worker(WorkerConfig({pipeline_env['REDIS_URL']!r}, 'x', Path({pipeline_env['VIGIL_BUNDLE']!r}), "
+        "ReadPolicy()))\n"
+        "print('tensorflow' in sys.modules, psutil.Process().memory_info().rss // 2**20)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": os.getcwd()}).stdout.split()
+    assert out[0] == "False"
+    assert int(out[1]) < 300

@@ -1,0 +1,69 @@
+"""Reading results back: all of a source's results, its dead letters, and label segments over time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from common.schemas import Result
+from common.streams import SourceKeys, registry_key
+
+PAGE = 1000
+
+
+def sources(client: redis.Redis, namespace: str) -> list[str]:
+    members: Any = client.smembers(registry_key(namespace))
+    return sorted(m.decode() if isinstance(m, bytes) else m for m in members)
+
+
+def iter_stream(client: redis.Redis, key: str, start: str = "-") -> Iterator[tuple[str, dict[Any, Any]]]:
+    """Every entry of a stream from ``start`` on, paged."""
+    while True:
+        page: Any = client.xrange(key, min=start, max="+", count=PAGE)
+        for eid, fields in page:
+            yield (eid.decode() if isinstance(eid, bytes) else eid), fields
+        if len(page) < PAGE:
+            return
+        last = page[-1][0]
+        start = "(" + (last.decode() if isinstance(last, bytes) else last)
+
+
+def read_results(client: redis.Redis, namespace: str, source: str, include_eos: bool = False) -> list[Result]:
+    out = [Result.decode(f) for _, f in iter_stream(client, SourceKeys(namespace, source).results)]
+    return out if include_eos else [r for r in out if r.type == "result"]
+
+
+def read_dead(client: redis.Redis, namespace: str, source: str) -> list[dict[str, str]]:
+    return [{k.decode(): v.decode() for k, v in f.items()}
+            for _, f in iter_stream(client, SourceKeys(namespace, source).dead)]
+
+
+@dataclass(frozen=True)
+class Segment:
+    label: str
+    start: float
+    end: float
+    frames: int
+    mean_score: float
+
+
+def segments(results: list[Result]) -> list[Segment]:
+    """Consecutive runs of the same label, in frame order, with media time bounds."""
+    out: list[Segment] = []
+    run: list[Result] = []
+    for res in sorted(results, key=lambda r: r.seq):
+        if run and res.label != run[0].label:
+            out.append(_segment(run))
+            run = []
+        run.append(res)
+    if run:
+        out.append(_segment(run))
+    return out
+
+
+def _segment(run: list[Result]) -> Segment:
+    return Segment(run[0].label, run[0].captured_at, run[-1].captured_at, len(run),
+                   sum(r.score for r in run) / len(run))
