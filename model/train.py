@@ -30,6 +30,7 @@ class TrainConfig:
     threads: int = 2
     seed: int = 0
     limit: int | None = None  # use only the first N training images (tests, smoke runs)
+    early_stopping: bool = True  # off while pruning: restoring "best" weights would undo the sparsity ramp
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -82,13 +83,13 @@ def fit(model: Any, data: Dataset, cfg: TrainConfig, out: Path, extra_callbacks:
     train = data.train.head(cfg.limit)
     steps = int(np.ceil(len(train.y) / cfg.batch_size))
     compile_model(model, cfg, steps, lr)
-    callbacks = [
-        keras.callbacks.EarlyStopping("val_accuracy", patience=cfg.patience, restore_best_weights=True),
-        keras.callbacks.ModelCheckpoint(str(out / "checkpoint.weights.h5"), "val_accuracy",
-                                        save_best_only=True, save_weights_only=True),
-        keras.callbacks.CSVLogger(str(out / "history.csv")),
-        *(extra_callbacks or []),
-    ]
+    callbacks = [keras.callbacks.CSVLogger(str(out / "history.csv")), *(extra_callbacks or [])]
+    if cfg.early_stopping:
+        callbacks += [
+            keras.callbacks.EarlyStopping("val_accuracy", patience=cfg.patience, restore_best_weights=True),
+            keras.callbacks.ModelCheckpoint(str(out / "checkpoint.weights.h5"), "val_accuracy",
+                                            save_best_only=True, save_weights_only=True),
+        ]
     history = model.fit(make_dataset(train, cfg, True), validation_data=make_dataset(data.val, cfg, False),
                         epochs=cfg.epochs, callbacks=callbacks, verbose=2)
     hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}

@@ -1,0 +1,52 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from common.bundle import TFLITE_FILE, Bundle
+from common.errors import BundleError
+from common.inference import Classifier
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory) -> Path:
+    from model.architectures import vgg_bn
+    from model.bundle import export_bundle
+    from model.quantize import to_int8_tflite
+
+    model = vgg_bn((28, 28, 1), 10, stages=[[8], [16]])
+    calib = np.random.default_rng(0).integers(0, 256, (32, 28, 28, 1), dtype=np.uint8)
+    out = tmp_path_factory.mktemp("b") / "tiny"
+    export_bundle(out, model, to_int8_tflite(model, calib, 32), [f"c{i}" for i in range(10)], name="tiny",
+                  version="0.0.1", command="pytest", metrics={"accuracy": 0.1})
+    return out
+
+
+def test_bundle_round_trip(bundle_dir: Path) -> None:
+    bundle = Bundle.load(bundle_dir)
+    assert bundle.spec.version.startswith("0.0.1+") and len(bundle.spec.version.split("+")[1]) == 8
+    assert bundle.spec.input.shape == (28, 28, 1) and bundle.spec.input.dtype == "uint8"
+    assert bundle.spec.quantization is not None and bundle.spec.outputs == "logits"
+    assert {"model.tflite", "labels.txt", "model.keras.h5", "saved_model"} <= set(bundle.spec.files)
+    clf = Classifier.from_bundle(bundle)
+    probs = clf.predict_proba(np.zeros((4, 28, 28, 1), np.uint8))
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_bundle_float_model_reloads(bundle_dir: Path) -> None:
+    import tf_keras as keras
+
+    model = keras.models.load_model(str(bundle_dir / "model.keras.h5"), compile=False)
+    assert model.output_shape == (None, 10)
+
+
+def test_corrupt_bundle_raises_bundle_error(bundle_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(bundle_dir, broken)
+    data = bytearray((broken / TFLITE_FILE).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (broken / TFLITE_FILE).write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="corrupt"):
+        Bundle.load(broken)

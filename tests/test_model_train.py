@@ -1,0 +1,46 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from common.errors import DataError
+from model.data import load_fashion_mnist
+from model.train import TrainConfig
+
+
+@pytest.fixture(scope="module")
+def small_data():
+    try:
+        return load_fashion_mnist()
+    except DataError as exc:
+        pytest.skip(str(exc))
+
+
+def test_one_epoch_on_a_few_hundred_images_beats_chance(small_data, tmp_path: Path) -> None:
+    from model.architectures import build
+    from model.train import fit, keras_accuracy
+
+    model = build("baseline-cnn", small_data.input_shape, 10)
+    cfg = TrainConfig(epochs=1, batch_size=32, limit=640, augment=False, warmup_epochs=0, threads=1)
+    hist = fit(model, small_data, cfg, tmp_path)
+    assert len(hist["loss"]) == 1
+    assert (tmp_path / "curves.png").is_file() and (tmp_path / "history.json").is_file()
+    assert keras_accuracy(model, small_data.test.head(500)) > 0.3  # chance is 0.1
+
+
+@pytest.mark.parametrize("arch", ["baseline-cnn", "vgg-bn", "mobilenet-v2-style"])
+def test_architectures_take_raw_pixels_and_end_at_logits(arch: str) -> None:
+    from model.architectures import build
+
+    model = build(arch, (28, 28, 1), 10, width=0.5)
+    out = model(np.full((2, 28, 28, 1), 255, np.float32))
+    assert out.shape == (2, 10)
+    assert model.layers[-1].get_config().get("activation") == "linear"
+
+
+def test_unknown_architecture_is_a_config_error() -> None:
+    from common.errors import ConfigError
+    from model.architectures import build
+
+    with pytest.raises(ConfigError, match="unknown architecture"):
+        build("resnet-9000", (28, 28, 1), 10)
