@@ -14,8 +14,8 @@ import redis
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from common.bundle import InputSpec
+from common.preprocess import preprocess
 from common.schemas import Encoding, Frame
-from producers.preprocess import preprocess
 from producers.publisher import SourcePublisher
 from producers.sources import Sampling, estimate_frames, iter_frames
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from common.bundle import InputSpec
-from producers.preprocess import preprocess
+from common.preprocess import preprocess
 
 
 @pytest.mark.parametrize("resize", ["stretch", "letterbox", "center_crop"])

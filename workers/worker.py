@@ -52,6 +52,7 @@ class Worker:
         self.client = connect(config.redis_url)
         self.bundle = Bundle.load(config.bundle, verify_hashes=False)
         self.classifier = Classifier.from_bundle(self.bundle, config.threads)
+        self.client.client_setname(f"{config.namespace}:worker:{os.getpid()}")  # visible in CLIENT LIST
         self.reader = BatchReader(self.client, config.namespace, self.name, config.policy)
         self.writer = ResultWriter(self.client, config.namespace)
         self.stopping = False

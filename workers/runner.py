@@ -1,0 +1,109 @@
+"""Run the real pipeline the way an operator would: `vigil work` and `vigil produce file` as subprocesses
+against one broker, with a progress display. Used by `vigil demo` and `vigil bench pipeline`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from common.broker import connect
+from common.errors import VigilError
+from common.schemas import Result
+from common.streams import SourceKeys
+from workers.results import read_dead, read_results
+
+VIGIL = [sys.executable, "-m", "common.cli"]
+READY_TIMEOUT_S = 60.0
+
+
+@dataclass
+class RunStats:
+    frames: int
+    results: list[Result]
+    dead: int
+    wall_s: float  # producer launch -> last result, process start-up included
+    stream_s: float  # first frame produced -> last result inferred (warm workers)
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.stream_s if self.stream_s > 0 else 0.0
+
+    @property
+    def wall_fps(self) -> float:
+        return self.frames / self.wall_s if self.wall_s > 0 else 0.0
+
+
+class PipelineRun:
+    """A warm worker pool in a namespace; ``feed`` pushes one file through it and waits for every result."""
+
+    def __init__(self, url: str, namespace: str, bundle: Path, workers: int, threads: int = 1,
+                 max_batch: int = 32) -> None:
+        self.url, self.namespace, self.workers = url, namespace, workers
+        self.env = {**os.environ, "REDIS_URL": url, "VIGIL_NAMESPACE": namespace, "VIGIL_BUNDLE": str(bundle),
+                    "VIGIL_LOG_LEVEL": "WARNING", "VIGIL_THREADS_PER_WORKER": str(threads),
+                    "VIGIL_MAX_BATCH": str(max_batch), "VIGIL_MAX_WAIT_MS": "5"}
+        self.client: redis.Redis = connect(url)
+        self.pool: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> PipelineRun:
+        self.pool = subprocess.Popen([*VIGIL, "work", "-n", str(self.workers)], env=self.env)
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while self._ready_workers() < self.workers:
+            if time.monotonic() > deadline or self.pool.poll() is not None:
+                raise VigilError(f"worker pool did not become ready within {READY_TIMEOUT_S}s")
+            time.sleep(0.1)
+        return self
+
+    def _ready_workers(self) -> int:
+        clients = self.client.client_list()
+        return sum(1 for c in clients if c.get("name", "").startswith(f"{self.namespace}:worker:"))
+
+    def feed(self, video: Path, source: str, frames: int, progress: bool, *extra: str) -> RunStats:
+        keys = SourceKeys(self.namespace, source)
+        started = time.monotonic()
+        cmd = [*VIGIL, "produce", "file", str(video), "--source", source, "--no-progress", "--restart", *extra]
+        producer = subprocess.Popen(cmd, env=self.env, stdout=subprocess.DEVNULL)
+        with _bar(progress) as bar:
+            produced = bar.add_task("produced", total=frames)
+            classified = bar.add_task("classified", total=frames)
+            while int(self.client.xlen(keys.results)) + len(read_dead(self.client, self.namespace, source)) \
+                    < frames + 1:
+                if producer.poll() not in (None, 0):
+                    raise VigilError(f"producer for {video} failed with exit code {producer.returncode}")
+                bar.update(produced, completed=int(self.client.xlen(keys.frames)) if self.client.exists(keys.frames)
+                           else 0)
+                bar.update(classified, completed=int(self.client.xlen(keys.results)))
+                time.sleep(0.05)
+            bar.update(produced, completed=frames)
+            bar.update(classified, completed=frames)
+        wall = time.monotonic() - started
+        producer.wait(30)
+        results = read_results(self.client, self.namespace, source)
+        stream_s = max(r.inferred_at for r in results) - min(r.produced_at for r in results) if results else 0.0
+        return RunStats(frames, results, len(read_dead(self.client, self.namespace, source)), wall, stream_s)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.pool is not None and self.pool.poll() is None:
+            self.pool.send_signal(signal.SIGTERM)
+            try:
+                self.pool.wait(30)
+            except subprocess.TimeoutExpired:
+                self.pool.kill()
+                self.pool.wait()
+        keys = list(self.client.scan_iter(match=f"{self.namespace}:*", count=1000))
+        if keys:
+            self.client.delete(*keys)
+        self.client.close()
+
+
+def _bar(enabled: bool) -> Progress:
+    columns = (TextColumn("{task.description:>10}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    return Progress(*columns, disable=not enabled, transient=False)
