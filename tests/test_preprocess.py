@@ -26,3 +26,19 @@ def test_letterbox_pads_instead_of_stretching() -> None:
     out = preprocess(np.full((10, 40), 255, np.uint8),
                      InputSpec(height=40, width=40, channels=1, resize="letterbox"))
     assert out[0, 0, 0] == 0 and out[20, 20, 0] == 255
+
+
+def test_integer_shrink_is_exact_block_average() -> None:
+    img = np.kron(np.arange(16, dtype=np.uint8).reshape(4, 4) * 10, np.ones((8, 8), np.uint8))
+    out = preprocess(img, InputSpec(height=4, width=4, channels=1))
+    assert np.array_equal(out[..., 0], np.arange(16, dtype=np.uint8).reshape(4, 4) * 10)
+
+
+def test_large_shrink_stays_close_to_plain_area_resize() -> None:
+    import cv2
+
+    rng = np.random.default_rng(0)
+    img = cv2.GaussianBlur(rng.integers(0, 255, (720, 1280), dtype=np.uint8), (0, 0), 20)
+    ref = cv2.resize(img, (28, 28), interpolation=cv2.INTER_AREA).astype(int)
+    out = preprocess(img, InputSpec(height=28, width=28, channels=1))[..., 0].astype(int)
+    assert np.abs(out - ref).mean() < 2.0
