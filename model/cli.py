@@ -110,6 +110,23 @@ def structured_cmd(data: str, data_path: Path | None, model_path: Path, keep: fl
 
 @model.command()
 @data_options
+@train_options
+@click.option("--model", "model_path", type=click.Path(exists=True, path_type=Path), required=True)
+@click.option("--no-preserve-sparsity", is_flag=True, help="Plain QAT instead of pruning-preserving QAT.")
+@click.option("--samples", default=300, show_default=True, help="Calibration images for the converter.")
+@click.option("--out", type=click.Path(path_type=Path), required=True)
+def qat(data: str, data_path: Path | None, model_path: Path, no_preserve_sparsity: bool, samples: int, out: Path,
+        **kw: Any) -> None:
+    """Quantization-aware fine-tuning (pruning-preserving by default) -> model.int8.tflite in --out."""
+    from model.pipeline import qat_run
+
+    result = qat_run(_load_data(data, data_path, kw["seed"]), model_path, _train_config(**kw), out,
+                     command=_command_line(), samples=samples, preserve_sparsity=not no_preserve_sparsity)
+    click.echo(json.dumps(result, indent=2))
+
+
+@model.command()
+@data_options
 @click.option("--model", "model_path", type=click.Path(exists=True, path_type=Path), required=True)
 @click.option("--samples", default=300, show_default=True, help="Calibration images (from the training split).")
 @click.option("--threads", default=2, show_default=True)
@@ -128,14 +145,16 @@ def quantize(data: str, data_path: Path | None, model_path: Path, samples: int, 
 @click.option("--name", default="fashion-mnist", show_default=True)
 @click.option("--version", "human_version", default="1.0.0", show_default=True)
 @click.option("--samples", default=300, show_default=True, help="Calibration images.")
+@click.option("--int8", "int8_path", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Ship this INT8 .tflite (e.g. from `vigil model qat`) instead of converting --model.")
 @click.option("--threads", default=2, show_default=True)
 def bundle(data: str, data_path: Path | None, model_path: Path, out: Path, name: str, human_version: str,
-           samples: int, threads: int) -> None:
+           samples: int, int8_path: Path | None, threads: int) -> None:
     """Quantize a float model to INT8, evaluate it on the test split and write a versioned bundle."""
     from model.pipeline import bundle_run
 
     spec = bundle_run(_load_data(data, data_path), model_path, out, name=name, version=human_version,
-                      samples=samples, threads=threads, command=_command_line())
+                      samples=samples, threads=threads, command=_command_line(), int8_path=int8_path)
     click.echo(json.dumps({"bundle": str(out), "version": spec.version, **spec.metrics}, indent=2))
 
 

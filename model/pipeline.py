@@ -81,6 +81,28 @@ def structured_run(data: Dataset, model_path: Path, keep: float, criterion: str,
                     train=cfg, parent=str(model_path), keep=keep, criterion=criterion, command=command)
 
 
+def qat_run(data: Dataset, model_path: Path, cfg: TrainConfig, out: Path, *, command: str, samples: int = 300,
+            preserve_sparsity: bool = True) -> dict[str, Any]:
+    """QAT fine-tune of a (pruned) float model; writes the parent's float TFLite and the QAT INT8 TFLite."""
+    from model.prune import sparsity_report
+    from model.qat import quantize_aware
+    from model.quantize import to_float_tflite, to_int8_tflite
+    from model.train import write_config
+
+    parent = load_keras(model_path)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / FLOAT_TFLITE).write_bytes(to_float_tflite(parent))
+    qat = quantize_aware(parent, data, cfg, out, preserve_sparsity)
+    (out / INT8_TFLITE).write_bytes(to_int8_tflite(qat, data.train.x, samples))
+    metrics = {"parent": str(model_path), "params": int(parent.count_params()), "epochs_run": cfg.epochs,
+               "preserve_sparsity": preserve_sparsity, "sparsity": sparsity_report(parent)["total"],
+               "note": "float files are the parent's; INT8 comes from quantization-aware fine-tuning"}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_config(out, dataset=data.name, train=cfg, parent=str(model_path), samples=samples,
+                 preserve_sparsity=preserve_sparsity, command=command)
+    return metrics
+
+
 def quantize_run(data: Dataset, model_path: Path, samples: int = 300, threads: int = 2,
                  limit: int | None = None) -> dict[str, Any]:
     from model.evaluate import evaluate_tflite
@@ -99,20 +121,27 @@ def quantize_run(data: Dataset, model_path: Path, samples: int = 300, threads: i
 
 def bundle_run(data: Dataset, model_path: Path, out: Path, *, name: str, version: str, command: str,
                samples: int = 300, threads: int = 2, limit: int | None = None,
-               saved_model: bool = True) -> BundleSpec:
+               saved_model: bool = True, int8_path: Path | None = None) -> BundleSpec:
     from model.bundle import export_bundle
     from model.evaluate import evaluate_tflite
     from model.quantize import to_int8_tflite
 
     model = load_keras(model_path)
-    int8 = to_int8_tflite(model, data.train.x, samples)
+    if int8_path is not None:  # e.g. a QAT run's INT8 model; the float files still come from ``model_path``
+        from model.quantize import assert_integer_only
+
+        int8 = int8_path.read_bytes()
+        assert_integer_only(int8)
+    else:
+        int8 = to_int8_tflite(model, data.train.x, samples)
     test = data.test.head(limit)
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "m.tflite").write_bytes(int8)
         metrics = evaluate_tflite(Path(tmp) / "m.tflite", test.x, test.y, len(data.labels), threads)
     metrics.pop("confusion_matrix")
     parent = model_path.parent / "metrics.json"
-    extra = {"source_model": str(model_path), "calibration_samples": samples,
+    extra = {"source_model": str(model_path), "source_int8": str(int8_path) if int8_path else None,
+             "calibration_samples": samples,
              "run_metrics": json.loads(parent.read_text()) if parent.is_file() else {}}
     return export_bundle(out, model, int8, data.labels, name=name, version=version, command=command,
                          metrics=metrics, extra=extra, saved_model=saved_model)
