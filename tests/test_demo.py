@@ -25,10 +25,10 @@ def test_conveyor_video_has_known_labels(tmp_path) -> None:
 @pytest.mark.integration
 @pytest.mark.skipif(not (SHIPPED / "spec.json").is_file(), reason="no shipped bundle yet")
 def test_demo_accuracy_matches_offline_and_every_frame_has_one_result(redis_url) -> None:
-    out = subprocess.run([sys.executable, "-m", "common.cli", "--redis-url", redis_url, "demo", "--items", "300",
+    out = subprocess.run([sys.executable, "-m", "common.cli", "--redis-url", redis_url, "demo", "--items", "500",
                           "--hold", "2", "-n", "2", "--json"], capture_output=True, text=True, check=True,
                          timeout=120).stdout
     report = json.loads(out)
-    assert report["frames"] == report["results"] == 600
+    assert report["frames"] == report["results"] == 1000
     assert report["duplicates"] == 0
     assert abs(report["accuracy_e2e"] - report["accuracy_offline"]) <= 0.005 + 1e-9
