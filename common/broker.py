@@ -74,6 +74,14 @@ def free_port() -> int:
         return port
 
 
+def _die_with_parent() -> None:
+    """Linux: the server gets SIGTERM when the process that started it dies, even by SIGKILL."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 class EmbeddedBroker:
     """A private valkey-server on a free loopback port, in its own temp dir; no persistence unless asked."""
 
@@ -96,7 +104,8 @@ class EmbeddedBroker:
             "--save", "", "--appendonly", "yes" if self.appendonly else "no", "--daemonize", "no",
             "--logfile", str(self.dir / "server.log"),
         ]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     preexec_fn=_die_with_parent)
         atexit.register(self.stop)
         self._wait_ready(timeout)
         return self

@@ -32,3 +32,22 @@ def test_bad_scheme_is_a_named_error() -> None:
 
 def test_password_is_redacted() -> None:
     assert redact("redis://user:secret@host:6379/0") == "redis://***@host:6379/0"
+
+
+def test_embedded_server_dies_with_a_killed_parent() -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = "from common.broker import EmbeddedBroker; b = EmbeddedBroker().start(); print(b.url, flush=True); " \
+           "import time; time.sleep(60)"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    url = proc.stdout.readline().strip()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(0.5)
+    with pytest.raises(redis.ConnectionError):
+        redis.Redis.from_url(url, socket_connect_timeout=0.5).ping()

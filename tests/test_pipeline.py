@@ -145,3 +145,17 @@ def test_worker_process_never_imports_tensorflow_and_stays_small(pipeline_env) -
                          env={**os.environ, "PYTHONPATH": os.getcwd()}).stdout.split()
     assert out[0] == "False"
     assert int(out[1]) < 300
+
+
+def test_frames_past_max_deliveries_are_dead_lettered(pipeline_env, client, namespace, small_video) -> None:
+    produce(pipeline_env, small_video, "--every", "10")
+    keys = SourceKeys(namespace, "cam")
+    read = client.xreadgroup(GROUP, "ghost", {keys.frames: ">"}, count=2)
+    ids = [eid for eid, _ in read[0][1]]
+    client.xclaim(keys.frames, GROUP, "ghost", 0, ids, retrycount=5)  # as if 5 workers died on them
+    proc = start_workers(pipeline_env, "--burst")
+    assert proc.wait(60) == 0
+    dead = read_dead(client, namespace, "cam")
+    assert sorted(d["entry_id"] for d in dead) == sorted(i.decode() for i in ids)
+    assert all("max_deliveries=3" in d["reason"] for d in dead)
+    assert sorted(r.seq for r in read_results(client, namespace, "cam")) == [2, 3, 4, 5]
