@@ -50,9 +50,10 @@ def measure_runs(runs: Path, x: Any, y: Any, threads: int) -> dict[str, dict[str
 
 
 def _row(label: str, m: dict[str, Any], meta: dict[str, Any]) -> str:
+    params = f"{meta['params']:,}" if isinstance(meta.get("params"), int) else "?"
     return (f"| {label} | {m['accuracy']:.4f} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1']:.4f} | "
             f"{m['latency_ms_b1']:.3f} | {m['throughput_b8']:,.0f} | {m['throughput_b32']:,.0f} | "
-            f"{m['size_bytes'] / 1024:,.1f} | {m['gzip_bytes'] / 1024:,.1f} | {meta.get('params', '?'):,} | "
+            f"{m['size_bytes'] / 1024:,.1f} | {m['gzip_bytes'] / 1024:,.1f} | {params} | "
             f"{meta.get('epochs_run', '?')} |")
 
 
