@@ -91,8 +91,9 @@ class SourcePublisher:
 
     def end(self, seq: int) -> None:
         """Append the end-of-stream marker and record it in the checkpoint."""
+        frames_sent = self.stats.sent
         self.send([Frame.end_of_stream(self.keys.source, seq, time.time())])
-        self.stats.sent -= 1
+        self.stats.sent = frames_sent
         self.client.hset(self.keys.meta, mapping={"eos": 1, "total": seq})
 
     def lag(self) -> int:

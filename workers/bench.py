@@ -112,7 +112,8 @@ def pipeline(settings: Settings, workers: int | None, repeat: int, as_json: bool
     bundle = Bundle.load(settings.bundle)
     cores = os.cpu_count() or 1
     n = workers or settings.workers
-    report: dict[str, Any] = {"cores": cores, "workers": n, "bundle": bundle.version, "videos": {}}
+    report: dict[str, Any] = {"cores": cores, "workers": n, "bundle": bundle.version,
+                              "load_avg_1m_at_start": round(os.getloadavg()[0], 2), "videos": {}}
     with tempfile.TemporaryDirectory(prefix="vigil-bench-") as tmp:
         videos = bench_videos(Path(tmp), bundle)
         ideal = {name: ideal_fps(path, bundle, cores) for name, path in videos.items()}

@@ -7,6 +7,7 @@ import sys
 import click
 
 from common.broker import broker_url
+from common.bundle import Bundle
 from common.settings import Settings
 from workers.pool import Pool
 from workers.reader import ReadPolicy
@@ -32,11 +33,13 @@ def work(settings: Settings, workers: int | None, threads: int | None, max_batch
          max_wait_ms: int | None, claim_idle_ms: int | None, burst: bool) -> None:
     """Classify frames from every registered source: N processes, micro-batches, atomic result+ack.
 
-    SIGTERM drains (finish the batch, ack, exit 0); a second SIGTERM exits at once.
+    SIGTERM drains (finish the batch, ack, exit 0); a second SIGTERM exits at once. --burst exits once every
+    registered source has sent its end-of-stream marker and nothing is left unread or pending.
     """
     overrides = {"workers": workers, "threads_per_worker": threads, "max_batch": max_batch,
                  "max_wait_ms": max_wait_ms, "claim_idle_ms": claim_idle_ms}
     settings = settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    Bundle.load(settings.bundle)  # fail here, with the reason, rather than in N respawning children
     with broker_url(settings.redis_url) as url:
         if not settings.redis_url:
             click.echo(f"embedded broker at {url} (export REDIS_URL to share one)", err=True)

@@ -42,6 +42,7 @@ class BatchReader:
         self.consumer = consumer
         self.policy = policy
         self.sources: dict[str, SourceKeys] = {}
+        self._by_stream: dict[bytes, str] = {}
         self._refreshed = 0.0
         self._claimed_at = time.monotonic()
         self._cursors: dict[str, str] = {}
@@ -86,8 +87,7 @@ class BatchReader:
                 for stream, entries in reply or [] for eid, fields in entries]
 
     def _source(self, stream: bytes) -> str:
-        name = stream.decode()
-        return next(s for s, k in self.sources.items() if k.frames == name)
+        return self._by_stream[stream]
 
     def _refresh_sources(self) -> None:
         if time.monotonic() - self._refreshed < REFRESH_S:
@@ -103,6 +103,7 @@ class BatchReader:
                 if "BUSYGROUP" not in str(exc):
                     raise
             self.sources[keys.source] = keys
+        self._by_stream = {k.frames.encode(): s for s, k in self.sources.items()}
 
     def _reclaim_due(self) -> list[Entry]:
         """Janitor tick: claim entries idle past claim_idle_ms, continuing each source's cursor until 0-0."""

@@ -83,6 +83,8 @@ class Worker:
                 continue
             try:
                 frame = Frame.decode(entry.raw)
+                if frame.source != entry.source:
+                    raise DecodeError(f"frame of source {frame.source!r} on the stream of {entry.source!r}")
                 if frame.eos:
                     outcomes.append(self.eos(entry, frame))
                     continue
