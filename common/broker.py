@@ -31,9 +31,9 @@ MAX_BLOCK_MS = 2_000
 SOCKET_TIMEOUT_S = MAX_BLOCK_MS / 1000 + 8
 
 
-def connect(url: str, *, decode: bool = False) -> redis.Redis:
+def connect(url: str, *, decode: bool = False, retries: int = 6) -> redis.Redis:
     """A client for ``redis://``, ``rediss://`` or ``unix://`` URLs (ACL user and password in the URL)."""
-    retry = Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=6)
+    retry = Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=retries)
     try:
         client: redis.Redis = redis.Redis.from_url(
             url,
@@ -50,8 +50,8 @@ def connect(url: str, *, decode: bool = False) -> redis.Redis:
 
 
 def ping(url: str) -> None:
-    """Raise ``BrokerError`` naming the URL when the broker does not answer."""
-    client = connect(url)
+    """Raise ``BrokerError`` naming the URL when the broker does not answer (fail fast: one retry)."""
+    client = connect(url, retries=1)
     try:
         client.ping()
     except (redis.ConnectionError, redis.TimeoutError, redis.AuthenticationError) as exc:

@@ -51,3 +51,30 @@ def test_embedded_server_dies_with_a_killed_parent() -> None:
     time.sleep(0.5)
     with pytest.raises(redis.ConnectionError):
         redis.Redis.from_url(url, socket_connect_timeout=0.5).ping()
+
+
+def test_acl_user_and_password_in_the_url(embedded_broker) -> None:
+    admin = connect(embedded_broker.url)
+    admin.acl_setuser("vigiltest", enabled=True, passwords=["+s3cret"], keys=["*"], commands=["+@all"])
+    try:
+        assert connect(f"redis://vigiltest:s3cret@127.0.0.1:{embedded_broker.port}/0").ping()
+        with pytest.raises(BrokerError, match="unreachable"):
+            ping(f"redis://vigiltest:wrong@127.0.0.1:{embedded_broker.port}/0")
+    finally:
+        admin.acl_deluser("vigiltest")
+
+
+def test_broker_command_prints_url_and_stops_on_sigterm() -> None:
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "common.cli", "broker", "--port", "0"],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    url = proc.stdout.readline().strip().removeprefix("export REDIS_URL=")
+    assert connect(url).ping()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(10) == 0
+    with pytest.raises(redis.ConnectionError):
+        redis.Redis.from_url(url, socket_connect_timeout=0.5).ping()
