@@ -7,7 +7,7 @@ and non-Python subscribers can read it (documented in docs/results-schema.md).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import msgpack
@@ -65,8 +65,11 @@ class Frame:
     def encode(self) -> bytes:
         if len(self.data) > MAX_FRAME_BYTES:
             raise DecodeError(f"frame {self.frame_id}: {len(self.data)} bytes exceeds {MAX_FRAME_BYTES}")
-        payload = asdict(self)
-        payload["v"] = FRAME_VERSION
+        payload = {
+            "v": FRAME_VERSION, "source": self.source, "seq": self.seq, "captured_at": self.captured_at,
+            "produced_at": self.produced_at, "shape": self.shape, "dtype": self.dtype, "encoding": self.encoding,
+            "data": self.data, "eos": self.eos,
+        }
         out: bytes = msgpack.packb(payload, use_bin_type=True)
         return out
 

@@ -159,3 +159,17 @@ def test_frames_past_max_deliveries_are_dead_lettered(pipeline_env, client, name
     assert sorted(d["entry_id"] for d in dead) == sorted(i.decode() for i in ids)
     assert all("max_deliveries=3" in d["reason"] for d in dead)
     assert sorted(r.seq for r in read_results(client, namespace, "cam")) == [2, 3, 4, 5]
+
+
+def test_batches_respect_max_batch_across_sources(client, namespace, small_video, pipeline_env) -> None:
+    from workers.reader import BatchReader, ReadPolicy
+
+    for name in ("a", "b"):
+        subprocess.run([*VIGIL, "produce", "file", str(small_video), "--source", name, "--no-progress"],
+                       env=pipeline_env, check=True, capture_output=True)
+    reader = BatchReader(client, namespace, "t", ReadPolicy(max_batch=10, per_source_cap=6, max_wait_ms=0))
+    sizes = []
+    while batch := reader.next_batch():
+        assert len(batch) <= 10 and max(Counter(e.source for e in batch).values()) <= 6
+        sizes.append(len(batch))
+    assert sum(sizes) == 2 * 61

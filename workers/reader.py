@@ -46,11 +46,12 @@ class BatchReader:
         self._refreshed = 0.0
         self._claimed_at = time.monotonic()
         self._cursors: dict[str, str] = {}
+        self._carry: list[Entry] = []  # read past this batch's limits (COUNT is per stream); first in the next
 
     def next_batch(self) -> list[Entry]:
         """Up to max_batch entries; waits at most max_wait_ms after the first one arrives (empty: idle)."""
         self._refresh_sources()
-        batch = self._reclaim_due()
+        batch, self._carry = self._carry + self._reclaim_due(), []
         deadline = time.monotonic() + self.policy.max_wait_ms / 1000 if batch else None
         while len(batch) < self.policy.max_batch:
             if deadline is None:
@@ -64,7 +65,24 @@ class BatchReader:
                 break
             batch += got
             deadline = deadline or time.monotonic() + self.policy.max_wait_ms / 1000
-        return batch
+        return self._limit(batch)
+
+    def _limit(self, batch: list[Entry]) -> list[Entry]:
+        """Keep at most max_batch entries and per_source_cap per source; carry the rest to the next batch."""
+        taken: Counter[str] = Counter()
+        keep: list[Entry] = []
+        for entry in batch:
+            if len(keep) < self.policy.max_batch and taken[entry.source] < self.policy.per_source_cap:
+                keep.append(entry)
+                taken[entry.source] += 1
+            else:
+                self._carry.append(entry)
+        return keep
+
+    def release(self) -> list[Entry]:
+        """Entries read but not yet handed out (to finish them before shutting down)."""
+        out, self._carry = self._carry, []
+        return out
 
     def _read(self, batch: list[Entry], block: int) -> list[Entry]:
         taken = Counter(e.source for e in batch)

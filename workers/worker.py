@@ -62,15 +62,21 @@ class Worker:
         log.info("worker %s ready (bundle %s, %d threads)", self.name, self.bundle.version, self.config.threads)
         while not self.stopping:
             entries = self.reader.next_batch()
-            if not entries:
-                if self.config.burst and self.reader.drained():
-                    break
-                continue
-            frames, outcomes = self.decode(entries)
-            outcomes += self.infer(frames)
-            self.writer.write_batch(outcomes)
-            self.processed += len(entries)
+            if entries:
+                self.process(entries)
+            elif self.config.burst and self.reader.drained():
+                break
+        self.process(self.reader.release())
         log.info("worker %s stopping after %d entries", self.name, self.processed)
+
+    def process(self, entries: list[Entry]) -> None:
+        """decode -> infer -> publish results and ack, atomically."""
+        if not entries:
+            return
+        frames, outcomes = self.decode(entries)
+        outcomes += self.infer(frames)
+        self.writer.write_batch(outcomes)
+        self.processed += len(entries)
 
     def decode(self, entries: list[Entry]) -> tuple[list[tuple[Entry, Frame, np.ndarray]], list[Outcome]]:
         """Split a batch into frames to classify and outcomes decided without the model."""
