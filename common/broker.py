@@ -8,6 +8,7 @@ Vigil makes is idempotent: explicit stream ids for frames, a ``done`` hash check
 from __future__ import annotations
 
 import atexit
+import logging
 import shutil
 import signal
 import socket
@@ -27,6 +28,7 @@ from redis.retry import Retry
 
 from common.errors import BrokerError
 
+log = logging.getLogger(__name__)
 MAX_BLOCK_MS = 2_000
 SOCKET_TIMEOUT_S = MAX_BLOCK_MS / 1000 + 8
 
@@ -156,6 +158,7 @@ def broker_url(redis_url: str | None) -> Iterator[str]:
         yield redis_url
         return
     with EmbeddedBroker() as broker:
+        log.info("embedded broker at %s (stops with this command; `vigil broker` runs a shared one)", broker.url)
         yield broker.url
 
 

@@ -41,7 +41,5 @@ def work(settings: Settings, workers: int | None, threads: int | None, max_batch
     settings = settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     Bundle.load(settings.bundle)  # fail here, with the reason, rather than in N respawning children
     with broker_url(settings.redis_url) as url:
-        if not settings.redis_url:
-            click.echo(f"embedded broker at {url} (export REDIS_URL to share one)", err=True)
         code = Pool(worker_config(settings, url, burst), settings.workers).run()
     sys.exit(code)
