@@ -78,8 +78,7 @@ class PipelineRun:
                     < frames + 1:
                 if producer.poll() not in (None, 0):
                     raise VigilError(f"producer for {video} failed with exit code {producer.returncode}")
-                bar.update(produced, completed=int(self.client.xlen(keys.frames)) if self.client.exists(keys.frames)
-                           else 0)
+                bar.update(produced, completed=min(frames, int(self.client.xlen(keys.frames))))
                 bar.update(classified, completed=int(self.client.xlen(keys.results)))
                 time.sleep(0.05)
             bar.update(produced, completed=frames)
