@@ -173,3 +173,18 @@ def test_batches_respect_max_batch_across_sources(client, namespace, small_video
         assert len(batch) <= 10 and max(Counter(e.source for e in batch).values()) <= 6
         sizes.append(len(batch))
     assert sum(sizes) == 2 * 61
+
+
+def test_image_folder_with_jpeg_transport(pipeline_env, client, namespace, image_folder) -> None:
+    subprocess.run([*VIGIL, "produce", "file", str(image_folder), "--source", "cam", "--transport", "jpeg",
+                    "--no-progress"], env=pipeline_env, check=True, capture_output=True, timeout=60)
+    proc = start_workers(pipeline_env, "--burst")
+    assert proc.wait(60) == 0
+    assert_exactly_once(client, namespace, 5)
+
+
+def test_rerunning_a_finished_source_sends_nothing(pipeline_env, client, namespace, small_video) -> None:
+    produce(pipeline_env, small_video, "--every", "6")
+    out = produce(pipeline_env, small_video, "--every", "6", "--json").stdout
+    assert '"sent": 0' in out and '"already_done": true' in out
+    assert int(client.xlen(SourceKeys(namespace, "cam").frames)) == 11
