@@ -51,7 +51,7 @@ def decode_all(video: Path, bundle: Bundle) -> tuple[np.ndarray, float]:
     return np.stack(frames), time.process_time() - cpu
 
 
-def ideal_fps(video: Path, bundle: Bundle, cores: int, batch: int = 32) -> tuple[float, int]:
+def ideal_fps(video: Path, bundle: Bundle, cores: int, batch: int = 32) -> tuple[float, int, float]:
     cv2.setNumThreads(1)  # one core's cost; OpenCV would otherwise spread work and hide it
     frames, decode_cpu = decode_all(video, bundle)
     clf = Classifier.from_bundle(bundle, num_threads=1)
@@ -60,7 +60,7 @@ def ideal_fps(video: Path, bundle: Bundle, cores: int, batch: int = 32) -> tuple
     for i in range(0, len(frames) - batch + 1, batch):
         clf.predict_proba(frames[i:i + batch])
     per_frame = decode_cpu / len(frames) + (time.process_time() - cpu) / max(1, len(frames) // batch * batch)
-    return cores / per_frame, len(frames)
+    return cores / per_frame, len(frames), per_frame
 
 
 def naive_fps(video: Path, bundle: Bundle) -> float:
@@ -83,12 +83,14 @@ def naive_fps(video: Path, bundle: Bundle) -> float:
     return n / (time.perf_counter() - start)
 
 
-def pipeline_fps(run: PipelineRun, video: Path, frames: int, repeat: int) -> float:
+def pipeline_fps(run: PipelineRun, video: Path, frames: int, repeat: int) -> tuple[float, float]:
+    """Median fps, and median CPU ms per frame spent by workers + broker (the producer's is decode-dominated)."""
     runs = [run.feed(video, f"bench{i}", frames, progress=False) for i in range(repeat)]
     for stats in runs:
         if len(stats.results) != frames:
             raise click.ClickException(f"pipeline lost frames: {len(stats.results)} results for {frames} frames")
-    return statistics.median(s.fps for s in runs)
+    cpu = statistics.median((s.worker_cpu_s + s.broker_cpu_s) / frames * 1000 for s in runs)
+    return statistics.median(s.fps for s in runs), cpu
 
 
 def bench_videos(tmp: Path, bundle: Bundle) -> dict[str, Path]:
@@ -124,8 +126,10 @@ def pipeline(settings: Settings, workers: int | None, repeat: int, as_json: bool
     for name in videos:
         report["videos"][name] = {
             "frames": ideal[name][1], "naive_fps": round(naive[name], 1), "ideal_fps": round(ideal[name][0], 1),
-            "pipeline_fps": round(piped[name], 1), "ratio_vs_naive": round(piped[name] / naive[name], 2),
-            "ratio_vs_ideal": round(piped[name] / ideal[name][0], 2),
+            "pipeline_fps": round(piped[name][0], 1), "ratio_vs_naive": round(piped[name][0] / naive[name], 2),
+            "ratio_vs_ideal": round(piped[name][0] / ideal[name][0], 2),
+            "ideal_cpu_ms_per_frame": round(ideal[name][2] * 1000, 3),
+            "pipeline_worker_broker_cpu_ms_per_frame": round(piped[name][1], 3),
         }
     text = json.dumps(report, indent=2)
     if output:

@@ -3,6 +3,7 @@ against one broker, with a progress display. Used by `vigil demo` and `vigil ben
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -10,7 +11,9 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import psutil
 import redis
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -31,6 +34,8 @@ class RunStats:
     dead: int
     wall_s: float  # producer launch -> last result, process start-up included
     stream_s: float  # first frame produced -> last result inferred (warm workers)
+    worker_cpu_s: float = 0.0  # CPU the worker pool (all processes) spent during the run
+    broker_cpu_s: float = 0.0
 
     @property
     def fps(self) -> float:
@@ -68,6 +73,7 @@ class PipelineRun:
 
     def feed(self, video: Path, source: str, frames: int, progress: bool, *extra: str) -> RunStats:
         keys = SourceKeys(self.namespace, source)
+        cpu0 = self._cpu()
         started = time.monotonic()
         cmd = [*VIGIL, "produce", "file", str(video), "--source", source, "--no-progress", "--restart", *extra]
         producer = subprocess.Popen(cmd, env=self.env, stdout=subprocess.DEVNULL)
@@ -84,10 +90,24 @@ class PipelineRun:
             bar.update(produced, completed=frames)
             bar.update(classified, completed=frames)
         wall = time.monotonic() - started
+        worker_cpu, broker_cpu = (b - a for a, b in zip(cpu0, self._cpu(), strict=True))
         producer.wait(30)
         results = read_results(self.client, self.namespace, source)
         stream_s = max(r.inferred_at for r in results) - min(r.produced_at for r in results) if results else 0.0
-        return RunStats(frames, results, len(read_dead(self.client, self.namespace, source)), wall, stream_s)
+        dead = len(read_dead(self.client, self.namespace, source))
+        return RunStats(frames, results, dead, wall, stream_s, worker_cpu, broker_cpu)
+
+    def _cpu(self) -> tuple[float, float]:
+        """CPU seconds so far of the worker pool (supervisor + children) and of the broker (INFO cpu)."""
+        workers = 0.0
+        if self.pool is not None:
+            root = psutil.Process(self.pool.pid)
+            for proc in [root, *root.children(recursive=True)]:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    t = proc.cpu_times()
+                    workers += t.user + t.system
+        info: Any = self.client.info("cpu")
+        return workers, float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
     def __exit__(self, *exc: object) -> None:
         if self.pool is not None and self.pool.poll() is None:
