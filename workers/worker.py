@@ -5,6 +5,7 @@ Built inside the child after spawn (its own Redis client and LiteRT interpreter)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -15,6 +16,7 @@ from pathlib import Path
 from types import FrameType
 
 import numpy as np
+import redis
 
 from common.broker import connect
 from common.bundle import Bundle
@@ -52,7 +54,8 @@ class Worker:
         self.client = connect(config.redis_url)
         self.bundle = Bundle.load(config.bundle, verify_hashes=False)
         self.classifier = Classifier.from_bundle(self.bundle, config.threads)
-        self.client.client_setname(f"{config.namespace}:worker:{os.getpid()}")  # visible in CLIENT LIST
+        with contextlib.suppress(redis.ResponseError):  # an ACL user may lack CLIENT; the name is only a label
+            self.client.client_setname(f"{config.namespace}:worker:{os.getpid()}")  # seen in CLIENT LIST
         self.reader = BatchReader(self.client, config.namespace, self.name, config.policy)
         self.writer = ResultWriter(self.client, config.namespace)
         self.stopping = False
