@@ -1,5 +1,5 @@
 """Stream, group and key names. Every per-source key carries the hash tag ``{source}`` so that a source's
-frames, results, dead letters and bookkeeping share one cluster slot (the result script touches them all).
+frames, results, dead letters and checkpoint share one cluster slot (the result script touches three of them).
 """
 
 from __future__ import annotations
@@ -47,17 +47,12 @@ class SourceKeys:
         return f"{self._prefix}:dead"
 
     @property
-    def done(self) -> str:
-        """Hash frame_id -> outcome (r: result, d: dead letter, e: eos); makes result writes idempotent."""
-        return f"{self._prefix}:done"
-
-    @property
     def meta(self) -> str:
         """Producer checkpoint and metadata: path, total, eos, produced."""
         return f"{self._prefix}:meta"
 
     def all(self) -> list[str]:
-        return [self.frames, self.results, self.dead, self.done, self.meta]
+        return [self.frames, self.results, self.dead, self.meta]
 
 
 def source_of_stream(namespace: str, stream: str) -> str:

@@ -4,7 +4,7 @@ import pytest
 
 from common.cli import main
 from common.schemas import Result
-from common.streams import SourceKeys, registry_key
+from common.streams import GROUP, SourceKeys, registry_key
 from workers.publish import Outcome, ResultWriter
 from workers.results import read_results, segments
 
@@ -19,22 +19,42 @@ def test_segments_group_consecutive_labels_in_seq_order() -> None:
     assert [(s.label, s.start, s.end, s.frames) for s in segs] == [("coat", 0.0, 0.1, 2), ("bag", 0.2, 0.3, 2)]
 
 
+def _pending_entries(client, keys: SourceKeys, n: int, consumer: str = "a") -> None:
+    client.xgroup_create(keys.frames, GROUP, id="0", mkstream=True)
+    for i in range(n):
+        client.xadd(keys.frames, {"f": b"x"}, id=f"1-{i}")
+    client.xreadgroup(GROUP, consumer, {keys.frames: ">"})
+
+
+def _outcome(i: int) -> Outcome:
+    return Outcome("cam", f"1-{i}", "r", _res(i, "coat" if i < 3 else "bag", i / 10).encode())
+
+
 @pytest.fixture
 def published(client, namespace):
-    writer = ResultWriter(client, namespace)
     keys = SourceKeys(namespace, "cam")
     client.sadd(registry_key(namespace), "cam")
-    outcomes = [Outcome("cam", f"1-{i}", f"cam:{i}", "r", _res(i, "coat" if i < 3 else "bag", i / 10).encode())
-                for i in range(5)]
-    assert writer.write_batch(outcomes) == 5
+    _pending_entries(client, keys, 5)
+    assert ResultWriter(client, namespace).write_batch([_outcome(i) for i in range(5)]) == 5
     return keys
 
 
 @pytest.mark.integration
 def test_redelivered_outcome_writes_no_second_result(client, namespace, published) -> None:
-    again = Outcome("cam", "1-0", "cam:0", "r", _res(0, "coat", 0.0).encode())
-    assert ResultWriter(client, namespace).write_batch([again]) == 0
+    assert ResultWriter(client, namespace).write_batch([_outcome(0)]) == 0
     assert [r.seq for r in read_results(client, namespace, "cam")] == [0, 1, 2, 3, 4]
+    assert client.xpending(published.frames, GROUP)["pending"] == 0
+
+
+@pytest.mark.integration
+def test_slow_worker_and_claimer_yield_one_result(client, namespace) -> None:
+    keys = SourceKeys(namespace, "cam")
+    _pending_entries(client, keys, 1, consumer="slow")
+    client.xclaim(keys.frames, GROUP, "janitor", 0, ["1-0"])
+    writer = ResultWriter(client, namespace)
+    assert writer.write_batch([_outcome(0)]) == 1  # the claimer finishes first
+    assert writer.write_batch([_outcome(0)]) == 0  # the slow worker's late write is dropped
+    assert len(read_results(client, namespace, "cam")) == 1
 
 
 @pytest.mark.integration

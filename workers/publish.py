@@ -1,9 +1,12 @@
 """Publish results and ack, atomically and idempotently.
 
-One Lua script per source per batch: for each entry it sets ``done[frame_id]`` with HSETNX and only when that
-is new appends the result (or dead letter) — then it XACKs the entry either way. A redelivered frame whose
-result was already written is therefore acked without a second result, and a crash before the script runs
-leaves the entry pending for the janitor. All keys share the ``{source}`` hash tag (one cluster slot).
+One Lua script per source per batch: for each entry it XACKs first, and appends the result (or dead letter)
+only when that XACK removed the entry from the group's pending list. A copy of the entry processed a second
+time (a slow worker whose batch the janitor handed to another) finds it already acked and writes nothing; a
+crash before the script runs leaves the entry pending for the janitor. Both happen inside one script, so a
+result exists if and only if its entry is acked — with no per-frame state to grow. Duplicate *entries* of
+one frame cannot occur: producers write deterministic ids (``1-<seq>``) and the server refuses repeats.
+All keys share the ``{source}`` hash tag (one cluster slot).
 """
 
 from __future__ import annotations
@@ -19,19 +22,18 @@ from common.streams import GROUP, SourceKeys
 
 Kind = Literal["r", "d", "e"]  # result, dead letter, end of stream
 
-# ARGV: group, then per entry: entry_id, done_key, kind, fields as a JSON array [k1, v1, k2, v2, ...]
-# (one argument instead of ~26 keeps client-side packing cheap; XADD still writes flat string fields).
+# KEYS: frames, results, dead. ARGV: group, then per entry: entry_id, kind, fields as a JSON array
+# [k1, v1, k2, v2, ...] (one argument instead of ~26 keeps client-side packing cheap; XADD still writes
+# flat string fields).
 PUBLISH_LUA = """
 local written = 0
-for i = 2, #ARGV, 4 do
-  local entry_id, done_key, kind = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  if redis.call('HSETNX', KEYS[3], done_key, kind) == 1 then
+for i = 2, #ARGV, 3 do
+  if redis.call('XACK', KEYS[1], ARGV[1], ARGV[i]) == 1 then
     local target = KEYS[2]
-    if kind == 'd' then target = KEYS[4] end
-    redis.call('XADD', target, '*', unpack(cjson.decode(ARGV[i + 3])))
+    if ARGV[i + 1] == 'd' then target = KEYS[3] end
+    redis.call('XADD', target, '*', unpack(cjson.decode(ARGV[i + 2])))
     written = written + 1
   end
-  redis.call('XACK', KEYS[1], ARGV[1], entry_id)
 end
 return written
 """
@@ -41,7 +43,6 @@ return written
 class Outcome:
     source: str
     entry_id: str
-    done_key: str  # frame_id, or "entry:<id>" when the frame did not decode
     kind: Kind
     fields: dict[str, str]
 
@@ -61,6 +62,6 @@ class ResultWriter:
             keys = SourceKeys(self.namespace, source)
             args: list[str] = [GROUP]
             for o in items:
-                args += [o.entry_id, o.done_key, o.kind, json.dumps([x for kv in o.fields.items() for x in kv])]
-            written += int(self._script(keys=[keys.frames, keys.results, keys.done, keys.dead], args=args))
+                args += [o.entry_id, o.kind, json.dumps([x for kv in o.fields.items() for x in kv])]
+            written += int(self._script(keys=[keys.frames, keys.results, keys.dead], args=args))
         return written

@@ -123,18 +123,18 @@ class Worker:
         res = Result(frame.source, frame.frame_id, frame.seq, labels[top[0]], float(probs[top[0]]),
                      frame.captured_at, frame.produced_at, now, self.bundle.version, self.name,
                      [(labels[i], float(probs[i])) for i in top])
-        return Outcome(entry.source, entry.entry_id, frame.frame_id, "r", res.encode())
+        return Outcome(entry.source, entry.entry_id, "r", res.encode())
 
     def eos(self, entry: Entry, frame: Frame) -> Outcome:
         res = Result(frame.source, frame.frame_id, frame.seq, produced_at=frame.produced_at,
                      inferred_at=time.time(), model_version=self.bundle.version, worker=self.name, type="eos")
-        return Outcome(entry.source, entry.entry_id, "eos", "e", res.encode())
+        return Outcome(entry.source, entry.entry_id, "e", res.encode())
 
     def dead(self, entry: Entry, reason: str) -> Outcome:
         log.warning("dead-lettering %s %s: %s", entry.source, entry.entry_id, reason)
         fields = {"source": entry.source, "entry_id": entry.entry_id, "reason": reason,
                   "deliveries": str(entry.deliveries), "worker": self.name, "at": f"{time.time():.6f}"}
-        return Outcome(entry.source, entry.entry_id, f"entry:{entry.entry_id}", "d", fields)
+        return Outcome(entry.source, entry.entry_id, "d", fields)
 
 
 def child_main(config: WorkerConfig) -> None:
