@@ -22,6 +22,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "work": ("workers.cli", "work", "Run the supervised worker pool that classifies frames."),
     "results": ("workers.results_cli", "results", "Tail, export and summarise classification results."),
     "status": ("workers.status", "status", "Show streams, lag, pending, consumers and camera states."),
+    "streams": ("workers.status", "streams", "Print the Redis key names of sources (for redis-cli, KEDA)."),
     "bench": ("workers.bench", "bench", "Benchmarks that print side-by-side ratios."),
     "demo": ("workers.demo", "demo", "Run the whole pipeline on a conveyor video of real test images."),
     "broker": ("common.broker", "broker_command", "Run the embedded Redis-protocol broker in the foreground."),

@@ -85,3 +85,8 @@ def test_status_counts(monkeypatch, capsys, redis_url, namespace, published) -> 
     monkeypatch.setenv("VIGIL_NAMESPACE", namespace)
     assert main(["status", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["results"] == 5
+
+
+def test_streams_prints_key_names(capsys) -> None:
+    assert main(["streams", "cam1"]) == 0
+    assert json.loads(capsys.readouterr().out)["frames"] == "vigil:{cam1}:frames"

@@ -10,7 +10,7 @@ import redis
 
 from common.broker import broker_url, connect
 from common.settings import Settings
-from common.streams import GROUP, SourceKeys
+from common.streams import GROUP, SourceKeys, check_source
 from workers.results import sources
 
 
@@ -45,3 +45,17 @@ def status(settings: Settings, as_json: bool) -> None:
     for r in rows:
         click.echo(f"{r['source']:<24}{r['frames']:>8}{r['lag']!s:>8}{r['pending']!s:>9}{r['results']:>9}"
                    f"{r['dead']:>6}  {'yes' if r['ended'] else 'no'}")
+
+
+@click.command("streams")
+@click.argument("names", nargs=-1)
+@click.pass_obj
+def streams(settings: Settings, names: tuple[str, ...]) -> None:
+    """Print the Redis keys of sources (given, or every registered one): for redis-cli, KEDA, dashboards."""
+    if not names:
+        with broker_url(settings.redis_url) as url:
+            names = tuple(sources(connect(url), settings.namespace))
+    for name in names:
+        keys = SourceKeys(settings.namespace, check_source(name))
+        click.echo(json.dumps({"source": name, "frames": keys.frames, "group": GROUP, "results": keys.results,
+                               "dead": keys.dead, "meta": keys.meta}))
