@@ -98,8 +98,7 @@ class BatchReader:
             if "NOGROUP" not in str(exc):
                 raise
             log.warning("a frames stream lost its group (deleted/restarted source); re-registering")
-            self._refreshed = 0.0
-            self._refresh_sources()
+            self._refresh_sources(force=True)
             return []
         return [Entry(self._source(stream), eid.decode(), fields.get(FRAME_FIELD))
                 for stream, entries in reply or [] for eid, fields in entries]
@@ -107,20 +106,24 @@ class BatchReader:
     def _source(self, stream: bytes) -> str:
         return self._by_stream[stream]
 
-    def _refresh_sources(self) -> None:
-        if time.monotonic() - self._refreshed < REFRESH_S:
+    def _refresh_sources(self, force: bool = False) -> None:
+        """Pick up newly registered sources (groups are created once per source, not on every refresh)."""
+        if not force and time.monotonic() - self._refreshed < REFRESH_S:
             return
         self._refreshed = time.monotonic()
-        self.sources = {}
         members: Any = self.client.smembers(registry_key(self.namespace))
+        known, self.sources = self.sources, {}
         for raw in members:
-            keys = SourceKeys(self.namespace, raw.decode())
-            try:
-                self.client.xgroup_create(keys.frames, GROUP, id="0", mkstream=True)
-            except redis.ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise
-            self.sources[keys.source] = keys
+            name = raw.decode()
+            keys = known.get(name) if not force else None
+            if keys is None:
+                keys = SourceKeys(self.namespace, name)
+                try:
+                    self.client.xgroup_create(keys.frames, GROUP, id="0", mkstream=True)
+                except redis.ResponseError as exc:
+                    if "BUSYGROUP" not in str(exc):
+                        raise
+            self.sources[name] = keys
         self._by_stream = {k.frames.encode(): s for s, k in self.sources.items()}
 
     def _reclaim_due(self) -> list[Entry]:
@@ -155,8 +158,7 @@ class BatchReader:
 
     def drained(self) -> bool:
         """True when every source has ended and nothing is left undelivered or pending (burst mode)."""
-        self._refreshed = 0.0
-        self._refresh_sources()
+        self._refresh_sources(force=True)
         for keys in self.sources.values():
             if self.client.hget(keys.meta, "eos") != b"1":
                 return False
