@@ -118,7 +118,8 @@ def write_report(runs: Path, bundle_dir: Path, out: Path, data_path: Path | None
         "throughput a 1 s loop at a fixed batch. Accuracy etc. on the 10,000 official test images; precision, "
         "recall, F1 are macro averages.", "",
         *headline(results, shipped, bundle),
-        f"Shipped bundle: `{bundle.root}` made by `{bundle.spec.command}`; "
+        f"Shipped bundle: `{bundle.root}` ({bundle.spec.architecture}, float source "
+        f"`{bundle.spec.extra.get('source_model')}`) made by `{bundle.spec.command}`; "
         f"peak RSS of this report process {shipped['peak_rss_mb']:.0f} MB. "
         f"Confusion matrix: ![confusion]({cm_png.name})", "",
         *all_runs(results), *checks(results),
