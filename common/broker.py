@@ -51,6 +51,19 @@ def connect(url: str, *, decode: bool = False, retries: int = 6) -> redis.Redis:
     return client
 
 
+def ensure_group(client: redis.Redis, stream: str, group: str) -> None:
+    """Create ``group`` on ``stream`` from its first entry (MKSTREAM), unless it exists already.
+
+    Producers and workers both call this, so whichever starts first creates the group and no frame
+    XADDed before the first worker arrives is skipped.
+    """
+    try:
+        client.xgroup_create(stream, group, id="0", mkstream=True)
+    except redis.ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
 def ping(url: str) -> None:
     """Raise ``BrokerError`` naming the URL when the broker does not answer (fail fast: one retry)."""
     client = connect(url, retries=1)

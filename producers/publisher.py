@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import redis
 
+from common.broker import ensure_group
 from common.errors import BrokerError, ConfigError
 from common.schemas import FRAME_FIELD, Frame
 from common.streams import GROUP, SourceKeys, check_source, registry_key
@@ -52,17 +53,10 @@ class SourcePublisher:
                 f"source {self.keys.source!r} was produced from {old_path}, not {path}. "
                 "Pass --source NAME for a new source or --restart to start over."
             )
-        self.ensure_group()
+        ensure_group(self.client, self.keys.frames, GROUP)
         self.client.sadd(registry_key(self.namespace), self.keys.source)
         self.client.hset(self.keys.meta, mapping={"path": path, "started_at": time.time()})
         return self.next_seq()
-
-    def ensure_group(self) -> None:
-        try:
-            self.client.xgroup_create(self.keys.frames, GROUP, id="0", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
 
     def finished(self) -> bool:
         return self.client.hget(self.keys.meta, "eos") == b"1"

@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+from common.broker import ensure_group
 from common.cli import main
 from common.schemas import Result
 from common.streams import GROUP, SourceKeys, registry_key
@@ -20,7 +21,7 @@ def test_segments_group_consecutive_labels_in_seq_order() -> None:
 
 
 def _pending_entries(client, keys: SourceKeys, n: int, consumer: str = "a") -> None:
-    client.xgroup_create(keys.frames, GROUP, id="0", mkstream=True)
+    ensure_group(client, keys.frames, GROUP)
     for i in range(n):
         client.xadd(keys.frames, {"f": b"x"}, id=f"1-{i}")
     client.xreadgroup(GROUP, consumer, {keys.frames: ">"})

@@ -11,6 +11,7 @@ from typing import Any
 
 import redis
 
+from common.broker import ensure_group
 from common.schemas import FRAME_FIELD
 from common.streams import GROUP, SourceKeys, registry_key
 
@@ -118,11 +119,7 @@ class BatchReader:
             keys = known.get(name) if not force else None
             if keys is None:
                 keys = SourceKeys(self.namespace, name)
-                try:
-                    self.client.xgroup_create(keys.frames, GROUP, id="0", mkstream=True)
-                except redis.ResponseError as exc:
-                    if "BUSYGROUP" not in str(exc):
-                        raise
+                ensure_group(self.client, keys.frames, GROUP)
             self.sources[name] = keys
         self._by_stream = {k.frames.encode(): s for s, k in self.sources.items()}
 
