@@ -2,6 +2,8 @@
 
 One interpreter is prepared per batch size (``resize_tensor_input`` + ``allocate_tensors`` re-initialises
 XNNPACK, which is slow), and softmax runs in numpy because XNNPACK has no int8 SOFTMAX kernel.
+``predict_bucketed`` runs any batch as power-of-two chunks (20 = 16 + 4), so a worker keeps a handful of
+prepared interpreters and never spends compute on padding frames.
 """
 
 from __future__ import annotations
@@ -78,3 +80,13 @@ class Classifier:
     def predict_proba(self, batch: np.ndarray) -> np.ndarray:
         out = self.logits(batch)
         return softmax(out) if self.outputs_logits else out
+
+    def predict_bucketed(self, batch: np.ndarray, max_bucket: int = 1024) -> np.ndarray:
+        """``predict_proba`` for any N, as chunks of power-of-two sizes up to ``max_bucket``; no padding."""
+        parts, start = [], 0
+        while start < len(batch):
+            left = len(batch) - start
+            size = min(max_bucket, 1 << (left.bit_length() - 1))
+            parts.append(self.predict_proba(batch[start:start + size]))
+            start += size
+        return np.concatenate(parts) if len(parts) != 1 else parts[0]

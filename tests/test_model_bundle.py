@@ -50,3 +50,12 @@ def test_corrupt_bundle_raises_bundle_error(bundle_dir: Path, tmp_path: Path) ->
     (broken / TFLITE_FILE).write_bytes(bytes(data))
     with pytest.raises(BundleError, match="corrupt"):
         Bundle.load(broken)
+
+
+def test_bucketed_batches_match_one_frame_at_a_time(bundle_dir: Path) -> None:
+    clf = Classifier.from_bundle(Bundle.load(bundle_dir))
+    frames = np.random.default_rng(1).integers(0, 256, (23, 28, 28, 1), dtype=np.uint8)
+    one_by_one = np.concatenate([clf.predict_proba(frames[i:i + 1]) for i in range(len(frames))])
+    bucketed = clf.predict_bucketed(frames, max_bucket=8)  # 8 + 8 + 4 + 2 + 1
+    np.testing.assert_allclose(bucketed, one_by_one, atol=1e-6)
+    assert sorted(clf._by_batch) == [1, 2, 4, 8]

@@ -28,7 +28,6 @@ from workers.publish import Outcome, ResultWriter
 from workers.reader import BatchReader, Entry, ReadPolicy
 
 log = logging.getLogger(__name__)
-BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 TOPK = 3
 
 
@@ -110,10 +109,7 @@ class Worker:
         if not frames:
             return []
         batch = np.stack([pixels for _, _, pixels in frames])
-        size = next((b for b in BUCKETS if b >= len(batch)), len(batch))
-        if size > len(batch):  # pad to a bucket: one prepared interpreter per bucket, not per batch size
-            batch = np.concatenate([batch, np.zeros((size - len(batch), *batch.shape[1:]), batch.dtype)])
-        probs = self.classifier.predict_proba(batch)[: len(frames)]
+        probs = self.classifier.predict_bucketed(batch)  # power-of-two chunks: no compute spent on padding
         now = time.time()
         return [self.result(entry, frame, p, now) for (entry, frame, _), p in zip(frames, probs, strict=True)]
 
