@@ -16,7 +16,8 @@ from common.schemas import FRAME_FIELD
 from common.streams import GROUP, SourceKeys, registry_key
 
 log = logging.getLogger(__name__)
-REFRESH_S = 1.0
+REFRESH_S = 0.1  # how often the registry's size (SCARD) is checked; SMEMBERS only when it changed
+IDLE_BLOCK_MS = 100  # an idle worker wakes this often, so a new source is picked up within ~0.1 s
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ class BatchReader:
         deadline = time.monotonic() + self.policy.max_wait_ms / 1000 if batch else None
         while len(batch) < self.policy.max_batch:
             if deadline is None:
-                block = self.policy.block_ms
+                block = min(self.policy.block_ms, IDLE_BLOCK_MS)
             else:
                 block = int((deadline - time.monotonic()) * 1000)
                 if block <= 0:
@@ -112,6 +113,8 @@ class BatchReader:
         if not force and time.monotonic() - self._refreshed < REFRESH_S:
             return
         self._refreshed = time.monotonic()
+        if not force and int(self.client.scard(registry_key(self.namespace))) == len(self.sources):
+            return  # the registry only grows: same size, same members
         members: Any = self.client.smembers(registry_key(self.namespace))
         known, self.sources = self.sources, {}
         for raw in members:
