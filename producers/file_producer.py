@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 import redis
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -48,7 +49,12 @@ class FileReport:
 
 def produce_file(client: redis.Redis, namespace: str, job: FileJob, high_water: int,
                  progress: bool = False) -> FileReport:
-    """Send every sampled frame not yet on the stream, then the end-of-stream marker."""
+    """Send every sampled frame not yet on the stream, then the end-of-stream marker.
+
+    OpenCV's own thread pool is set to one thread: resizing one frame is too small a job to split (splitting
+    it cost ~30% more CPU on 720p, CPU the workers need), while the FFmpeg decoder keeps its threads.
+    """
+    cv2.setNumThreads(1)
     pub = SourcePublisher(client, namespace, job.source, high_water)
     start_seq = pub.open(str(job.path.resolve()), job.restart)
     started = time.monotonic()
