@@ -65,14 +65,16 @@ def model() -> None:
 @click.option("--width", default=1.0, show_default=True, help="Width multiplier.")
 @click.option("--weights", type=click.Path(path_type=Path), default=None,
               help="Local weights file for keras-* architectures.")
+@click.option("--size", type=click.IntRange(32, 512), default=None,
+              help="keras-* architectures: the resolution the backbone runs at (input is resized inside; 96).")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Run directory.")
-def train(data: str, data_path: Path | None, arch: str, width: float, weights: Path | None, out: Path,
-          **kw: Any) -> None:
+def train(data: str, data_path: Path | None, arch: str, width: float, weights: Path | None, size: int | None,
+          out: Path, **kw: Any) -> None:
     """Train a float model; writes model.keras.h5, config.json, history, curves.png, metrics.json."""
     from model.pipeline import train_run
 
     result = train_run(_load_data(data, data_path, kw["seed"]), arch, _train_config(**kw), out,
-                       command=_command_line(), width=width, weights=weights)
+                       command=_command_line(), width=width, weights=weights, size=size)
     click.echo(json.dumps(result, indent=2))
 
 

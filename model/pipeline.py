@@ -46,14 +46,15 @@ def save_run(model: Any, data: Dataset, out: Path, metrics: dict[str, Any], **co
 
 
 def train_run(data: Dataset, arch: str, cfg: TrainConfig, out: Path, *, command: str, width: float = 1.0,
-              weights: Path | None = None) -> dict[str, Any]:
+              weights: Path | None = None, size: int | None = None) -> dict[str, Any]:
     from model.architectures import build
     from model.train import fit
 
-    model = build(arch, data.input_shape, len(data.labels), width=width, weights=weights)
+    extra = {"size": size} if size else {}
+    model = build(arch, data.input_shape, len(data.labels), width=width, weights=weights, **extra)
     hist = fit(model, data, cfg, out)
     return save_run(model, data, out, {"arch": arch, "epochs_run": len(hist["loss"])},
-                    train=cfg, arch=arch, width=width, weights=weights, command=command)
+                    train=cfg, arch=arch, width=width, weights=weights, size=size, command=command)
 
 
 def prune_run(data: Dataset, model_path: Path, sparsity: float, cfg: TrainConfig, out: Path, *,
