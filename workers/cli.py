@@ -18,7 +18,8 @@ def worker_config(settings: Settings, url: str, burst: bool) -> WorkerConfig:
     policy = ReadPolicy(settings.max_batch, settings.max_wait_ms, settings.per_source_cap, settings.block_ms,
                         settings.claim_idle_ms)
     return WorkerConfig(url, settings.namespace, settings.bundle, policy, settings.threads_per_worker,
-                        settings.max_deliveries, burst, settings.log_level, settings.log_json)
+                        settings.max_deliveries, burst, settings.log_level, settings.log_json,
+                        settings.max_age_ms, metrics=settings.metrics_port is not None)
 
 
 @click.command("work")
@@ -28,18 +29,25 @@ def worker_config(settings: Settings, url: str, burst: bool) -> WorkerConfig:
 @click.option("--max-wait-ms", type=click.IntRange(0, 10_000), default=None, help="Batch wait after 1st frame.")
 @click.option("--claim-idle-ms", type=click.IntRange(100), default=None, help="Reclaim entries idle this long.")
 @click.option("--burst", is_flag=True, help="Drain every ended source, then exit 0 (tests, demos, batch jobs).")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+              help="Serve Prometheus /metrics of all workers on this port (0: a free one). Also VIGIL_METRICS_PORT.")
 @click.pass_obj
 def work(settings: Settings, workers: int | None, threads: int | None, max_batch: int | None,
-         max_wait_ms: int | None, claim_idle_ms: int | None, burst: bool) -> None:
+         max_wait_ms: int | None, claim_idle_ms: int | None, burst: bool, metrics_port: int | None) -> None:
     """Classify frames from every registered source: N processes, micro-batches, atomic result+ack.
 
     SIGTERM drains (finish the batch, ack, exit 0); a second SIGTERM exits at once. --burst exits once every
     registered source has sent its end-of-stream marker and nothing is left unread or pending.
+
+    Live sources (cameras, meta mode=live): a frame older than the source's max_age_ms when a worker reaches
+    it is acked without a result and counted as dropped_stale. Files are lossless and never dropped.
+    With --metrics-port the pool serves vigil_worker_* counters, batch size, inference and capture-to-result
+    latency histograms summed over its processes, plus lag and pending per source (docs/pipeline.md).
     """
     overrides = {"workers": workers, "threads_per_worker": threads, "max_batch": max_batch,
-                 "max_wait_ms": max_wait_ms, "claim_idle_ms": claim_idle_ms}
+                 "max_wait_ms": max_wait_ms, "claim_idle_ms": claim_idle_ms, "metrics_port": metrics_port}
     settings = settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     Bundle.load(settings.bundle)  # fail here, with the reason, rather than in N respawning children
     with broker_url(settings.redis_url) as url:
-        code = Pool(worker_config(settings, url, burst), settings.workers).run()
+        code = Pool(worker_config(settings, url, burst), settings.workers, metrics_port=settings.metrics_port).run()
     sys.exit(code)

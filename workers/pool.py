@@ -2,6 +2,10 @@
 
 First SIGTERM/SIGINT: children drain (finish the batch, ack) and the pool exits 0. Second: kill them, exit now.
 In burst mode a child that exits 0 has drained the streams and is not replaced.
+
+With a metrics port the supervisor serves Prometheus metrics in multiprocess mode: children write their
+counters to files in a private directory, the supervisor sums them on each scrape, drops a dead child's live
+gauges and removes the directory at exit. It also sets the lag and pending gauges from XINFO GROUPS.
 """
 
 from __future__ import annotations
@@ -14,11 +18,19 @@ from dataclasses import dataclass, field
 from multiprocessing.context import SpawnProcess
 from types import FrameType
 
+import redis
+
+from common import metrics
+from common.broker import connect
+from common.streams import SourceKeys
+from workers.results import sources
+from workers.status import group_state
 from workers.worker import WorkerConfig, child_main
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF_S = 30.0
 HEALTHY_AFTER_S = 30.0
+GAUGES_EVERY_S = 5.0
 
 
 @dataclass
@@ -36,22 +48,38 @@ class Pool:
     config: WorkerConfig
     size: int
     slots: list[Slot] = field(default_factory=list)
+    metrics_port: int | None = None
     stopping: bool = False
     killed: bool = False
+    _gauges: BrokerGauges | None = field(default=None, init=False)
 
     def run(self) -> int:
         ctx = mp.get_context("spawn")
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         self.slots = [Slot(i) for i in range(self.size)]
+        metrics_dir = self._serve_metrics() if self.metrics_port is not None else None
         try:
             while not all(slot.done for slot in self.slots):
                 for slot in self.slots:
                     self._tend(ctx, slot)
+                if self._gauges is not None:
+                    self._gauges.tick()
                 time.sleep(0.1)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            if metrics_dir is not None:
+                metrics.cleanup_multiprocess(metrics_dir)
         return 130 if self.killed else 0
+
+    def _serve_metrics(self) -> str:
+        """Before the first spawn: children inherit PROMETHEUS_MULTIPROC_DIR from this process."""
+        assert self.metrics_port is not None
+        path = metrics.prepare_multiprocess()
+        port = metrics.serve(self.metrics_port, multiprocess=True)
+        log.info("Prometheus metrics of %d workers on http://0.0.0.0:%d/metrics", self.size, port)
+        self._gauges = BrokerGauges(connect(self.config.redis_url), self.config.namespace)
+        return path
 
     def _tend(self, ctx: mp.context.SpawnContext, slot: Slot) -> None:
         if slot.done:
@@ -72,6 +100,10 @@ class Pool:
     def _reap(self, slot: Slot) -> None:
         assert slot.proc is not None
         code = slot.proc.exitcode
+        if self.metrics_port is not None:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(slot.proc.pid)
         slot.proc.close()
         slot.proc = None
         if self.stopping or (code == 0 and self.config.burst):
@@ -95,3 +127,26 @@ class Pool:
         for slot in self.slots:
             if slot.proc is not None and slot.proc.is_alive():
                 slot.proc.terminate()
+
+
+class BrokerGauges:
+    """Every GAUGES_EVERY_S, lag and pending per source from XINFO GROUPS (a few commands per source)."""
+
+    def __init__(self, client: redis.Redis, namespace: str) -> None:
+        self.client = client
+        self.namespace = namespace
+        self._next = 0.0
+
+    def tick(self) -> None:
+        if time.monotonic() < self._next:
+            return
+        self._next = time.monotonic() + GAUGES_EVERY_S
+        m = metrics.metrics()
+        try:
+            for source in sources(self.client, self.namespace):
+                state = group_state(self.client, SourceKeys(self.namespace, source).frames)
+                if state["lag"] is not None:
+                    m.lag.labels(source).set(state["lag"])
+                    m.pending.labels(source).set(state["pending"])
+        except redis.RedisError as exc:  # the broker is down: keep supervising, try again next tick
+            log.warning("could not read lag/pending for metrics: %s", exc)

@@ -1,12 +1,16 @@
-"""Publish results and ack, atomically and idempotently.
+"""Publish results and ack, atomically and idempotently, and count what happened in the source's meta hash.
 
 One Lua script per source per batch: for each entry it XACKs first, and appends the result (or dead letter)
 only when that XACK removed the entry from the group's pending list. A copy of the entry processed a second
 time (a slow worker whose batch the janitor handed to another) finds it already acked and writes nothing; a
 crash before the script runs leaves the entry pending for the janitor. Both happen inside one script, so a
-result exists if and only if its entry is acked — with no per-frame state to grow. Duplicate *entries* of
-one frame cannot occur: producers write deterministic ids (``1-<seq>``) and the server refuses repeats.
-All keys share the ``{source}`` hash tag (one cluster slot).
+result exists if and only if its entry is acked — with no per-frame state to grow. The counters follow the
+same rule (HINCRBY only for entries this call acked), so ``processed``, ``dead`` and ``dropped_stale`` count
+each entry at most once and the producer's ``produced`` balances against them.
+
+Duplicate *entries* of one frame cannot occur: file producers write deterministic ids (``1-<seq>``) and the
+server refuses repeats; live producers XADD once, inside their own script. All keys share the ``{source}``
+hash tag (one cluster slot).
 """
 
 from __future__ import annotations
@@ -20,22 +24,38 @@ import redis
 
 from common.streams import GROUP, SourceKeys
 
-Kind = Literal["r", "d", "e"]  # result, dead letter, end of stream
+Kind = Literal["r", "d", "e", "s"]  # result, dead letter, end of stream, stale (live frame too old: no result)
 
-# KEYS: frames, results, dead. ARGV: group, then per entry: entry_id, kind, fields as a JSON array
+# KEYS: frames, results, dead, meta. ARGV: group, then per entry: entry_id, kind, fields as a JSON array
 # [k1, v1, k2, v2, ...] (one argument instead of ~26 keeps client-side packing cheap; XADD still writes
-# flat string fields).
+# flat string fields). A live source's meta carries results_maxlen: its results stream is capped (~, so the
+# server trims whole nodes, cheaply). Returns {results, dead, stale, eos} newly acked by this call.
 PUBLISH_LUA = """
-local written = 0
+local cap = redis.call('HGET', KEYS[4], 'results_maxlen')
+cap = cap and tonumber(cap)
+local n = {0, 0, 0, 0}
 for i = 2, #ARGV, 3 do
   if redis.call('XACK', KEYS[1], ARGV[1], ARGV[i]) == 1 then
-    local target = KEYS[2]
-    if ARGV[i + 1] == 'd' then target = KEYS[3] end
-    redis.call('XADD', target, '*', unpack(cjson.decode(ARGV[i + 2])))
-    written = written + 1
+    local kind = ARGV[i + 1]
+    if kind == 'd' then
+      redis.call('XADD', KEYS[3], '*', unpack(cjson.decode(ARGV[i + 2])))
+      n[2] = n[2] + 1
+    elseif kind == 's' then
+      n[3] = n[3] + 1
+    else
+      if cap then
+        redis.call('XADD', KEYS[2], 'MAXLEN', '~', cap, '*', unpack(cjson.decode(ARGV[i + 2])))
+      else
+        redis.call('XADD', KEYS[2], '*', unpack(cjson.decode(ARGV[i + 2])))
+      end
+      if kind == 'r' then n[1] = n[1] + 1 else n[4] = n[4] + 1 end
+    end
   end
 end
-return written
+if n[1] > 0 then redis.call('HINCRBY', KEYS[4], 'processed', n[1]) end
+if n[2] > 0 then redis.call('HINCRBY', KEYS[4], 'dead', n[2]) end
+if n[3] > 0 then redis.call('HINCRBY', KEYS[4], 'dropped_stale', n[3]) end
+return n
 """
 
 
@@ -47,21 +67,36 @@ class Outcome:
     fields: dict[str, str]
 
 
+@dataclass(frozen=True)
+class Tally:
+    """What one script call newly acked for one source (re-deliveries already acked count nothing)."""
+
+    results: int = 0
+    dead: int = 0
+    stale: int = 0
+    eos: int = 0
+
+
 class ResultWriter:
     def __init__(self, client: redis.Redis, namespace: str) -> None:
         self.namespace = namespace
         self._script = client.register_script(PUBLISH_LUA)
 
-    def write_batch(self, outcomes: list[Outcome]) -> int:
-        """Write and ack every outcome; returns how many were new (not duplicates of earlier deliveries)."""
+    def publish(self, outcomes: list[Outcome]) -> dict[str, Tally]:
+        """Write and ack every outcome, one script call per source; returns what each call newly acked."""
         by_source: dict[str, list[Outcome]] = defaultdict(list)
         for outcome in outcomes:
             by_source[outcome.source].append(outcome)
-        written = 0
+        tallies: dict[str, Tally] = {}
         for source, items in by_source.items():
             keys = SourceKeys(self.namespace, source)
             args: list[str] = [GROUP]
             for o in items:
                 args += [o.entry_id, o.kind, json.dumps([x for kv in o.fields.items() for x in kv])]
-            written += int(self._script(keys=[keys.frames, keys.results, keys.dead], args=args))
-        return written
+            reply = self._script(keys=[keys.frames, keys.results, keys.dead, keys.meta], args=args)
+            tallies[source] = Tally(*(int(x) for x in reply))
+        return tallies
+
+    def write_batch(self, outcomes: list[Outcome]) -> int:
+        """Write and ack every outcome; returns how many entries were written (results, eos, dead letters)."""
+        return sum(t.results + t.dead + t.eos for t in self.publish(outcomes).values())

@@ -49,6 +49,7 @@ class BatchReader:
         self._claimed_at = time.monotonic()
         self._cursors: dict[str, str] = {}
         self._carry: list[Entry] = []  # read past this batch's limits (COUNT is per stream); first in the next
+        self._busy = 1  # streams that had entries in the last read: COUNT is shared among them
 
     def next_batch(self) -> list[Entry]:
         """Up to max_batch entries; waits at most max_wait_ms after the first one arrives (empty: idle)."""
@@ -70,16 +71,17 @@ class BatchReader:
         return self._limit(batch)
 
     def _limit(self, batch: list[Entry]) -> list[Entry]:
-        """Keep at most max_batch entries and per_source_cap per source; carry the rest to the next batch."""
-        taken: Counter[str] = Counter()
-        keep: list[Entry] = []
+        """Keep at most max_batch entries and per_source_cap per source, taken round-robin across sources (so
+        two flooding cameras share a batch instead of taking turns); carry the rest, in order, to the next."""
+        position: Counter[str] = Counter()
+        ranks = []  # an entry's position among its source's entries in this batch
         for entry in batch:
-            if len(keep) < self.policy.max_batch and taken[entry.source] < self.policy.per_source_cap:
-                keep.append(entry)
-                taken[entry.source] += 1
-            else:
-                self._carry.append(entry)
-        return keep
+            ranks.append(position[entry.source])
+            position[entry.source] += 1
+        cap = self.policy.per_source_cap
+        chosen = {i for _, i in sorted((r, i) for i, r in enumerate(ranks) if r < cap)[:self.policy.max_batch]}
+        self._carry += [e for i, e in enumerate(batch) if i not in chosen]
+        return [e for i, e in enumerate(batch) if i in chosen]
 
     def release(self) -> list[Entry]:
         """Entries read but not yet handed out (to finish them before shutting down)."""
@@ -93,7 +95,8 @@ class BatchReader:
         if not streams:
             time.sleep(min(block, 200) / 1000)
             return []
-        count = max(1, min(self.policy.max_batch - len(batch), cap - max(taken.values(), default=0)))
+        share = -(-(self.policy.max_batch - len(batch)) // min(self._busy, len(streams)))  # ceil
+        count = max(1, min(share, cap - max(taken.values(), default=0)))
         try:
             reply: Any = self.client.xreadgroup(GROUP, self.consumer, streams, count=count, block=block)
         except redis.ResponseError as exc:
@@ -102,6 +105,7 @@ class BatchReader:
             log.warning("a frames stream lost its group (deleted/restarted source); re-registering")
             self._refresh_sources(force=True)
             return []
+        self._busy = max(1, len(reply or []))
         return [Entry(self._source(stream), eid.decode(), fields.get(FRAME_FIELD))
                 for stream, entries in reply or [] for eid, fields in entries]
 

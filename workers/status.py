@@ -1,50 +1,195 @@
-"""``vigil status``: per source, frames produced, lag, pending, results, dead letters and consumers."""
+"""``vigil status``: per source, camera state, stream backlog, throughput, counters and consumers.
+
+Everything is read from the broker with cheap commands (HGETALL meta, XLEN, XINFO GROUPS/CONSUMERS, one
+bounded XREVRANGE for throughput), so it is safe to run against a busy pipeline, also with ``--watch``.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import time
 from typing import Any
 
 import click
 import redis
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
 
 from common.broker import broker_url, connect
 from common.settings import Settings
 from common.streams import GROUP, SourceKeys, check_source
 from workers.results import sources
 
+THROUGHPUT_WINDOW_S = 10.0
+THROUGHPUT_SAMPLE = 200  # newest result ids fetched at most; past that the rate comes from their time span
+UNDELIVERED_CAP = 10_000
+COUNTERS = ("captured", "produced", "processed", "dead", "reconnects")
+DROP_REASONS = ("superseded", "trimmed", "stale")
 
-def source_status(client: redis.Redis, namespace: str, source: str) -> dict[str, Any]:
+# Counts entries after the group's last-delivered id, server side, when XINFO's lag is null (it is after
+# deletions inside the undelivered range, which is how live sources trim).
+UNDELIVERED_LUA = """
+return #redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])
+"""
+
+
+def group_state(client: redis.Redis, frames: str) -> dict[str, Any]:
+    """lag (never delivered), pending (delivered, not acked) and consumer count of the workers group."""
+    groups: Any = client.xinfo_groups(frames) if client.exists(frames) else []
+    for group in groups:
+        if group["name"].decode() == GROUP:
+            lag = group.get("lag")
+            if lag is None:
+                lag = int(client.eval(UNDELIVERED_LUA, 1, frames, group["last-delivered-id"], UNDELIVERED_CAP))
+            return {"lag": int(lag), "pending": int(group["pending"]), "consumer_count": int(group["consumers"])}
+    return {"lag": None, "pending": None, "consumer_count": 0}
+
+
+def consumers(client: redis.Redis, frames: str) -> list[dict[str, Any]]:
+    try:
+        reply: Any = client.xinfo_consumers(frames, GROUP)
+    except redis.ResponseError:  # no stream or no group yet
+        return []
+    return [{"name": c["name"].decode(), "pending": int(c["pending"]), "idle_ms": int(c["idle"]),
+             "inactive_ms": c.get("inactive")} for c in reply]
+
+
+def results_per_s(client: redis.Redis, results: str, now_ms: int) -> float:
+    """Results per second over the last ~10 s, from the millisecond part of the newest result ids."""
+    window_ms = int(THROUGHPUT_WINDOW_S * 1000)
+    newest: Any = client.xrevrange(results, "+", str(now_ms - window_ms), count=THROUGHPUT_SAMPLE)
+    if len(newest) < THROUGHPUT_SAMPLE:
+        return len(newest) / THROUGHPUT_WINDOW_S
+    oldest_ms = int(newest[-1][0].split(b"-")[0])
+    return len(newest) / max(0.001, (now_ms - oldest_ms) / 1000)
+
+
+def _int(meta: dict[bytes, bytes], field: str) -> int:
+    raw = meta.get(field.encode())
+    return int(raw) if raw else 0
+
+
+def source_status(client: redis.Redis, namespace: str, source: str, now_ms: int | None = None) -> dict[str, Any]:
     keys = SourceKeys(namespace, source)
+    if now_ms is None:
+        now_ms = _server_ms(client)
     meta: Any = client.hgetall(keys.meta)
+    live = meta.get(b"mode") == b"live"
+    since = meta.get(b"state_since")
     row: dict[str, Any] = {
-        "source": source, "frames": int(client.xlen(keys.frames)), "results": int(client.xlen(keys.results)),
-        "dead": int(client.xlen(keys.dead)), "ended": meta.get(b"eos") == b"1", "lag": None, "pending": None,
-        "consumers": 0,
+        "source": source, "mode": "live" if live else "file",
+        "state": (meta.get(b"state") or b"").decode() or None,
+        "state_since": float(since) if since else None,
+        "state_reason": (meta.get(b"state_reason") or b"").decode() or None,
+        "url": (meta.get(b"url") or meta.get(b"path") or b"").decode() or None,
+        "ended": meta.get(b"eos") == b"1",
+        "frames": int(client.xlen(keys.frames)), **group_state(client, keys.frames),
+        "results": int(client.xlen(keys.results)), "results_per_s": round(results_per_s(client, keys.results,
+                                                                                         now_ms), 2),
+        "dead": int(client.xlen(keys.dead)),
+        "counters": {name: _int(meta, name) for name in COUNTERS},
+        "dropped": {reason: _int(meta, f"dropped_{reason}") for reason in DROP_REASONS},
+        "consumers": consumers(client, keys.frames),
     }
-    if client.exists(keys.frames):
-        groups: Any = client.xinfo_groups(keys.frames)
-        for group in groups:
-            if group["name"].decode() == GROUP:
-                row.update(lag=group.get("lag"), pending=group["pending"], consumers=group["consumers"])
     return row
 
 
+def _server_ms(client: redis.Redis) -> int:
+    """The broker's clock: result ids carry its milliseconds, not ours."""
+    secs, micros = client.time()
+    return int(secs) * 1000 + int(micros) // 1000
+
+
+def snapshot(client: redis.Redis, namespace: str) -> list[dict[str, Any]]:
+    now_ms = _server_ms(client)
+    return [source_status(client, namespace, s, now_ms) for s in sources(client, namespace)]
+
+
+def _ago(since: float | None, now: float) -> str:
+    if since is None:
+        return ""
+    secs = max(0.0, now - since)
+    return f"{secs:.0f}s" if secs < 120 else f"{secs / 60:.0f}m" if secs < 7200 else f"{secs / 3600:.1f}h"
+
+
+def render(rows: list[dict[str, Any]]) -> Table:
+    now = time.time()
+    table = Table(title="vigil status", title_justify="left", expand=False)
+    for name in ("source", "mode", "state", "frames", "lag", "pending", "results", "res/s", "produced",
+                 "processed", "dropped", "dead", "consumers (idle)"):
+        table.add_column(name, justify="left" if name in ("source", "mode", "state", "dropped") else "right",
+                         overflow="fold")
+    for r in rows:
+        state = r["state"] or ("ended" if r["ended"] else "-")
+        if r["state_since"] is not None:
+            state += f" {_ago(r['state_since'], now)}"
+        dropped = " ".join(f"{k} {v}" for k, v in r["dropped"].items() if v) or "0"
+        cons = "\n".join(f"{c['name']} {c['idle_ms'] / 1000:.1f}s" for c in r["consumers"]) or "-"
+        table.add_row(r["source"], r["mode"], state, str(r["frames"]), _dash(r["lag"]), _dash(r["pending"]),
+                      str(r["results"]), f"{r['results_per_s']:.1f}", str(r["counters"]["produced"]),
+                      str(r["counters"]["processed"]), dropped, str(r["counters"]["dead"]), cons)
+    return table
+
+
+def _dash(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
 @click.command("status")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one object per source (see below).")
+@click.option("--watch", type=click.FloatRange(0.2), default=None, metavar="SECONDS",
+              help="Refresh every SECONDS until Ctrl-C (with --json: one JSON line per refresh).")
 @click.pass_obj
-def status(settings: Settings, as_json: bool) -> None:
-    """Show streams, lag, pending, results and dead letters per source."""
+def status(settings: Settings, as_json: bool, watch: float | None) -> None:
+    """Show every source: camera state, backlog, throughput, counters and the consumers reading it.
+
+    \b
+    Columns (and --json keys):
+      mode, state        live (camera) or file; camera state (connecting|online|offline) and for how long
+                         (state_since, state_reason, url)
+      frames             entries in the frames stream (live streams are capped, file streams never)
+      lag, pending       not yet delivered to the `workers` group; delivered but not acked yet
+      results, res/s     results stream length; results per second over the last ~10 s
+      produced,
+      processed, dead    meta counters (counters.*): frames sent, results written, dead letters
+      dropped            frames dropped by reason (dropped.*): superseded (a newer camera frame replaced it
+                         before sampling), trimmed (live cap), stale (older than max_age_ms at the worker)
+      consumers          worker processes of the group with their idle time (consumers[].idle_ms)
+    After a drained run: produced == processed + dropped.trimmed + dropped.stale + dead.
+
+    \b
+    Examples:
+      vigil status
+      vigil status --watch 2
+      vigil status --json | jq '.[] | {source, lag, results_per_s}'
+    """
     with broker_url(settings.redis_url) as url:
         client = connect(url)
-        rows = [source_status(client, settings.namespace, s) for s in sources(client, settings.namespace)]
+        if watch is None:
+            _show(snapshot(client, settings.namespace), as_json)
+            return
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends --watch: a normal exit
+            _watch(client, settings.namespace, as_json, watch)
+
+
+def _show(rows: list[dict[str, Any]], as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
-        return
-    click.echo(f"{'source':<24}{'frames':>8}{'lag':>8}{'pending':>9}{'results':>9}{'dead':>6}  ended")
-    for r in rows:
-        click.echo(f"{r['source']:<24}{r['frames']:>8}{r['lag']!s:>8}{r['pending']!s:>9}{r['results']:>9}"
-                   f"{r['dead']:>6}  {'yes' if r['ended'] else 'no'}")
+    else:
+        Console().print(render(rows))
+
+
+def _watch(client: redis.Redis, namespace: str, as_json: bool, every: float) -> None:
+    if as_json:
+        while True:
+            click.echo(json.dumps(snapshot(client, namespace)))
+            time.sleep(every)
+    with Live(render(snapshot(client, namespace)), auto_refresh=False) as live:
+        while True:
+            time.sleep(every)
+            live.update(render(snapshot(client, namespace)), refresh=True)
 
 
 @click.command("streams")

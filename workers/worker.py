@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import time
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -23,8 +24,10 @@ from common.bundle import Bundle
 from common.errors import DecodeError
 from common.inference import Classifier
 from common.log import setup_logging
+from common.metrics import metrics, observe_many
 from common.schemas import Frame, Result
-from workers.publish import Outcome, ResultWriter
+from workers.live import SourcePolicies
+from workers.publish import Outcome, ResultWriter, Tally
 from workers.reader import BatchReader, Entry, ReadPolicy
 
 log = logging.getLogger(__name__)
@@ -44,6 +47,8 @@ class WorkerConfig:
     burst: bool = False
     log_level: str = "INFO"
     log_json: bool = False
+    max_age_ms: int = 1_000  # stale threshold of a live source whose meta hash does not say
+    metrics: bool = False  # record Prometheus metrics (the pool serves them in multiprocess mode)
 
 
 class Worker:
@@ -57,6 +62,8 @@ class Worker:
             self.client.client_setname(f"{config.namespace}:worker:{os.getpid()}")  # seen in CLIENT LIST
         self.reader = BatchReader(self.client, config.namespace, self.name, config.policy)
         self.writer = ResultWriter(self.client, config.namespace)
+        self.policies = SourcePolicies(self.client, config.namespace, config.max_age_ms)
+        self.metrics = BatchMetrics() if config.metrics else None
         self.stopping = False
         self.processed = 0
 
@@ -76,14 +83,20 @@ class Worker:
         if not entries:
             return
         frames, outcomes = self.decode(entries)
+        started = time.perf_counter()
         outcomes += self.infer(frames)
-        self.writer.write_batch(outcomes)
+        infer_s = time.perf_counter() - started
+        tallies = self.writer.publish(outcomes)
         self.processed += len(entries)
+        if self.metrics is not None:
+            self.metrics.record(entries, tallies, infer_s, self.origins(frames))
 
     def decode(self, entries: list[Entry]) -> tuple[list[tuple[Entry, Frame, np.ndarray]], list[Outcome]]:
         """Split a batch into frames to classify and outcomes decided without the model."""
         frames: list[tuple[Entry, Frame, np.ndarray]] = []
         outcomes: list[Outcome] = []
+        policies = {source: self.policies.get(source) for source in {e.source for e in entries}}
+        now = time.time()
         for entry in entries:
             if entry.deliveries > self.config.max_deliveries:
                 reason = f"delivered {entry.deliveries} times (max_deliveries={self.config.max_deliveries})"
@@ -95,6 +108,9 @@ class Worker:
                     raise DecodeError(f"frame of source {frame.source!r} on the stream of {entry.source!r}")
                 if frame.eos:
                     outcomes.append(self.eos(entry, frame))
+                    continue
+                if policies[entry.source].is_stale(frame.captured_at, now):
+                    outcomes.append(Outcome(entry.source, entry.entry_id, "s", {}))
                     continue
                 pixels = frame.pixels()
                 if pixels.shape != self.classifier.input_shape:
@@ -112,6 +128,14 @@ class Worker:
         probs = self.classifier.predict_bucketed(batch)  # power-of-two chunks: no compute spent on padding
         now = time.time()
         return [self.result(entry, frame, p, now) for (entry, frame, _), p in zip(frames, probs, strict=True)]
+
+    def origins(self, frames: list[tuple[Entry, Frame, np.ndarray]]) -> dict[str, list[float]]:
+        """Per source, when each classified frame was captured (live) or produced (file)."""
+        out: dict[str, list[float]] = defaultdict(list)
+        policies = {source: self.policies.get(source) for source in {e.source for e, _, _ in frames}}
+        for entry, frame, _ in frames:
+            out[entry.source].append(policies[entry.source].origin(frame.captured_at, frame.produced_at))
+        return out
 
     def result(self, entry: Entry, frame: Frame, probs: np.ndarray, now: float) -> Outcome:
         top = np.argsort(probs)[::-1][:TOPK]
@@ -131,6 +155,33 @@ class Worker:
         fields = {"source": entry.source, "entry_id": entry.entry_id, "reason": reason,
                   "deliveries": str(entry.deliveries), "worker": self.name, "at": f"{time.time():.6f}"}
         return Outcome(entry.source, entry.entry_id, "d", fields)
+
+
+class BatchMetrics:
+    """Prometheus recording per batch: a few counter increments per source, never one call per frame."""
+
+    def __init__(self) -> None:
+        self.m = metrics()
+
+    def record(self, entries: list[Entry], tallies: dict[str, Tally], infer_s: float,
+               origins: dict[str, list[float]]) -> None:
+        m = self.m
+        for source, n in Counter(e.source for e in entries).items():
+            m.frames_in.labels(source).inc(n)
+        for source, t in tallies.items():
+            if t.results:
+                m.results_out.labels(source).inc(t.results)
+            if t.dead:
+                m.dead_letters.labels(source).inc(t.dead)
+            if t.stale:
+                m.frames_dropped.labels(source, "stale").inc(t.stale)
+        classified = sum(len(v) for v in origins.values())
+        if classified:
+            m.batch_size.observe(classified)
+            m.inference_seconds.observe(infer_s)
+        done = time.time()  # after the publish script returned: the result is visible to readers
+        for source, starts in origins.items():
+            observe_many(m.capture_to_result_seconds.labels(source), [done - t for t in starts])
 
 
 def child_main(config: WorkerConfig) -> None:

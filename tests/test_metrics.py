@@ -1,0 +1,69 @@
+"""Prometheus metrics: batch observation equals per-value observation; `vigil work --metrics-port` serves the
+sum over its worker processes."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+import urllib.request
+
+import pytest
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.parser import text_string_to_metric_families
+
+from common.broker import free_port
+from common.metrics import LATENCY_BUCKETS, observe_many
+from tests.test_pipeline import VIGIL, start_workers
+from tests.test_worker_live import wait_ready
+from workers.results import read_results
+
+
+def _samples(registry: CollectorRegistry) -> list[tuple[str, dict[str, str], float]]:
+    return [(s.name, s.labels, s.value) for fam in registry.collect() for s in fam.samples
+            if not s.name.endswith("_created")]
+
+
+def test_observe_many_equals_observe_per_value() -> None:
+    values = [0.0, 0.005, 0.0051, 0.1, 0.1, 0.42, 5.0, 9.5, 0.03]  # on, just past, beyond the bounds
+    one, many = CollectorRegistry(), CollectorRegistry()
+    h1 = Histogram("lat", "x", ["source"], buckets=LATENCY_BUCKETS, registry=one)
+    h2 = Histogram("lat", "x", ["source"], buckets=LATENCY_BUCKETS, registry=many)
+    for v in values:
+        h1.labels("cam").observe(v)
+    observe_many(h2.labels("cam"), values)
+    observe_many(h2.labels("cam"), [])
+    assert _samples(one) == _samples(many)
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+@pytest.mark.integration
+def test_work_serves_metrics_summed_over_two_processes(pipeline_env, client, namespace, small_video) -> None:
+    port = free_port()
+    proc = start_workers(pipeline_env, "--metrics-port", str(port))
+    try:
+        wait_ready(client, namespace, 2)
+        # at camera pace (2.4 s) both idle processes wait on the stream and the server hands frames to each
+        subprocess.run([*VIGIL, "produce", "file", str(small_video), "--source", "cam", "--no-progress",
+                        "--realtime"], env=pipeline_env, check=True, capture_output=True, timeout=60)
+        cam = (("source", "cam"),)
+        deadline = time.monotonic() + 30
+        settled = {("vigil_worker_results_out_total", cam): 60, ("vigil_stream_lag", cam): 0,
+                   ("vigil_stream_pending", cam): 0}  # the supervisor refreshes lag/pending every 5 s
+        while any((got := scrape(port)).get(k) != v for k, v in settled.items()):
+            assert time.monotonic() < deadline, got
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == 0
+    assert len({r.worker for r in read_results(client, namespace, "cam")}) == 2  # the sum spans 2 processes
+    assert got[("vigil_worker_results_out_total", cam)] == 60
+    assert got[("vigil_worker_frames_in_total", cam)] == 61  # + the end-of-stream entry
+    assert got[("vigil_capture_to_result_seconds_count", cam)] == 60
+    assert got[("vigil_worker_batch_size_sum", ())] == 60
