@@ -178,3 +178,12 @@ def _table(report: dict[str, Any]) -> str:
         rows.append(f"{name:<20}{v['naive_fps']:>10}{v['ideal_fps']:>10}{v['pipeline_fps']:>10}"
                     f"{v['ratio_vs_naive']:>9}{v['ratio_vs_ideal']:>9}")
     return "\n".join(rows)
+
+
+def _register_live() -> None:
+    from workers.bench_live import live
+
+    bench.add_command(live)
+
+
+_register_live()
