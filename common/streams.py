@@ -24,6 +24,11 @@ def registry_key(namespace: str) -> str:
     return f"{namespace}:sources"
 
 
+def events_key(namespace: str) -> str:
+    """Stream of camera state changes (fields: source, state, previous, reason, at), capped ~10,000."""
+    return f"{namespace}:events"
+
+
 @dataclass(frozen=True)
 class SourceKeys:
     namespace: str

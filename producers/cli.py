@@ -3,23 +3,35 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
+import signal
 import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import click
 
 from common.broker import broker_url, connect
 from common.bundle import Bundle
 from common.errors import ConfigError
+from common.metrics import serve
 from common.settings import Settings
+from producers.camera import LiveTiming, run_cameras
+from producers.camera_config import CameraConfig, build_camera, load_cameras_file
 from producers.file_producer import FileJob, produce_file
 from producers.sources import Sampling, default_source_name
+
+log = logging.getLogger(__name__)
 
 
 @click.group("produce")
 def produce() -> None:
-    """Push frames from files into Redis streams (one stream per source)."""
+    """Push frames from files or live cameras into Redis streams (one stream per source)."""
 
 
 @produce.command("file")
@@ -57,3 +69,116 @@ def produce_file_cmd(settings: Settings, paths: tuple[Path, ...], source: str | 
                 click.echo(f"{report.source}: {report.frames} frames ({report.sent} sent now, "
                            f"resumed from {report.resumed_from}) in {report.seconds:.1f}s")
         client.close()
+
+
+def _camera_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Flags shared by `camera` and `cameras` (for `cameras` they are defaults the file's entries override)."""
+    options = [
+        click.option("--fps", type=click.FloatRange(0, 240, min_open=True), default=None,
+                     help="Frames per second sent to the workers (the camera may deliver more)."),
+        click.option("--roi", default=None, metavar="X,Y,W,H", help="Crop this region (camera pixels) first."),
+        click.option("--transport", type=click.Choice(["raw", "jpeg"]), default=None,
+                     help="Pixels on the stream: raw (default) or JPEG."),
+        click.option("--jpeg-quality", type=click.IntRange(1, 100), default=None, help="For --transport jpeg."),
+        click.option("--max-age-ms", type=click.IntRange(1), default=None,
+                     help="Workers skip frames older than this [settings.max_age_ms]."),
+        click.option("--maxlen", type=click.IntRange(1), default=None,
+                     help="Undelivered frames kept per camera; older ones are dropped [settings.live_maxlen]."),
+        click.option("--duration", type=click.FloatRange(0, min_open=True), default=None,
+                     help="Stop after this many seconds and print a report (default: run until SIGTERM)."),
+        click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+                     help="Serve Prometheus metrics on this port [settings.metrics_port]."),
+        click.option("--json", "as_json", is_flag=True, help="Print the final report as JSON."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+@produce.command("camera", epilog="""\b
+Examples:
+  vigil produce camera rtsp://user:pass@10.0.0.5/stream1 --source gate --fps 5
+  vigil produce camera http://10.0.0.7/video.mjpg --source desk --fps 2 --roi 100,50,640,480
+  vigil produce camera 0 --source usb --fps 10 --duration 60 --json     # /dev/video0 for a minute
+""")
+@click.argument("url")
+@click.option("--source", required=True, help="Camera id: its stream is NAMESPACE:{ID}:frames.")
+@_camera_options
+@click.pass_obj
+def produce_camera_cmd(settings: Settings, url: str, source: str, **flags: Any) -> None:
+    """Stream a live camera (RTSP, HTTP MJPEG, or USB device number) until SIGTERM.
+
+    The freshest frame is sampled at --fps; frames the workers cannot take in time are dropped and counted
+    (superseded at the producer, trimmed from the stream, stale at the workers). A lost camera is retried
+    with exponential backoff; its state (connecting/online/offline) is in `vigil status`.
+    """
+    camera = build_camera({**_camera_defaults(settings, flags), "id": source, "url": url}, f"camera {source}")
+    _serve(settings, [camera], flags)
+
+
+@produce.command("cameras", epilog="""\b
+A cameras file (YAML; TOML takes [[cameras]] tables with the same keys):
+  cameras:
+    - {id: gate, url: "rtsp://user:pass@10.0.0.5/stream1", fps: 5, roi: [100, 50, 640, 480]}
+    - {id: desk, url: 0, fps: 2, transport: jpeg}
+Keys: id, url, fps, roi, transport, jpeg_quality, max_age_ms, maxlen, results_maxlen.
+
+\b
+Examples:
+  vigil produce cameras cameras.yaml
+  vigil produce cameras cameras.toml --fps 5 --metrics-port 9101   # fps for cameras that set none
+""")
+@click.argument("file", type=click.Path(path_type=Path))
+@_camera_options
+@click.pass_obj
+def produce_cameras_cmd(settings: Settings, file: Path, **flags: Any) -> None:
+    """Stream every camera of a cameras file from this one process until SIGTERM.
+
+    Flags are defaults for keys a camera leaves out. A camera that never connects blocks no other one.
+    """
+    _serve(settings, load_cameras_file(file, _camera_defaults(settings, flags)), flags)
+
+
+def _camera_defaults(settings: Settings, flags: dict[str, Any]) -> dict[str, Any]:
+    defaults = {"max_age_ms": settings.max_age_ms, "maxlen": settings.live_maxlen,
+                "results_maxlen": settings.results_maxlen}
+    keys = ("fps", "roi", "transport", "jpeg_quality", "max_age_ms", "maxlen")
+    return {**defaults, **{k: flags[k] for k in keys if flags.get(k) is not None}}
+
+
+def _serve(settings: Settings, cameras: list[CameraConfig], flags: dict[str, Any]) -> None:
+    spec = Bundle.load(settings.bundle, verify_hashes=False).spec.input
+    timing = LiveTiming(settings.reconnect_min_s, settings.reconnect_max_s, settings.stall_timeout_s)
+    port = flags["metrics_port"] if flags["metrics_port"] is not None else settings.metrics_port
+    if port is not None:
+        log.info("Prometheus metrics on port %d", serve(port))
+    stop = threading.Event()
+    with broker_url(settings.redis_url) as url, _stop_on_signals(stop):
+        client = connect(url, retries=0)  # a re-sent XADD would duplicate a frame; a lost one is only a drop
+        reports = run_cameras(client, settings.namespace, cameras, spec, timing, stop, flags["duration"])
+        client.close()
+    for report in reports:
+        if flags["as_json"]:
+            click.echo(json.dumps(asdict(report)))
+        else:
+            click.echo(f"{report.id}: {report.state}, captured {report.captured}, produced {report.produced}, "
+                       f"dropped superseded {report.dropped_superseded}, trimmed {report.dropped_trimmed}, "
+                       f"reconnects {report.reconnects}")
+
+
+@contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """First SIGTERM/SIGINT: stop cleanly (exit 0). Second: exit now."""
+
+    def handle(signum: int, _frame: object) -> None:
+        if stop.is_set():
+            os._exit(128 + signum)
+        log.info("%s: stopping cameras", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -9,6 +9,18 @@ profile=${1:-full}
 need_apt=()
 [ -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ] || need_apt+=(dataset-fashion-mnist)
 command -v ffmpeg >/dev/null 2>&1 || need_apt+=(ffmpeg)
+# The simulated RTSP camera (producers/simcam.py) runs GStreamer's RTSP server with the system python.
+gst_rtsp_ok() {
+  /usr/bin/python3 - 2>/dev/null <<'PY'
+import gi
+gi.require_version("Gst", "1.0"); gi.require_version("GstRtspServer", "1.0")
+from gi.repository import Gst, GstRtspServer
+Gst.init(None)
+assert Gst.ElementFactory.find("appsrc") and Gst.ElementFactory.find("rtpjpegpay")
+PY
+}
+gst_rtsp_ok || need_apt+=(python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-rtsp gstreamer1.0-plugins-base
+                          gstreamer1.0-plugins-good)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null 2>&1; then
     sudo_cmd=""; [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"

@@ -1,0 +1,290 @@
+"""Live cameras -> preprocessed frames on their streams, always the freshest frame, never a backlog.
+
+Per camera, two daemon threads meet at a one-frame mailbox (``LatestFrame``):
+  reader:  open (``producers.capture``, with timeouts) -> read continuously -> overwrite the mailbox; on a failed open,
+           a lost connection or a stall (no frame for ``stall_timeout_s``) release and reconnect after an
+           exponential, fully jittered, capped backoff.
+  sampler: every 1/fps take the mailbox's frame if it is new -> crop ROI -> preprocess to the bundle's input
+           -> publish under the live cap (``LivePublisher``).
+Reading continuously is what keeps frames fresh: OpenCV's FFmpeg backend buffers, and a reader that only read
+at the sampling rate would fall further behind the camera every second. ``run_cameras`` supervises them all
+from the main thread: it flushes counters, runs the stall watchdog and stops within ~1.5 s on SIGTERM, even
+while a camera is stuck connecting (its thread is a daemon and is not joined forever).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import redis
+
+from common.bundle import InputSpec
+from common.metrics import metrics
+from common.preprocess import preprocess
+from common.schemas import Frame
+from producers.camera_config import CameraConfig, crop
+from producers.capture import Capture, open_capture
+from producers.live_publisher import LivePublisher
+
+log = logging.getLogger(__name__)
+FFMPEG_OPTIONS_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
+OPEN_TIMEOUT_MIN_S = 3.0  # RTSP needs ~1 s to DESCRIBE, SETUP and probe the stream on loopback
+WATCHDOG_GRACE_S = 2.0  # beyond the read timeout: the reader is stuck inside the decoder
+JOIN_BUDGET_S = 1.5
+
+
+@dataclass(frozen=True)
+class LiveTiming:
+    reconnect_min_s: float = 0.5
+    reconnect_max_s: float = 10.0
+    stall_timeout_s: float = 5.0
+
+    @property
+    def open_timeout_s(self) -> float:
+        return max(OPEN_TIMEOUT_MIN_S, self.stall_timeout_s)
+
+
+def backoff_delay(attempt: int, min_s: float, max_s: float, rng: random.Random) -> float:
+    """Full jitter: uniform in [0, min(max_s, min_s * 2**attempt)], so cameras that fail together retry apart."""
+    return rng.uniform(0.0, min(max_s, min_s * 2.0 ** min(attempt, 32)))
+
+
+class LatestFrame:
+    """A one-frame mailbox. ``put`` overwrites (counting a frame nobody took as superseded); ``take`` empties."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._img: np.ndarray | None = None
+        self._captured_at = 0.0
+        self.captured = 0
+        self.superseded = 0
+        self.last_put = time.monotonic()
+
+    def put(self, img: np.ndarray, captured_at: float) -> bool:
+        with self._lock:
+            superseded = self._img is not None
+            self._img, self._captured_at = img, captured_at
+            self.captured += 1
+            self.superseded += superseded
+            self.last_put = time.monotonic()
+        return superseded
+
+    def take(self) -> tuple[np.ndarray, float] | None:
+        with self._lock:
+            if self._img is None:
+                return None
+            img, self._img = self._img, None
+            return img, self._captured_at
+
+
+@dataclass
+class CameraReport:
+    id: str
+    url: str
+    state: str
+    captured: int
+    produced: int
+    dropped_superseded: int
+    dropped_trimmed: int
+    reconnects: int
+
+
+class Camera:
+    def __init__(self, config: CameraConfig, spec: InputSpec, publisher: LivePublisher, timing: LiveTiming,
+                 stop: threading.Event, rng: random.Random | None = None) -> None:
+        self.config = config
+        self.spec = spec
+        self.publisher = publisher
+        self.timing = timing
+        self.stop = stop
+        self.rng = rng or random.Random()
+        self.mailbox = LatestFrame()
+        self.produced = 0
+        self.trimmed = 0
+        self.reconnects = 0
+        self.state = "connecting"
+        self._state_lock = threading.Lock()
+        self._offline_since = time.monotonic()
+        self._flushed = {"captured": 0, "dropped_superseded": 0, "reconnects": 0}
+        self._next_seq = 0
+        self._threads: list[threading.Thread] = []
+        self._broker_ok = True
+        self._m = metrics()
+
+    @property
+    def name(self) -> str:
+        return self.config.id
+
+    def start(self) -> None:
+        cfg = self.config
+        self._next_seq = self.publisher.open({
+            "url": cfg.safe_url, "target_fps": cfg.fps, "max_age_ms": cfg.max_age_ms,
+            "results_maxlen": cfg.results_maxlen, "maxlen": cfg.maxlen, "transport": cfg.transport,
+            "roi": ",".join(map(str, cfg.roi or ())),
+        })
+        self._set_state("connecting", f"opening {self.config.safe_url}")
+        for role, target in (("reader", self._read_forever), ("sampler", self._sample_forever)):
+            thread = threading.Thread(target=target, name=f"{role}-{self.name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def join(self, deadline: float) -> bool:
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in self._threads)
+
+    # --- reader --------------------------------------------------------------------------------------
+    def _read_forever(self) -> None:
+        attempt = 0
+        while not self.stop.is_set():
+            if attempt or self.state == "offline":
+                self.reconnects += 1
+                self._m.reconnects.labels(self.name).inc()
+            cap = self._open()
+            reason = f"cannot open {self.config.safe_url}"
+            if cap is not None:
+                frames, reason = self._read_until_lost(cap)
+                cap.release()
+                attempt = 0 if frames else attempt
+            if self.stop.is_set():
+                return
+            delay = backoff_delay(attempt, self.timing.reconnect_min_s, self.timing.reconnect_max_s, self.rng)
+            attempt += 1
+            self._set_state("offline", reason)
+            log.warning("camera %s: %s; reconnecting in %.1f s", self.name, reason, delay)
+            self.stop.wait(delay)
+
+    def _open(self) -> Capture | None:
+        return open_capture(self.config.url, self.config.device, self.timing.open_timeout_s,
+                            self.timing.stall_timeout_s)
+
+    def _read_until_lost(self, cap: Capture) -> tuple[int, str]:
+        """Read until the stream fails, stalls or the process stops; returns (frames read, why it ended)."""
+        frames = 0
+        while not self.stop.is_set():
+            started = time.monotonic()
+            ok, img = cap.read()
+            if not ok:
+                waited = time.monotonic() - started
+                if waited >= 0.9 * self.timing.stall_timeout_s:
+                    return frames, f"stalled: no frame for {waited:.1f} s"
+                return frames, "connection lost" if frames else "connected but no frame decoded"
+            if img is None:
+                continue
+            if self.mailbox.put(img, time.time()):
+                self._m.frames_dropped.labels(self.name, "superseded").inc()
+            self._m.frames_captured.labels(self.name).inc()
+            frames += 1
+            if frames == 1:
+                was_offline = self.state == "offline"
+                self._set_state("online", f"receiving {img.shape[1]}x{img.shape[0]} frames")
+                if was_offline:
+                    log.info("camera %s: online again after %.1f s offline", self.name,
+                             time.monotonic() - self._offline_since)
+                else:
+                    log.info("camera %s: connected to %s (%dx%d)", self.name, self.config.safe_url,
+                             img.shape[1], img.shape[0])
+        return frames, "producer stopping"
+
+    # --- sampler -------------------------------------------------------------------------------------
+    def _sample_forever(self) -> None:
+        period = 1.0 / self.config.fps
+        next_tick = time.monotonic()
+        while not self.stop.wait(max(0.0, next_tick - time.monotonic())):
+            next_tick = max(next_tick + period, time.monotonic() - period)  # skip ticks missed, do not burst
+            item = self.mailbox.take()
+            if item is not None:
+                self._publish(*item)
+
+    def _publish(self, img: np.ndarray, captured_at: float) -> None:
+        pixels = preprocess(crop(img, self.config.roi), self.spec)
+        frame = Frame.from_pixels(self.name, self._next_seq, pixels, captured_at, time.time(),
+                                  self.config.transport, self.config.jpeg_quality)
+        try:
+            self._next_seq, trimmed = self.publisher.publish(frame)
+        except redis.RedisError as exc:
+            if self._broker_ok:
+                log.error("camera %s: cannot publish to the broker (%s); dropping frames until it is back",
+                          self.name, exc)
+            self._broker_ok = False
+            return
+        if not self._broker_ok:
+            log.info("camera %s: broker reachable again", self.name)
+            self._broker_ok = True
+        self.produced += 1
+        self.trimmed += trimmed
+        self._m.frames_produced.labels(self.name).inc()
+        if trimmed:
+            self._m.frames_dropped.labels(self.name, "trimmed").inc(trimmed)
+
+    # --- state, counters, watchdog -------------------------------------------------------------------
+    def _set_state(self, state: str, reason: str) -> None:
+        with self._state_lock:
+            if state == self.state and state != "connecting":
+                return
+            self.state = state
+            if state == "offline":
+                self._offline_since = time.monotonic()
+            self._m.camera_online.labels(self.name).set(1 if state == "online" else 0)
+            try:
+                self.publisher.set_state(state, reason)
+            except redis.RedisError as exc:
+                log.error("camera %s: state %s not recorded in the broker: %s", self.name, state, exc)
+
+    def watchdog(self) -> None:
+        """Mark a camera offline whose reader is stuck past the read timeout (it reconnects when it returns)."""
+        silent = time.monotonic() - self.mailbox.last_put
+        if self.state == "online" and silent > self.timing.stall_timeout_s + WATCHDOG_GRACE_S:
+            self._set_state("offline", f"stalled: no frame for {silent:.1f} s (reader blocked in the decoder)")
+            log.warning("camera %s: no frame for %.1f s; reader blocked, marked offline", self.name, silent)
+
+    def flush(self) -> None:
+        """Add the counters' growth since the last flush to the meta hash."""
+        now = {"captured": self.mailbox.captured, "dropped_superseded": self.mailbox.superseded,
+               "reconnects": self.reconnects}
+        deltas = {k: v - self._flushed[k] for k, v in now.items()}
+        try:
+            self.publisher.count(deltas)
+        except redis.RedisError as exc:
+            log.warning("camera %s: counters not flushed (%s); retrying", self.name, exc)
+            return
+        self._flushed = now
+
+    def report(self) -> CameraReport:
+        return CameraReport(self.name, self.config.safe_url, self.state, self.mailbox.captured, self.produced,
+                            self.mailbox.superseded, self.trimmed, self.reconnects)
+
+    def close(self, reason: str) -> None:
+        self.flush()
+        self._set_state("offline", reason)
+
+
+def run_cameras(client: redis.Redis, namespace: str, cameras: list[CameraConfig], spec: InputSpec,
+                timing: LiveTiming, stop: threading.Event, duration: float | None = None) -> list[CameraReport]:
+    """Serve every camera until ``stop`` is set or ``duration`` seconds pass; returns one report per camera."""
+    os.environ.setdefault(FFMPEG_OPTIONS_ENV, "rtsp_transport;tcp")  # read by OpenCV at every open
+    running = [Camera(cfg, spec, LivePublisher(client, namespace, cfg.id, cfg.maxlen), timing, stop)
+               for cfg in cameras]
+    for camera in running:
+        camera.start()
+    log.info("serving %d camera(s): %s", len(running), ", ".join(c.name for c in running))
+    deadline = time.monotonic() + duration if duration else None
+    while not stop.wait(0.25):
+        for camera in running:
+            camera.watchdog()
+            camera.flush()
+        if deadline is not None and time.monotonic() >= deadline:
+            break
+    stop.set()
+    join_deadline = time.monotonic() + JOIN_BUDGET_S
+    for camera in running:
+        if not camera.join(join_deadline):
+            log.warning("camera %s: still blocked in OpenCV; leaving its daemon thread behind", camera.name)
+        camera.close("producer stopped")
+    return [camera.report() for camera in running]

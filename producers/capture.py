@@ -1,0 +1,152 @@
+"""Open a camera without letting a dead one stall the others.
+
+OpenCV's FFmpeg backend holds one process-wide mutex for the whole of ``VideoCapture.open`` (measured with
+OpenCV 5.0: a healthy camera's open waited 2.7 s for a dead one's 3 s open timeout). One unreachable camera
+would delay every other camera's (re)connect. So:
+  - HTTP multipart MJPEG is read here, in Python (``MjpegHttpCapture``): socket timeouts, no shared lock,
+    JPEG decoding by ``cv2.imdecode``. Other HTTP content (HLS, MP4) falls back to OpenCV.
+  - RTSP is probed with an ``OPTIONS`` request first; OpenCV opens only a server that answers.
+  - USB devices go through V4L2, which does not take the FFmpeg mutex.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import socket
+import urllib.parse
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+
+class Capture(Protocol):
+    def read(self) -> tuple[bool, np.ndarray | None]: ...
+
+    def release(self) -> None: ...
+
+
+def open_capture(url: str, device: int | None, open_timeout_s: float, read_timeout_s: float) -> Capture | None:
+    """A readable capture, or None when the camera cannot be opened now."""
+    if device is not None:
+        return _opencv(cv2.VideoCapture(device, cv2.CAP_V4L2))
+    scheme = urllib.parse.urlsplit(url).scheme.lower()
+    if scheme in ("http", "https"):
+        try:
+            return MjpegHttpCapture(url, open_timeout_s, read_timeout_s)
+        except NotMjpeg:
+            pass
+        except (OSError, ValueError):
+            return None
+    if scheme.startswith("rtsp") and not rtsp_answers(url, open_timeout_s):
+        return None
+    timeouts = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(open_timeout_s * 1000),
+                cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(read_timeout_s * 1000)]
+    return _opencv(cv2.VideoCapture(url, cv2.CAP_FFMPEG, timeouts))
+
+
+def _opencv(cap: cv2.VideoCapture) -> Capture | None:
+    if cap.isOpened():
+        return cap
+    cap.release()
+    return None
+
+
+def rtsp_answers(url: str, timeout: float) -> bool:
+    """True when the RTSP server answers an ``OPTIONS`` request (any status: 401 still means it is alive)."""
+    parts = urllib.parse.urlsplit(url)
+    if not parts.hostname:
+        return False
+    target = urllib.parse.urlunsplit((parts.scheme, _netloc_without_credentials(parts), parts.path, "", ""))
+    request = f"OPTIONS {target} RTSP/1.0\r\nCSeq: 1\r\nUser-Agent: vigil\r\n\r\n".encode()
+    try:
+        with socket.create_connection((parts.hostname, parts.port or 554), timeout=timeout) as sock:
+            sock.sendall(request)
+            return sock.recv(16).startswith(b"RTSP/")
+    except OSError:
+        return False
+
+
+class NotMjpeg(Exception):
+    """The HTTP URL serves something else than multipart JPEG; let OpenCV/FFmpeg read it."""
+
+
+class MjpegHttpCapture:
+    """An HTTP ``multipart/x-mixed-replace`` JPEG stream (IP cameras, ``ffmpeg -f mpjpeg``)."""
+
+    def __init__(self, url: str, open_timeout_s: float, read_timeout_s: float) -> None:
+        parts = urllib.parse.urlsplit(url)
+        conn_type = http.client.HTTPSConnection if parts.scheme.lower() == "https" else http.client.HTTPConnection
+        self._conn = conn_type(parts.hostname or "", parts.port, timeout=open_timeout_s)
+        headers = {"User-Agent": "vigil"}
+        if parts.username:
+            token = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+            headers["Authorization"] = "Basic " + base64.b64encode(token.encode()).decode()
+        try:
+            self._conn.request("GET", (parts.path or "/") + (f"?{parts.query}" if parts.query else ""),
+                               headers=headers)
+            self._resp = self._conn.getresponse()
+            self._boundary, self._after_boundary = self._find_boundary()
+        except BaseException:
+            self._conn.close()
+            raise
+        if self._conn.sock is not None:
+            self._conn.sock.settimeout(read_timeout_s)  # a silent camera is a stalled one
+
+    def _find_boundary(self) -> tuple[bytes, bool]:
+        """The part boundary from Content-Type, or sniffed from the first line (ffmpeg's server sends none)."""
+        ctype = self._resp.headers.get_content_type()
+        if self._resp.status != 200:
+            raise NotMjpeg(f"HTTP {self._resp.status}")
+        boundary = self._resp.headers.get_param("boundary")
+        if ctype.startswith("multipart/") and isinstance(boundary, str):
+            return b"--" + boundary.removeprefix("--").encode(), False
+        if ctype == "application/octet-stream":
+            first = self._resp.readline(256)
+            if first.startswith(b"--") and len(first.strip()) > 2:
+                return first.strip(), True
+        raise NotMjpeg(ctype)
+
+    def read(self) -> tuple[bool, np.ndarray | None]:
+        try:
+            data = self._next_part()
+        except (OSError, ValueError, http.client.HTTPException):
+            return False, None
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
+        return img is not None, img
+
+    def _next_part(self) -> bytes:
+        if not self._after_boundary:
+            line = b""
+            while not line.startswith(self._boundary):
+                line = self._readline()
+        self._after_boundary = False
+        length = None
+        while line := self._readline().strip():
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        if length is not None:
+            return self._resp.read(length)
+        chunks = []  # no Content-Length: the part ends at the next boundary line
+        while not (line := self._readline()).startswith(self._boundary):
+            chunks.append(line)
+        self._after_boundary = True
+        return b"".join(chunks).removesuffix(b"\r\n")
+
+    def _readline(self) -> bytes:
+        line = self._resp.readline(1 << 20)
+        if not line:
+            raise ValueError("stream ended")
+        return line
+
+    def release(self) -> None:
+        self._conn.close()
+
+
+def _netloc_without_credentials(parts: urllib.parse.SplitResult) -> str:
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{host}:{parts.port}" if parts.port else host

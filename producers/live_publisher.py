@@ -1,0 +1,129 @@
+"""Publishing of a live source (camera): newest frames win, the stream stays short, every drop is counted.
+
+One Lua script per frame, atomic with the workers' reads and acks (docs/cameras.md, contract of issue 4):
+XADD with an auto id and HINCRBY ``produced``; then, while more than ``maxlen`` entries are still undelivered
+to the group, XDEL the oldest undelivered ones and count them as ``dropped_trimmed``; then XTRIM MINID the
+entries that are fully done (delivered and acked). A pending (delivered, unacked) entry is never deleted.
+
+Redis cannot count the entries after an id without reading their payloads (XRANGE), so the script keeps the
+ids of not-yet-delivered entries in a list next to the stream (``<frames>:undelivered``, same hash slot): ids
+up to the group's last-delivered-id are popped from its head, and its length is the undelivered count.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import redis
+
+from common.broker import ensure_group
+from common.errors import ConfigError
+from common.schemas import FRAME_FIELD, Frame
+from common.streams import GROUP, SourceKeys, check_source, events_key, registry_key
+
+log = logging.getLogger(__name__)
+EVENTS_MAXLEN = 10_000
+
+# KEYS: frames, meta, undelivered ids. ARGV: group, maxlen, frame field, frame payload. Returns {id, produced, trimmed}.
+LIVE_LUA = """
+local function split(id)
+  local dash = string.find(id, '-', 1, true)
+  return tonumber(string.sub(id, 1, dash - 1)), tonumber(string.sub(id, dash + 1))
+end
+local function le(a, b)
+  local am, as = split(a)
+  local bm, bs = split(b)
+  return am < bm or (am == bm and as <= bs)
+end
+local id = redis.call('XADD', KEYS[1], '*', ARGV[3], ARGV[4])
+local produced = redis.call('HINCRBY', KEYS[2], 'produced', 1)
+redis.call('RPUSH', KEYS[3], id)
+local last = nil
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  local name, delivered
+  for i = 1, #g, 2 do
+    if g[i] == 'name' then name = g[i + 1] elseif g[i] == 'last-delivered-id' then delivered = g[i + 1] end
+  end
+  if name == ARGV[1] then last = delivered end
+end
+if last then
+  while true do
+    local head = redis.call('LINDEX', KEYS[3], 0)
+    if not head or not le(head, last) then break end
+    redis.call('LPOP', KEYS[3])
+  end
+end
+local trimmed = 0
+local maxlen = tonumber(ARGV[2])
+while redis.call('LLEN', KEYS[3]) > maxlen do
+  trimmed = trimmed + redis.call('XDEL', KEYS[1], redis.call('LPOP', KEYS[3]))
+end
+if trimmed > 0 then redis.call('HINCRBY', KEYS[2], 'dropped_trimmed', trimmed) end
+if last and last ~= '0-0' then
+  local ms, seq = split(last)
+  local minid = string.sub(last, 1, string.find(last, '-', 1, true) - 1) .. '-' .. string.format('%d', seq + 1)
+  local pending = redis.call('XPENDING', KEYS[1], ARGV[1])
+  if pending[1] > 0 and not le(minid, pending[2]) then minid = pending[2] end
+  redis.call('XTRIM', KEYS[1], 'MINID', minid)
+end
+return {id, produced, trimmed}
+"""
+
+
+class LivePublisher:
+    """One camera's stream, meta hash and state. Thread-safe (redis-py clients are)."""
+
+    def __init__(self, client: redis.Redis, namespace: str, source: str, maxlen: int) -> None:
+        self.client = client
+        self.namespace = namespace
+        self.keys = SourceKeys(namespace, check_source(source))
+        self.undelivered = f"{self.keys.frames}:undelivered"
+        self.maxlen = maxlen
+        self.state = ""
+        self._script = client.register_script(LIVE_LUA)
+
+    def open(self, meta: dict[str, object]) -> int:
+        """Register the source as live and return the next frame seq (continues after earlier runs)."""
+        if self.client.hexists(self.keys.meta, "path"):
+            raise ConfigError(f"source {self.keys.source!r} is a file source; give the camera another id.")
+        ensure_group(self.client, self.keys.frames, GROUP)
+        previous = self.client.hget(self.keys.meta, "state")
+        self.state = previous.decode() if isinstance(previous, bytes) else ""
+        self.client.sadd(registry_key(self.namespace), self.keys.source)
+        fields: dict[Any, Any] = {k: str(v) for k, v in meta.items()}
+        fields.update(mode="live", started_at=f"{time.time():.6f}")
+        self.client.hset(self.keys.meta, mapping=fields)
+        produced = self.client.hget(self.keys.meta, "produced")
+        return int(produced or 0)
+
+    def publish(self, frame: Frame) -> tuple[int, int]:
+        """XADD one frame under the live cap; returns (next seq, entries trimmed by this call)."""
+        reply = self._script(keys=[self.keys.frames, self.keys.meta, self.undelivered],
+                             args=[GROUP, self.maxlen, FRAME_FIELD, frame.encode()])
+        return int(reply[1]), int(reply[2])
+
+    def count(self, counters: dict[str, int]) -> None:
+        """HINCRBY the producer's counters (captured, dropped_superseded, reconnects) in one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        for name, delta in counters.items():
+            if delta:
+                pipe.hincrby(self.keys.meta, name, delta)
+        pipe.execute()
+
+    def set_state(self, state: str, reason: str) -> None:
+        """Record the camera's state in its meta hash and append the change to the events stream."""
+        previous, self.state = self.state, state
+        now = f"{time.time():.6f}"
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hset(self.keys.meta, mapping={"state": state, "state_since": now, "state_reason": reason})
+        pipe.xadd(events_key(self.namespace), {"source": self.keys.source, "state": state, "previous": previous,
+                                               "reason": reason, "at": now},
+                  maxlen=EVENTS_MAXLEN, approximate=True)
+        pipe.execute()
+
+    def counters(self) -> dict[str, int]:
+        raw = self.client.hgetall(self.keys.meta)
+        names = ("captured", "produced", "dropped_superseded", "dropped_trimmed", "reconnects")
+        return {name: int(raw.get(name.encode(), 0)) for name in names}

@@ -1,0 +1,103 @@
+"""Pure unit tests of what a camera is: cameras files, ROI, backoff schedule, the one-frame mailbox."""
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from common.cli import main
+from common.errors import ConfigError
+from producers.camera import LatestFrame, backoff_delay
+from producers.camera_config import crop, load_cameras_file, parse_roi, redact_password
+
+DEFAULTS = {"max_age_ms": 500, "maxlen": 8}
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_yaml_cameras_file_with_defaults(tmp_path: Path) -> None:
+    path = write(tmp_path, "cams.yaml", """
+cameras:
+  - {id: gate, url: "rtsp://u:p@10.0.0.5/s", fps: 5, roi: [10, 20, 300, 200], transport: jpeg}
+  - {id: desk, url: 0, fps: 2, maxlen: 4}
+""")
+    gate, desk = load_cameras_file(path, DEFAULTS)
+    assert (gate.roi, gate.transport, gate.max_age_ms, gate.maxlen) == ((10, 20, 300, 200), "jpeg", 500, 8)
+    assert (desk.device, desk.maxlen, desk.transport) == (0, 4, "raw")
+    assert gate.safe_url == "rtsp://u:***@10.0.0.5/s"
+
+
+def test_toml_cameras_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "cams.toml", '[[cameras]]\nid = "a"\nurl = "http://h/x.mjpg"\nfps = 1.5\nroi = "1,2,3,4"\n')
+    (cam,) = load_cameras_file(path, DEFAULTS)
+    assert (cam.fps, cam.roi, cam.device) == (1.5, (1, 2, 3, 4), None)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("cameras:\n  - {id: a, url: x}\n", r"camera #1 \('a'\): fps is required"),
+    ("cameras:\n  - {id: a, url: x, fps: 1}\n  - {id: b, url: y, fps: 1, roi: [1, 2, 0, 4]}\n",
+     r"camera #2 \('b'\): roi roi is x, y, w, h"),
+    ("cameras:\n  - {id: a, url: x, fps: 1, rtsp: tcp}\n", r"rtsp is not a camera key \(known: id, url"),
+    ("cameras:\n  - {id: a, url: x, fps: 1}\n  - {id: a, url: y, fps: 1}\n", "'a' is used twice"),
+    ("cameras:\n  - {id: 'bad name', url: x, fps: 1}\n", r"camera #1 \('bad name'\): id "),
+    ("cameras: []\n", "non-empty list `cameras`"),
+    ("cameras: [\n", "does not parse"),
+])
+def test_bad_cameras_file_names_camera_and_field(tmp_path: Path, text: str, expected: str) -> None:
+    with pytest.raises(ConfigError, match=expected):
+        load_cameras_file(write(tmp_path, "cams.yaml", text), DEFAULTS)
+
+
+def test_bad_cameras_file_exits_2_with_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, "cams.yml", "cameras:\n  - {id: gate, url: x, fps: -3}\n")
+    assert main(["produce", "cameras", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "camera #1 ('gate'): fps" in err and "Fix it" in err
+
+
+def test_camera_flags_are_validated(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["produce", "camera", "http://h/x", "--source", "a", "--fps", "2", "--roi", "1,2,3"]) == 2
+    assert "four integers" in capsys.readouterr().err
+
+
+def test_unknown_file_type(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"use \.yaml, \.yml or \.toml"):
+        load_cameras_file(write(tmp_path, "cams.json", "{}"), DEFAULTS)
+
+
+def test_roi_parse_and_crop() -> None:
+    img = np.arange(100 * 80).reshape(100, 80)
+    assert crop(img, parse_roi("10, 20, 30, 40")).shape == (40, 30)
+    assert crop(img, (70, 90, 50, 50)).shape == (10, 10)  # clipped at the border
+    assert crop(img, (500, 500, 5, 5)).shape == (100, 80)  # outside: whole image
+    with pytest.raises(ValueError, match="x,y,w,h"):
+        parse_roi("1,2,3,x")
+
+
+def test_redact_password_keeps_user_and_host() -> None:
+    assert redact_password("rtsp://admin:s3cret@10.0.0.5:554/1") == "rtsp://admin:***@10.0.0.5:554/1"
+    assert redact_password("rtsp://cam:554/1") == "rtsp://cam:554/1"
+    assert redact_password("http://user:pw@h/x.mjpg") == "http://user:***@h/x.mjpg"
+
+
+def test_backoff_is_exponential_jittered_and_capped() -> None:
+    rng = random.Random(1)
+    for attempt, ceiling in [(0, 0.5), (1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (5, 10.0), (60, 10.0)]:
+        delays = [backoff_delay(attempt, 0.5, 10.0, rng) for _ in range(400)]
+        assert min(delays) >= 0.0 and max(delays) <= ceiling
+        assert max(delays) > 0.9 * ceiling and min(delays) < 0.1 * ceiling  # full jitter spans the range
+
+
+def test_mailbox_keeps_newest_and_counts_superseded() -> None:
+    box = LatestFrame()
+    assert box.take() is None
+    for i in range(3):
+        box.put(np.full((2, 2), i, np.uint8), float(i))
+    img, ts = box.take() or (None, None)
+    assert ts == 2.0 and img is not None and img[0, 0] == 2
+    assert (box.captured, box.superseded, box.take()) == (3, 2, None)

