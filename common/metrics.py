@@ -10,16 +10,14 @@ decided when a metric is created.
 
 from __future__ import annotations
 
-import collections
 import os
 import shutil
 import tempfile
-from bisect import bisect_left
-from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Final
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -102,17 +100,18 @@ def serve(port: int, multiprocess: bool = False) -> int:
     return int(server.server_address[1])
 
 
-def observe_many(histogram: Histogram, values: Sequence[float]) -> None:
+def observe_many(histogram: Histogram, values: np.ndarray) -> None:
     """``histogram.observe(v)`` for every value, at the cost of one update per touched bucket.
 
     In multiprocess mode each ``observe()`` takes a lock and writes two mmapped values (~3 µs); a worker
-    records one latency per frame at thousands of frames/s, so it adds a batch's values up first.
+    records one latency per frame at thousands of frames/s, so it counts a batch's values per bucket first.
     Relies on prometheus_client's Histogram internals (``_upper_bounds``, ``_buckets``, ``_sum``, stable
     since 0.4); tests/test_metrics.py checks the result equals per-value ``observe()``.
     """
-    if not values:
+    if not len(values):
         return
-    bounds = histogram._upper_bounds  # first bound >= value, like observe()
-    for index, n in collections.Counter(bisect_left(bounds, v) for v in values).items():
-        histogram._buckets[index].inc(n)
-    histogram._sum.inc(sum(values))
+    bounds = histogram._upper_bounds
+    counts = np.bincount(np.searchsorted(bounds, values, side="left"), minlength=len(bounds))  # like observe()
+    for index in np.flatnonzero(counts):
+        histogram._buckets[index].inc(int(counts[index]))
+    histogram._sum.inc(float(values.sum()))

@@ -8,6 +8,7 @@ import subprocess
 import time
 import urllib.request
 
+import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.parser import text_string_to_metric_families
@@ -31,8 +32,8 @@ def test_observe_many_equals_observe_per_value() -> None:
     h2 = Histogram("lat", "x", ["source"], buckets=LATENCY_BUCKETS, registry=many)
     for v in values:
         h1.labels("cam").observe(v)
-    observe_many(h2.labels("cam"), values)
-    observe_many(h2.labels("cam"), [])
+    observe_many(h2.labels("cam"), np.array(values))
+    observe_many(h2.labels("cam"), np.array([]))
     assert _samples(one) == _samples(many)
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 import redis
+from rich import box
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -116,11 +117,11 @@ def _ago(since: float | None, now: float) -> str:
 
 def render(rows: list[dict[str, Any]]) -> Table:
     now = time.time()
-    table = Table(title="vigil status", title_justify="left", expand=False)
+    table = Table(title="vigil status", title_justify="left", box=box.SIMPLE_HEAD)
     for name in ("source", "mode", "state", "frames", "lag", "pending", "results", "res/s", "produced",
                  "processed", "dropped", "dead", "consumers (idle)"):
-        table.add_column(name, justify="left" if name in ("source", "mode", "state", "dropped") else "right",
-                         overflow="fold")
+        text = name in ("source", "state", "dropped", "consumers (idle)")
+        table.add_column(name, justify="left" if text or name == "mode" else "right", no_wrap=not text)
     for r in rows:
         state = r["state"] or ("ended" if r["ended"] else "-")
         if r["state_since"] is not None:
@@ -168,17 +169,27 @@ def status(settings: Settings, as_json: bool, watch: float | None) -> None:
     with broker_url(settings.redis_url) as url:
         client = connect(url)
         if watch is None:
-            _show(snapshot(client, settings.namespace), as_json)
+            rows = snapshot(client, settings.namespace)
+            _show(rows, as_json)
+            if not rows and not as_json:
+                click.echo(f"no sources under namespace {settings.namespace!r} (VIGIL_NAMESPACE); "
+                           "`vigil produce` registers one.", err=True)
             return
         with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends --watch: a normal exit
             _watch(client, settings.namespace, as_json, watch)
+
+
+def _console() -> Console:
+    console = Console()
+    # Piped to a file or a log: wide lines, not a table squeezed into 80 columns.
+    return console if console.is_terminal else Console(width=200)
 
 
 def _show(rows: list[dict[str, Any]], as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
     else:
-        Console().print(render(rows))
+        _console().print(render(rows))
 
 
 def _watch(client: redis.Redis, namespace: str, as_json: bool, every: float) -> None:
@@ -186,7 +197,7 @@ def _watch(client: redis.Redis, namespace: str, as_json: bool, every: float) -> 
         while True:
             click.echo(json.dumps(snapshot(client, namespace)))
             time.sleep(every)
-    with Live(render(snapshot(client, namespace)), auto_refresh=False) as live:
+    with Live(render(snapshot(client, namespace)), console=_console(), auto_refresh=False) as live:
         while True:
             time.sleep(every)
             live.update(render(snapshot(client, namespace)), refresh=True)

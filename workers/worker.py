@@ -13,10 +13,12 @@ import socket
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
 from types import FrameType
 
 import numpy as np
+import prometheus_client as prom
 import redis
 
 from common.broker import connect
@@ -129,13 +131,13 @@ class Worker:
         now = time.time()
         return [self.result(entry, frame, p, now) for (entry, frame, _), p in zip(frames, probs, strict=True)]
 
-    def origins(self, frames: list[tuple[Entry, Frame, np.ndarray]]) -> dict[str, list[float]]:
+    def origins(self, frames: list[tuple[Entry, Frame, np.ndarray]]) -> dict[str, np.ndarray]:
         """Per source, when each classified frame was captured (live) or produced (file)."""
         out: dict[str, list[float]] = defaultdict(list)
         policies = {source: self.policies.get(source) for source in {e.source for e, _, _ in frames}}
         for entry, frame, _ in frames:
             out[entry.source].append(policies[entry.source].origin(frame.captured_at, frame.produced_at))
-        return out
+        return {source: np.array(starts) for source, starts in out.items()}
 
     def result(self, entry: Entry, frame: Frame, probs: np.ndarray, now: float) -> Outcome:
         top = np.argsort(probs)[::-1][:TOPK]
@@ -158,30 +160,52 @@ class Worker:
 
 
 class BatchMetrics:
-    """Prometheus recording per batch: a few counter increments per source, never one call per frame."""
+    """Prometheus recording per batch: a few counter increments per source, never one call per frame.
+
+    Measured in multiprocess mode: ~0.7 µs per frame at batch 32 from one source (docs/pipeline.md).
+    """
 
     def __init__(self) -> None:
         self.m = metrics()
+        self._children: dict[str, SourceMetrics] = {}  # .labels() takes a lock and builds a key on each call
 
     def record(self, entries: list[Entry], tallies: dict[str, Tally], infer_s: float,
-               origins: dict[str, list[float]]) -> None:
-        m = self.m
-        for source, n in Counter(e.source for e in entries).items():
-            m.frames_in.labels(source).inc(n)
+               origins: dict[str, np.ndarray]) -> None:
+        for source, n in Counter(map(attrgetter("source"), entries)).items():
+            self._of(source).frames_in.inc(n)
         for source, t in tallies.items():
+            child = self._of(source)
             if t.results:
-                m.results_out.labels(source).inc(t.results)
+                child.results_out.inc(t.results)
             if t.dead:
-                m.dead_letters.labels(source).inc(t.dead)
+                child.dead_letters.inc(t.dead)
             if t.stale:
-                m.frames_dropped.labels(source, "stale").inc(t.stale)
+                child.stale.inc(t.stale)
         classified = sum(len(v) for v in origins.values())
         if classified:
-            m.batch_size.observe(classified)
-            m.inference_seconds.observe(infer_s)
+            self.m.batch_size.observe(classified)
+            self.m.inference_seconds.observe(infer_s)
         done = time.time()  # after the publish script returned: the result is visible to readers
         for source, starts in origins.items():
-            observe_many(m.capture_to_result_seconds.labels(source), [done - t for t in starts])
+            observe_many(self._of(source).latency, done - starts)
+
+    def _of(self, source: str) -> SourceMetrics:
+        child = self._children.get(source)
+        if child is None:
+            m = self.m
+            child = self._children[source] = SourceMetrics(
+                m.frames_in.labels(source), m.results_out.labels(source), m.dead_letters.labels(source),
+                m.frames_dropped.labels(source, "stale"), m.capture_to_result_seconds.labels(source))
+        return child
+
+
+@dataclass(frozen=True)
+class SourceMetrics:
+    frames_in: prom.Counter
+    results_out: prom.Counter
+    dead_letters: prom.Counter
+    stale: prom.Counter
+    latency: prom.Histogram
 
 
 def child_main(config: WorkerConfig) -> None:

@@ -1,0 +1,78 @@
+"""`vigil status` against a real server: camera state, backlog (also when live trimming nulls XINFO's lag),
+throughput from result ids, counters by reason, consumers with idle time; table, --json and --watch."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from common.broker import ensure_group
+from common.cli import main
+from common.streams import GROUP, SourceKeys, registry_key
+from tests.test_pipeline import VIGIL
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def camera(client, namespace) -> SourceKeys:
+    keys = SourceKeys(namespace, "cam1")
+    client.sadd(registry_key(namespace), "cam1", "clip")
+    client.hset(keys.meta, mapping={
+        "mode": "live", "url": "rtsp://user:***@cam/stream", "state": "online", "state_since": time.time() - 30,
+        "state_reason": "frames flowing", "produced": 10, "processed": 4, "dropped_trimmed": 1,
+        "dropped_stale": 0, "dropped_superseded": 7, "reconnects": 2, "captured": 17})
+    ensure_group(client, keys.frames, GROUP)
+    ids = [client.xadd(keys.frames, {"f": b"x"}) for _ in range(10)]
+    client.xreadgroup(GROUP, "host:1", {keys.frames: ">"}, count=4)  # 4 pending, 6 undelivered
+    client.xdel(keys.frames, ids[-1])  # the producer's live cap deleting an undelivered entry
+    for i in range(30):
+        client.xadd(keys.results, {"seq": str(i)})
+    client.hset(SourceKeys(namespace, "clip").meta, mapping={"path": "/videos/clip.mp4", "eos": 1, "produced": 3})
+    return keys
+
+
+@pytest.fixture
+def env(monkeypatch, redis_url, namespace) -> None:
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    monkeypatch.setenv("VIGIL_NAMESPACE", namespace)
+
+
+def test_status_json_reports_live_state_backlog_throughput_counters(env, camera, capsys) -> None:
+    assert main(["status", "--json"]) == 0
+    rows = {r["source"]: r for r in json.loads(capsys.readouterr().out)}
+    cam = rows["cam1"]
+    assert (cam["mode"], cam["state"], cam["state_reason"]) == ("live", "online", "frames flowing")
+    assert 25 < time.time() - cam["state_since"] < 60
+    assert (cam["frames"], cam["lag"], cam["pending"]) == (9, 5, 4)  # lag counted after the XDEL
+    assert cam["results"] == 30 and cam["results_per_s"] == pytest.approx(3.0)
+    assert cam["counters"] == {"captured": 17, "produced": 10, "processed": 4, "dead": 0, "reconnects": 2}
+    assert cam["dropped"] == {"superseded": 7, "trimmed": 1, "stale": 0}
+    assert [(c["name"], c["pending"]) for c in cam["consumers"]] == [("host:1", 4)]
+    assert 0 <= cam["consumers"][0]["idle_ms"] < 60_000
+    clip = rows["clip"]
+    assert (clip["mode"], clip["ended"], clip["state"], clip["url"]) == ("file", True, None, "/videos/clip.mp4")
+    assert clip["lag"] is None and clip["consumers"] == [] and clip["results_per_s"] == 0
+
+
+def test_status_table_shows_camera_and_consumers(env, camera, capsys) -> None:
+    assert main(["status"]) == 0
+    out = capsys.readouterr().out
+    for text in ("cam1", "online 30s", "superseded 7", "host:1", "clip", "ended"):
+        assert text in out, out
+
+
+def test_status_watch_json_prints_a_line_per_refresh_until_interrupted(redis_url, namespace, camera) -> None:
+    env = {**os.environ, "REDIS_URL": redis_url, "VIGIL_NAMESPACE": namespace}
+    proc = subprocess.Popen([*VIGIL, "status", "--json", "--watch", "0.2"], env=env, stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout is not None
+    lines = [proc.stdout.readline(), proc.stdout.readline()]
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(10) == 0
+    assert [[r["source"] for r in json.loads(line)] for line in lines] == [["cam1", "clip"]] * 2
