@@ -35,9 +35,11 @@ GST_SCRIPT = Path(__file__).resolve().parent / "rtsp_gst.py"
 
 class _Server:
     url: str
+    _proc: subprocess.Popen[bytes] | None
 
     def __init__(self, port: int) -> None:
         self.port = port
+        self._proc = None
 
     def __enter__(self) -> Any:
         return self.start()
@@ -51,6 +53,15 @@ class _Server:
     def stop(self) -> None:
         raise NotImplementedError
 
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): connections stay open but no frame arrives, a stalled camera."""
+        if self._proc is not None:
+            os.killpg(self._proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self._proc is not None:
+            os.killpg(self._proc.pid, signal.SIGCONT)
+
 
 class MjpegServer(_Server):
     """``ffmpeg -re -stream_loop -1 -i VIDEO -r FPS -f mpjpeg -listen 1 http://127.0.0.1:PORT/cam.mjpg``."""
@@ -60,7 +71,6 @@ class MjpegServer(_Server):
         self.video = Path(video)
         self.fps = fps
         self.url = f"http://127.0.0.1:{port}/cam.mjpg"
-        self._proc: subprocess.Popen[bytes] | None = None
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -99,15 +109,6 @@ class MjpegServer(_Server):
             self._thread.join(5)
         wait_closed(self.port)
 
-    def pause(self) -> None:
-        """Freeze the server (SIGSTOP): the connection stays open but no frame arrives, a stalled camera."""
-        if self._proc is not None:
-            os.killpg(self._proc.pid, signal.SIGSTOP)
-
-    def resume(self) -> None:
-        if self._proc is not None:
-            os.killpg(self._proc.pid, signal.SIGCONT)
-
 
 class RtspServer(_Server):
     """GStreamer RTSP server playing the video's frames as RTP/JPEG at ``fps``, in a loop."""
@@ -120,7 +121,6 @@ class RtspServer(_Server):
         self.url = f"rtsp://127.0.0.1:{port}/cam"
         self._frames_dir: Path | None = None
         self._size = (0, 0)
-        self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 15.0) -> RtspServer:
         if not Path(SYSTEM_PYTHON).is_file():

