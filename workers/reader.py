@@ -18,6 +18,7 @@ from common.streams import GROUP, SourceKeys, registry_key
 log = logging.getLogger(__name__)
 REFRESH_S = 0.1  # how often the registry's size (SCARD) is checked; SMEMBERS only when it changed
 IDLE_BLOCK_MS = 100  # an idle worker wakes this often, so a new source is picked up within ~0.1 s
+POLL_S = 0.001  # while a batch fills (at most max_wait_ms), poll this often
 
 
 @dataclass(frozen=True)
@@ -57,17 +58,22 @@ class BatchReader:
         batch, self._carry = self._carry + self._reclaim_due(), []
         deadline = time.monotonic() + self.policy.max_wait_ms / 1000 if batch else None
         while len(batch) < self.policy.max_batch:
-            if deadline is None:
-                block = min(self.policy.block_ms, IDLE_BLOCK_MS)
-            else:
-                block = int((deadline - time.monotonic()) * 1000)
-                if block <= 0:
+            if deadline is None:  # idle: block until something arrives (a new entry wakes BLOCK at once)
+                got = self._read(batch, min(self.policy.block_ms, IDLE_BLOCK_MS))
+                if not got:
                     break
-            got = self._read(batch, block)
-            if not got:
-                break
+                deadline = time.monotonic() + self.policy.max_wait_ms / 1000
+            else:
+                # Filling a started batch: poll without BLOCK. The server resolves BLOCK timeouts on its cron
+                # tick (hz 10: 100 ms), so "BLOCK 5" would hold a live frame ~100 ms instead of 5 ms.
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                got = self._read(batch, None)
+                if not got:
+                    time.sleep(min(left, POLL_S))
+                    continue
             batch += got
-            deadline = deadline or time.monotonic() + self.policy.max_wait_ms / 1000
         return self._limit(batch)
 
     def _limit(self, batch: list[Entry]) -> list[Entry]:
@@ -88,12 +94,12 @@ class BatchReader:
         out, self._carry = self._carry, []
         return out
 
-    def _read(self, batch: list[Entry], block: int) -> list[Entry]:
+    def _read(self, batch: list[Entry], block: int | None) -> list[Entry]:
         taken = Counter(e.source for e in batch)
         cap = self.policy.per_source_cap
         streams: dict[Any, Any] = {k.frames: ">" for s, k in self.sources.items() if taken[s] < cap}
         if not streams:
-            time.sleep(min(block, 200) / 1000)
+            time.sleep(min(block or 1, 200) / 1000)
             return []
         share = -(-(self.policy.max_batch - len(batch)) // min(self._busy, len(streams)))  # ceil
         count = max(1, min(share, cap - max(taken.values(), default=0)))
