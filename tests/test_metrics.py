@@ -3,6 +3,7 @@ sum over its worker processes."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
@@ -60,10 +61,14 @@ def test_work_serves_metrics_summed_over_two_processes(pipeline_env, client, nam
         while any((got := scrape(port)).get(k) != v for k, v in settled.items()):
             assert time.monotonic() < deadline, got
             time.sleep(0.2)
+        workers = {r.worker for r in read_results(client, namespace, "cam")}
+        assert len(workers) == 2  # the sum spans 2 processes
+        os.kill(int(workers.pop().rsplit(":", 1)[1]), signal.SIGKILL)
+        time.sleep(1.0)  # the supervisor reaps it (and respawns after 0.5 s)
+        assert scrape(port)[("vigil_worker_results_out_total", cam)] == 60  # a dead child's counts stay
     finally:
         proc.send_signal(signal.SIGTERM)
     assert proc.wait(20) == 0
-    assert len({r.worker for r in read_results(client, namespace, "cam")}) == 2  # the sum spans 2 processes
     assert got[("vigil_worker_results_out_total", cam)] == 60
     assert got[("vigil_worker_frames_in_total", cam)] == 61  # + the end-of-stream entry
     assert got[("vigil_capture_to_result_seconds_count", cam)] == 60

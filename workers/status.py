@@ -139,7 +139,7 @@ def _dash(value: Any) -> str:
 
 
 @click.command("status")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one object per source (see below).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one object per source (keys above).")
 @click.option("--watch", type=click.FloatRange(0.2), default=None, metavar="SECONDS",
               help="Refresh every SECONDS until Ctrl-C (with --json: one JSON line per refresh).")
 @click.pass_obj
@@ -158,7 +158,7 @@ def status(settings: Settings, as_json: bool, watch: float | None) -> None:
       dropped            frames dropped by reason (dropped.*): superseded (a newer camera frame replaced it
                          before sampling), trimmed (live cap), stale (older than max_age_ms at the worker)
       consumers          worker processes of the group with their idle time (consumers[].idle_ms)
-    After a drained run: produced == processed + dropped.trimmed + dropped.stale + dead.
+    A drained live source: produced == processed + dropped.trimmed + dropped.stale + dead.
 
     \b
     Examples:
