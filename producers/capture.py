@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import http.client
 import socket
+import ssl
 import urllib.parse
 from typing import Protocol
 
@@ -37,9 +38,9 @@ def open_capture(url: str, device: int | None, open_timeout_s: float, read_timeo
             return MjpegHttpCapture(url, open_timeout_s, read_timeout_s)
         except NotMjpeg:
             pass
-        except (OSError, ValueError):
+        except (OSError, ValueError, http.client.HTTPException):
             return None
-    if scheme.startswith("rtsp") and not rtsp_answers(url, open_timeout_s):
+    if scheme in ("rtsp", "rtsps") and not rtsp_answers(url, open_timeout_s):
         return None
     timeouts = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(open_timeout_s * 1000),
                 cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(read_timeout_s * 1000)]
@@ -54,14 +55,18 @@ def _opencv(cap: cv2.VideoCapture) -> Capture | None:
 
 
 def rtsp_answers(url: str, timeout: float) -> bool:
-    """True when the RTSP server answers an ``OPTIONS`` request (any status: 401 still means it is alive)."""
+    """True when the RTSP server answers an ``OPTIONS`` request (any status: 401 still means it is alive).
+    For ``rtsps://`` (TLS) only the TCP connection is checked."""
     parts = urllib.parse.urlsplit(url)
     if not parts.hostname:
         return False
+    tls = parts.scheme.lower() == "rtsps"
     target = urllib.parse.urlunsplit((parts.scheme, _netloc_without_credentials(parts), parts.path, "", ""))
     request = f"OPTIONS {target} RTSP/1.0\r\nCSeq: 1\r\nUser-Agent: vigil\r\n\r\n".encode()
     try:
-        with socket.create_connection((parts.hostname, parts.port or 554), timeout=timeout) as sock:
+        with socket.create_connection((parts.hostname, parts.port or (322 if tls else 554)), timeout=timeout) as sock:
+            if tls:
+                return True
             sock.sendall(request)
             return sock.recv(16).startswith(b"RTSP/")
     except OSError:
@@ -77,8 +82,16 @@ class MjpegHttpCapture:
 
     def __init__(self, url: str, open_timeout_s: float, read_timeout_s: float) -> None:
         parts = urllib.parse.urlsplit(url)
-        conn_type = http.client.HTTPSConnection if parts.scheme.lower() == "https" else http.client.HTTPConnection
-        self._conn = conn_type(parts.hostname or "", parts.port, timeout=open_timeout_s)
+        self._conn: http.client.HTTPConnection
+        if parts.scheme.lower() == "https":
+            # Cameras mostly carry self-signed certificates; like FFmpeg (tls_verify=0) we do not verify them.
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            self._conn = http.client.HTTPSConnection(parts.hostname or "", parts.port, timeout=open_timeout_s,
+                                                     context=context)
+        else:
+            self._conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=open_timeout_s)
         headers = {"User-Agent": "vigil"}
         if parts.username:
             token = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"

@@ -1,0 +1,82 @@
+"""Opening cameras without OpenCV's global open lock: MJPEG over HTTP read in Python, RTSP probed first.
+A real HTTP server on loopback (the standard library's) plays a multipart JPEG stream without Content-Length."""
+
+from __future__ import annotations
+
+import base64
+import socket
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import cv2
+import numpy as np
+import pytest
+
+from producers.capture import MjpegHttpCapture, open_capture, rtsp_answers
+
+SHADES = (40, 120, 200)
+
+
+class _Camera(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        if self.headers.get("Authorization") != "Basic " + base64.b64encode(b"admin:s3cret").decode():
+            self.send_error(401)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+        self.end_headers()
+        for shade in SHADES:
+            ok, jpeg = cv2.imencode(".jpg", np.full((48, 64, 3), shade, np.uint8))
+            assert ok
+            self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\n\r\n" + jpeg.tobytes() + b"\r\n")
+        self.wfile.write(b"--frame--\r\n")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def http_camera() -> Iterator[int]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Camera)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+def test_mjpeg_without_content_length_and_with_basic_auth(http_camera: int) -> None:
+    cap = MjpegHttpCapture(f"http://admin:s3cret@127.0.0.1:{http_camera}/video", 2.0, 2.0)
+    shades = []
+    for _ in SHADES:
+        ok, img = cap.read()
+        assert ok and img is not None and img.shape == (48, 64, 3)
+        shades.append(int(img.mean().round()))
+    assert shades == pytest.approx(list(SHADES), abs=2)
+    assert cap.read() == (False, None)  # the stream ended
+    cap.release()
+
+
+def test_wrong_password_does_not_open(http_camera: int) -> None:
+    assert open_capture(f"http://admin:wrong@127.0.0.1:{http_camera}/video", None, 1.0, 1.0) is None
+
+
+def test_rtsp_probe() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+
+        def answer() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                assert conn.recv(1024).startswith(b"OPTIONS rtsp://127.0.0.1:")  # no credentials sent
+                conn.sendall(b"RTSP/1.0 401 Unauthorized\r\nCSeq: 1\r\n\r\n")
+
+        thread = threading.Thread(target=answer, daemon=True)
+        thread.start()
+        assert rtsp_answers(f"rtsp://admin:pw@127.0.0.1:{port}/stream", 2.0)  # 401: alive, OpenCV may open
+        thread.join(2)
+        assert not rtsp_answers(f"rtsp://127.0.0.1:{port}/stream", 0.5)  # accepts (backlog), never answers
+    assert not rtsp_answers(f"rtsp://127.0.0.1:{port}/stream", 0.5)  # closed port
