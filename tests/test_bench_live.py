@@ -1,0 +1,33 @@
+"""`vigil bench live` end to end, short: real MJPEG and RTSP servers, the camera producer, a worker pool.
+
+Latency targets are not asserted here (timing on a shared CI machine is not a test); the accounting is: every
+frame a camera produced is processed or dropped for a counted reason, in both scenarios."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import TINY_BUNDLE
+
+pytestmark = pytest.mark.integration
+
+
+def test_bench_live_accounts_for_every_frame(pipeline_env: dict[str, str]) -> None:
+    cmd = [sys.executable, "-m", "common.cli", "bench", "live", "--bundle", str(TINY_BUNDLE), "--cameras", "2",
+           "--fps", "10", "--duration", "6", "--json"]
+    out = subprocess.run(cmd, env=pipeline_env, capture_output=True, timeout=240)
+    assert out.returncode == 0, out.stderr.decode()[-2000:]
+    report = json.loads(out.stdout)
+    assert report["capacity_fps"] > 0
+    for name in ("normal", "overload"):
+        r = report[name]
+        assert set(r) >= {"p50_ms", "p99_ms", "produced", "processed", "dropped"}
+        assert r["produced"] > 0 and r["drained"]
+        assert r["accounting_exact"], r
+        assert r["produced"] == r["processed"] + r["dropped"]["trimmed"] + r["dropped"]["stale"] \
+            + r["dropped"]["dead"]
+    assert report["overload"]["fps_per_camera"] > report["normal"]["fps_per_camera"]
