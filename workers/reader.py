@@ -111,7 +111,8 @@ class BatchReader:
             log.warning("a frames stream lost its group (deleted/restarted source); re-registering")
             self._refresh_sources(force=True)
             return []
-        self._busy = max(1, len(reply or []))
+        if reply:  # an empty poll says nothing about how many streams are busy
+            self._busy = len(reply)
         return [Entry(self._source(stream), eid.decode(), fields.get(FRAME_FIELD))
                 for stream, entries in reply or [] for eid, fields in entries]
 
