@@ -181,16 +181,17 @@ class Camera:
                 self._m.frames_dropped.labels(self.name, "superseded").inc()
             self._m.frames_captured.labels(self.name).inc()
             frames += 1
-            if frames == 1:
-                was_offline = self.state == "offline"
-                self._set_state("online", f"receiving {img.shape[1]}x{img.shape[0]} frames")
-                if was_offline:
-                    log.info("camera %s: online again after %.1f s offline", self.name,
-                             time.monotonic() - self._offline_since)
-                else:
-                    log.info("camera %s: connected to %s (%dx%d)", self.name, self.config.safe_url,
-                             img.shape[1], img.shape[0])
+            if self.state != "online":  # first frame, or frames again after the watchdog gave up on a read
+                self._came_online(img.shape[1], img.shape[0])
         return frames, "producer stopping"
+
+    def _came_online(self, width: int, height: int) -> None:
+        was_offline = self.state == "offline"
+        self._set_state("online", f"receiving {width}x{height} frames")
+        if was_offline:
+            log.info("camera %s: online again after %.1f s offline", self.name, time.monotonic() - self._offline_since)
+        else:
+            log.info("camera %s: connected to %s (%dx%d)", self.name, self.config.safe_url, width, height)
 
     # --- sampler -------------------------------------------------------------------------------------
     def _sample_forever(self) -> None:
