@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import time
 import urllib.request
@@ -73,3 +74,13 @@ def test_work_serves_metrics_summed_over_two_processes(pipeline_env, client, nam
     assert got[("vigil_worker_frames_in_total", cam)] == 61  # + the end-of-stream entry
     assert got[("vigil_capture_to_result_seconds_count", cam)] == 60
     assert got[("vigil_worker_batch_size_sum", ())] == 60
+
+
+@pytest.mark.integration
+def test_busy_metrics_port_is_reported_not_a_traceback(pipeline_env) -> None:
+    with socket.socket() as sock:
+        sock.bind(("0.0.0.0", 0))
+        sock.listen()
+        out = subprocess.run([*VIGIL, "work", "-n", "1", "--metrics-port", str(sock.getsockname()[1])],
+                             env=pipeline_env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "Pick a free --metrics-port" in out.stderr, out.stderr

@@ -22,6 +22,7 @@ import redis
 
 from common import metrics
 from common.broker import connect
+from common.errors import ConfigError
 from common.streams import SourceKeys
 from workers.results import sources
 from workers.status import group_state
@@ -55,9 +56,9 @@ class Pool:
 
     def run(self) -> int:
         ctx = mp.get_context("spawn")
+        metrics_dir = self._serve_metrics() if self.metrics_port is not None else None
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         self.slots = [Slot(i) for i in range(self.size)]
-        metrics_dir = self._serve_metrics() if self.metrics_port is not None else None
         try:
             while not all(slot.done for slot in self.slots):
                 for slot in self.slots:
@@ -76,7 +77,12 @@ class Pool:
         """Before the first spawn: children inherit PROMETHEUS_MULTIPROC_DIR from this process."""
         assert self.metrics_port is not None
         path = metrics.prepare_multiprocess()
-        port = metrics.serve(self.metrics_port, multiprocess=True)
+        try:
+            port = metrics.serve(self.metrics_port, multiprocess=True)
+        except OSError as exc:
+            metrics.cleanup_multiprocess(path)
+            raise ConfigError(f"cannot serve metrics on port {self.metrics_port}: {exc}. "
+                              "Pick a free --metrics-port (0: any free port).") from exc
         log.info("Prometheus metrics of %d workers on http://0.0.0.0:%d/metrics", self.size, port)
         self._gauges = BrokerGauges(connect(self.config.redis_url), self.config.namespace)
         return path
