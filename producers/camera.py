@@ -21,10 +21,12 @@ import threading
 import time
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import redis
 
 from common.bundle import InputSpec
+from common.errors import SourceError
 from common.metrics import metrics
 from common.preprocess import preprocess
 from common.schemas import Frame
@@ -146,9 +148,12 @@ class Camera:
             if attempt or self.state == "offline":
                 self.reconnects += 1
                 self._m.reconnects.labels(self.name).inc()
-            cap = self._open()
-            reason = f"cannot open {self.config.safe_url}"
-            if cap is not None:
+            try:
+                cap = open_capture(self.config.url, self.config.device, self.timing.open_timeout_s,
+                                   self.timing.stall_timeout_s)
+            except SourceError as exc:
+                reason = str(exc)
+            else:
                 frames, reason = self._read_until_lost(cap)
                 cap.release()
                 attempt = 0 if frames else attempt
@@ -159,10 +164,6 @@ class Camera:
             self._set_state("offline", reason)
             log.warning("camera %s: %s; reconnecting in %.1f s", self.name, reason, delay)
             self.stop.wait(delay)
-
-    def _open(self) -> Capture | None:
-        return open_capture(self.config.url, self.config.device, self.timing.open_timeout_s,
-                            self.timing.stall_timeout_s)
 
     def _read_until_lost(self, cap: Capture) -> tuple[int, str]:
         """Read until the stream fails, stalls or the process stops; returns (frames read, why it ended)."""
@@ -270,6 +271,7 @@ def run_cameras(client: redis.Redis, namespace: str, cameras: list[CameraConfig]
                 timing: LiveTiming, stop: threading.Event, duration: float | None = None) -> list[CameraReport]:
     """Serve every camera until ``stop`` is set or ``duration`` seconds pass; returns one report per camera."""
     os.environ.setdefault(FFMPEG_OPTIONS_ENV, "rtsp_transport;tcp")  # read by OpenCV at every open
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # failed opens: our log says it once
     running = [Camera(cfg, spec, LivePublisher(client, namespace, cfg.id, cfg.maxlen), timing, stop)
                for cfg in cameras]
     for camera in running:

@@ -68,7 +68,8 @@ class CameraConfig(BaseModel):
 
     @property
     def safe_url(self) -> str:
-        return redact_password(self.url)
+        """For logs and the meta hash: the password masked, a device number as its /dev path."""
+        return f"/dev/video{self.device}" if self.device is not None else redact_password(self.url)
 
 
 def parse_roi(text: str) -> tuple[int, int, int, int]:

@@ -21,6 +21,9 @@ from typing import Protocol
 import cv2
 import numpy as np
 
+from common.errors import SourceError
+from producers.camera_config import redact_password
+
 
 class Capture(Protocol):
     def read(self) -> tuple[bool, np.ndarray | None]: ...
@@ -28,30 +31,31 @@ class Capture(Protocol):
     def release(self) -> None: ...
 
 
-def open_capture(url: str, device: int | None, open_timeout_s: float, read_timeout_s: float) -> Capture | None:
-    """A readable capture, or None when the camera cannot be opened now."""
+def open_capture(url: str, device: int | None, open_timeout_s: float, read_timeout_s: float) -> Capture:
+    """A readable capture; ``SourceError`` saying why when the camera cannot be opened now."""
     if device is not None:
-        return _opencv(cv2.VideoCapture(device, cv2.CAP_V4L2))
+        return _opencv(cv2.VideoCapture(device, cv2.CAP_V4L2), f"/dev/video{device}")
+    safe = redact_password(url)
     scheme = urllib.parse.urlsplit(url).scheme.lower()
     if scheme in ("http", "https"):
         try:
             return MjpegHttpCapture(url, open_timeout_s, read_timeout_s)
         except NotMjpeg:
-            pass
-        except (OSError, ValueError, http.client.HTTPException):
-            return None
+            pass  # e.g. HLS or MP4 over HTTP: FFmpeg reads those
+        except (OSError, ValueError, http.client.HTTPException) as exc:
+            raise SourceError(f"cannot open {safe}: {exc or type(exc).__name__}") from exc
     if scheme in ("rtsp", "rtsps") and not rtsp_answers(url, open_timeout_s):
-        return None
+        raise SourceError(f"cannot open {safe}: no RTSP answer within {open_timeout_s:.1f} s")
     timeouts = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(open_timeout_s * 1000),
                 cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(read_timeout_s * 1000)]
-    return _opencv(cv2.VideoCapture(url, cv2.CAP_FFMPEG, timeouts))
+    return _opencv(cv2.VideoCapture(url, cv2.CAP_FFMPEG, timeouts), safe)
 
 
-def _opencv(cap: cv2.VideoCapture) -> Capture | None:
+def _opencv(cap: cv2.VideoCapture, name: str) -> Capture:
     if cap.isOpened():
         return cap
     cap.release()
-    return None
+    raise SourceError(f"cannot open {name} (OpenCV)")
 
 
 def rtsp_answers(url: str, timeout: float) -> bool:
@@ -111,7 +115,7 @@ class MjpegHttpCapture:
         """The part boundary from Content-Type, or sniffed from the first line (ffmpeg's server sends none)."""
         ctype = self._resp.headers.get_content_type()
         if self._resp.status != 200:
-            raise NotMjpeg(f"HTTP {self._resp.status}")
+            raise ValueError(f"HTTP {self._resp.status} {self._resp.reason}")
         boundary = self._resp.headers.get_param("boundary")
         if ctype.startswith("multipart/") and isinstance(boundary, str):
             return b"--" + boundary.removeprefix("--").encode(), False

@@ -13,6 +13,8 @@ import cv2
 import numpy as np
 import pytest
 
+from common.broker import free_port
+from common.errors import SourceError
 from producers.capture import MjpegHttpCapture, open_capture, rtsp_answers
 
 SHADES = (40, 120, 200)
@@ -58,8 +60,13 @@ def test_mjpeg_without_content_length_and_with_basic_auth(http_camera: int) -> N
     cap.release()
 
 
-def test_wrong_password_does_not_open(http_camera: int) -> None:
-    assert open_capture(f"http://admin:wrong@127.0.0.1:{http_camera}/video", None, 1.0, 1.0) is None
+def test_failed_opens_say_why(http_camera: int) -> None:
+    with pytest.raises(SourceError, match=r"cannot open http://admin:\*\*\*@127.0.0.1:\d+/video: HTTP 401"):
+        open_capture(f"http://admin:wrong@127.0.0.1:{http_camera}/video", None, 1.0, 1.0)
+    with pytest.raises(SourceError, match=r"no RTSP answer within 0\.5 s"):
+        open_capture(f"rtsp://127.0.0.1:{free_port()}/cam", None, 0.5, 0.5)
+    with pytest.raises(SourceError, match="Connection refused"):
+        open_capture(f"http://127.0.0.1:{free_port()}/cam.mjpg", None, 0.5, 0.5)
 
 
 def test_rtsp_probe() -> None:
