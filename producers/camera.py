@@ -39,6 +39,7 @@ FFMPEG_OPTIONS_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
 OPEN_TIMEOUT_MIN_S = 3.0  # RTSP needs ~1 s to DESCRIBE, SETUP and probe the stream on loopback
 WATCHDOG_GRACE_S = 2.0  # beyond the read timeout: the reader is stuck inside the decoder
 JOIN_BUDGET_S = 1.5
+SAMPLER_POLL_S = 0.2  # how long the sampler waits for a new frame before checking for stop again
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ class LatestFrame:
     """A one-frame mailbox. ``put`` overwrites (counting a frame nobody took as superseded); ``take`` empties."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
         self._img: np.ndarray | None = None
         self._captured_at = 0.0
         self.captured = 0
@@ -75,10 +76,14 @@ class LatestFrame:
             self.captured += 1
             self.superseded += superseded
             self.last_put = time.monotonic()
+            self._lock.notify()
         return superseded
 
-    def take(self) -> tuple[np.ndarray, float] | None:
+    def take(self, timeout: float = 0.0) -> tuple[np.ndarray, float] | None:
+        """The frame put since the last take, waiting up to ``timeout`` seconds for one."""
         with self._lock:
+            if self._img is None and timeout > 0:
+                self._lock.wait(timeout)
             if self._img is None:
                 return None
             img, self._img = self._img, None
@@ -196,13 +201,16 @@ class Camera:
 
     # --- sampler -------------------------------------------------------------------------------------
     def _sample_forever(self) -> None:
+        """At most ``fps`` frames a second, each published as soon as it is both allowed and new: a camera
+        running at the target rate is not delayed by the phase between its clock and ours."""
         period = 1.0 / self.config.fps
-        next_tick = time.monotonic()
-        while not self.stop.wait(max(0.0, next_tick - time.monotonic())):
-            next_tick = max(next_tick + period, time.monotonic() - period)  # skip ticks missed, do not burst
-            item = self.mailbox.take()
-            if item is not None:
-                self._publish(*item)
+        next_at = time.monotonic()
+        while not self.stop.wait(max(0.0, next_at - time.monotonic())):
+            item = self.mailbox.take(timeout=SAMPLER_POLL_S)
+            if item is None:
+                continue
+            self._publish(*item)
+            next_at = max(next_at + period, time.monotonic() - 0.5 * period)  # catch up a little, never burst
 
     def _publish(self, img: np.ndarray, captured_at: float) -> None:
         pixels = preprocess(crop(img, self.config.roi), self.spec)
