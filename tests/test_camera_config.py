@@ -1,6 +1,5 @@
-"""Pure unit tests of what a camera is: cameras files, ROI, backoff schedule, the one-frame mailbox."""
+"""Pure unit tests of what a camera is: cameras files, flags, ROI, URL redaction."""
 
-import random
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +7,6 @@ import pytest
 
 from common.cli import main
 from common.errors import ConfigError
-from producers.camera import LatestFrame, backoff_delay
 from producers.camera_config import crop, load_cameras_file, parse_roi, redact_password
 
 DEFAULTS = {"max_age_ms": 500, "maxlen": 8}
@@ -83,21 +81,3 @@ def test_redact_password_keeps_user_and_host() -> None:
     assert redact_password("rtsp://admin:s3cret@10.0.0.5:554/1") == "rtsp://admin:***@10.0.0.5:554/1"
     assert redact_password("rtsp://cam:554/1") == "rtsp://cam:554/1"
     assert redact_password("http://user:pw@h/x.mjpg") == "http://user:***@h/x.mjpg"
-
-
-def test_backoff_is_exponential_jittered_and_capped() -> None:
-    rng = random.Random(1)
-    for attempt, ceiling in [(0, 0.5), (1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (5, 10.0), (60, 10.0)]:
-        delays = [backoff_delay(attempt, 0.5, 10.0, rng) for _ in range(400)]
-        assert min(delays) >= 0.0 and max(delays) <= ceiling
-        assert max(delays) > 0.9 * ceiling and min(delays) < 0.1 * ceiling  # full jitter spans the range
-
-
-def test_mailbox_keeps_newest_and_counts_superseded() -> None:
-    box = LatestFrame()
-    assert box.take() is None
-    for i in range(3):
-        box.put(np.full((2, 2), i, np.uint8), float(i))
-    img, ts = box.take() or (None, None)
-    assert ts == 2.0 and img is not None and img[0, 0] == 2
-    assert (box.captured, box.superseded, box.take()) == (3, 2, None)
