@@ -128,13 +128,16 @@ class Camera:
     def name(self) -> str:
         return self.config.id
 
-    def start(self) -> None:
+    def open(self) -> None:
+        """Register the source as live (meta, group); raises before any thread runs if it cannot be."""
         cfg = self.config
         self._next_seq = self.publisher.open({
             "url": cfg.safe_url, "target_fps": cfg.fps, "max_age_ms": cfg.max_age_ms,
             "results_maxlen": cfg.results_maxlen, "maxlen": cfg.maxlen, "transport": cfg.transport,
             "roi": ",".join(map(str, cfg.roi or ())),
         })
+
+    def start(self) -> None:
         self._set_state("connecting", f"opening {self.config.safe_url}")
         for role, target in (("reader", self._read_forever), ("sampler", self._sample_forever)):
             thread = threading.Thread(target=target, name=f"{role}-{self.name}", daemon=True)
@@ -282,6 +285,8 @@ def run_cameras(client: redis.Redis, namespace: str, cameras: list[CameraConfig]
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # failed opens: our log says it once
     running = [Camera(cfg, spec, LivePublisher(client, namespace, cfg.id, cfg.maxlen), timing, stop)
                for cfg in cameras]
+    for camera in running:
+        camera.open()
     for camera in running:
         camera.start()
     log.info("serving %d camera(s): %s", len(running), ", ".join(c.name for c in running))
