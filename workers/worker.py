@@ -129,7 +129,10 @@ class Worker:
         batch = np.stack([pixels for _, _, pixels in frames])
         probs = self.classifier.predict_bucketed(batch)  # power-of-two chunks: no compute spent on padding
         now = time.time()
-        return [self.result(entry, frame, p, now) for (entry, frame, _), p in zip(frames, probs, strict=True)]
+        top = np.argsort(-probs, axis=1, kind="stable")[:, :TOPK]  # top-k for the whole batch at once
+        top_p = np.take_along_axis(probs, top, axis=1)
+        return [self.result(entry, frame, idx, ps, now)
+                for (entry, frame, _), idx, ps in zip(frames, top.tolist(), top_p.tolist(), strict=True)]
 
     def origins(self, frames: list[tuple[Entry, Frame, np.ndarray]]) -> dict[str, np.ndarray]:
         """Per source, when each classified frame was captured (live) or produced (file)."""
@@ -139,12 +142,12 @@ class Worker:
             out[entry.source].append(policies[entry.source].origin(frame.captured_at, frame.produced_at))
         return {source: np.array(starts) for source, starts in out.items()}
 
-    def result(self, entry: Entry, frame: Frame, probs: np.ndarray, now: float) -> Outcome:
-        top = np.argsort(probs)[::-1][:TOPK]
+    def result(self, entry: Entry, frame: Frame, top: list[int], top_p: list[float], now: float) -> Outcome:
+        """The result of one frame from its top-k class indices and probabilities (best first)."""
         labels = self.bundle.labels
-        res = Result(frame.source, frame.frame_id, frame.seq, labels[top[0]], float(probs[top[0]]),
-                     frame.captured_at, frame.produced_at, now, self.bundle.version, self.name,
-                     [(labels[i], float(probs[i])) for i in top])
+        res = Result(frame.source, frame.frame_id, frame.seq, labels[top[0]], top_p[0], frame.captured_at,
+                     frame.produced_at, now, self.bundle.version, self.name,
+                     [(labels[i], p) for i, p in zip(top, top_p, strict=True)])
         return Outcome(entry.source, entry.entry_id, "r", res.encode())
 
     def eos(self, entry: Entry, frame: Frame) -> Outcome:
