@@ -132,6 +132,12 @@ def keras_application(input_shape: Sequence[int], num_classes: int, app: str = "
     base = ctor(input_shape=(size, size, 3), include_top=False, weights=None, pooling="avg", **kwargs)
     if weights is not None:
         base.load_weights(str(weights), by_name=True, skip_mismatch=True)
+    else:
+        # From scratch, the applications' BN momentum (0.999) leaves the moving statistics near their initial
+        # values after a short run (validation accuracy at chance); 0.9 lets them follow the training batches.
+        for layer in base.layers:
+            if isinstance(layer, L.BatchNormalization):
+                layer.momentum = 0.9
     out = L.Dense(num_classes, name="logits")(base(x))
     return keras.Model(inp, out, name=app)
 

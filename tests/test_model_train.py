@@ -44,3 +44,15 @@ def test_unknown_architecture_is_a_config_error() -> None:
 
     with pytest.raises(ConfigError, match="unknown architecture"):
         build("resnet-9000", (28, 28, 1), 10)
+
+
+def test_keras_application_from_scratch_runs_at_size_with_fast_bn_statistics() -> None:
+    import tf_keras as keras
+
+    from model.architectures import build
+
+    model = build("keras-mobilenet-v2", (28, 28, 1), 10, width=0.35, size=64)
+    assert model(np.zeros((1, 28, 28, 1), np.float32)).shape == (1, 10)
+    assert model.get_layer("resize").get_config()["height"] == 64
+    bns = [layer for layer in model.layers[-2].layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert bns and all(layer.momentum == 0.9 for layer in bns)
