@@ -42,10 +42,10 @@ class Settings(BaseSettings):
 
     # Producers
     high_water: int = Field(default=2_000, ge=1, description="Pause a file producer above this group lag.")
-    live_maxlen: int = Field(default=64, ge=1, description="Stream cap for live sources (undelivered frames).")
+    live_maxlen: int = Field(default=8, ge=1, description="Stream cap for live sources (undelivered frames).")
 
     # Live sources (cameras)
-    max_age_ms: int = Field(default=1_000, ge=1, description="Workers skip live frames older than this (stale).")
+    max_age_ms: int = Field(default=500, ge=1, description="Workers skip live frames older than this (stale).")
     results_maxlen: int = Field(default=100_000, ge=1, description="Approximate cap of a live source's results.")
     reconnect_min_s: float = Field(default=0.5, gt=0, description="First reconnect delay of a camera.")
     reconnect_max_s: float = Field(default=10.0, gt=0, description="Cap of the exponential reconnect delay.")

@@ -40,8 +40,8 @@ class CameraConfig(BaseModel):
     roi: tuple[int, int, int, int] | None = Field(default=None, description="Crop x, y, w, h before resizing.")
     transport: Transport = "raw"
     jpeg_quality: int = Field(default=90, ge=1, le=100)
-    max_age_ms: int = Field(default=1_000, ge=1, description="Workers skip frames older than this.")
-    maxlen: int = Field(default=64, ge=1, description="Undelivered frames kept on the stream; older are dropped.")
+    max_age_ms: int = Field(default=500, ge=1, description="Workers skip frames older than this.")
+    maxlen: int = Field(default=8, ge=1, description="Undelivered frames kept on the stream; older are dropped.")
     results_maxlen: int = Field(default=100_000, ge=1, description="Approximate cap of the results stream.")
 
     @field_validator("url", mode="before")

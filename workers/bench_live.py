@@ -45,6 +45,11 @@ from common.streams import GROUP, SourceKeys
 from workers.runner import VIGIL, PipelineRun
 
 WARMUP_S = 3.0
+# The live profile the bench runs (flags override): a short queue per camera, a staleness bound, and small worker
+# batches — with a ~5 ms/frame model a batch of 32 alone takes ~170 ms to infer on one core.
+LIVE_MAXLEN = 4
+LIVE_MAX_AGE_MS = 200
+LIVE_MAX_BATCH = 8
 RESULTS_MAXLEN = 5_000  # per camera: Redis memory reaches a plateau in a long run instead of growing with history
 DRAIN_TIMEOUT_S = 60.0
 DEFAULT_LIVE_BUNDLE = Path(__file__).resolve().parent.parent / "bundles" / "live-mnv2-160"
@@ -125,8 +130,10 @@ class Scenario:
 
 
 class LiveBench:
-    def __init__(self, run: PipelineRun, video: Path, bundle: Bundle) -> None:
+    def __init__(self, run: PipelineRun, video: Path, bundle: Bundle, maxlen: int = LIVE_MAXLEN,
+                 max_age_ms: int = LIVE_MAX_AGE_MS) -> None:
         self.run, self.video, self.bundle = run, video, bundle
+        self.maxlen, self.max_age_ms = maxlen, max_age_ms
         self.client: redis.Redis = run.client
 
     def scenario(self, sc: Scenario, memory: MemoryTrace | None = None, progress: bool = False) -> dict[str, Any]:
@@ -134,7 +141,8 @@ class LiveBench:
         with Cameras(self.video, sc.cameras, sc.fps) as urls, tempfile.TemporaryDirectory() as tmp:
             cameras_file = Path(tmp) / "cameras.yaml"
             cameras_file.write_text(yaml.safe_dump({"cameras": [
-                {"id": s, "url": u, "fps": sc.fps, "results_maxlen": RESULTS_MAXLEN}
+                {"id": s, "url": u, "fps": sc.fps, "results_maxlen": RESULTS_MAXLEN, "maxlen": self.maxlen,
+                 "max_age_ms": self.max_age_ms}
                 for s, u in zip(sources, urls, strict=True)]}))
             cmd = [*VIGIL, "produce", "cameras", str(cameras_file), "--duration", str(sc.duration_s), "--json"]
             started = time.time()
@@ -259,11 +267,18 @@ def measure_capacity(run: PipelineRun, video: Path, bundle: Bundle) -> float:
 @click.option("--memory-minutes", type=click.FloatRange(0), default=0.0, show_default=True,
               help="Also run the normal scenario this long and report memory of producer, workers, Redis.")
 @click.option("-n", "--workers", type=click.IntRange(1, 64), default=None, help="Worker processes (default: cores).")
+@click.option("--maxlen", type=click.IntRange(1), default=LIVE_MAXLEN, show_default=True,
+              help="Undelivered frames kept per camera.")
+@click.option("--max-age-ms", type=click.IntRange(1), default=LIVE_MAX_AGE_MS, show_default=True,
+              help="Workers skip frames older than this.")
+@click.option("--max-batch", type=click.IntRange(1, 1024), default=LIVE_MAX_BATCH, show_default=True,
+              help="Worker micro-batch size.")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None, help="Also write the JSON here.")
 @click.pass_obj
 def live(settings: Settings, bundle_path: Path, cameras: int, fps: float, duration: float, overload_factor: float,
-         memory_minutes: float, workers: int | None, as_json: bool, output: Path | None) -> None:
+         memory_minutes: float, workers: int | None, maxlen: int, max_age_ms: int, max_batch: int, as_json: bool,
+         output: Path | None) -> None:
     """Live cameras through real MJPEG and RTSP servers: latency and drop accounting, normal and overloaded.
 
     \b
@@ -275,12 +290,14 @@ def live(settings: Settings, bundle_path: Path, cameras: int, fps: float, durati
     video = bench_video()
     n = workers or settings.workers
     report: dict[str, Any] = {"cores": os.cpu_count(), "workers": n, "bundle": f"{bundle.spec.name} {bundle.version}",
-                              "video": video.name, "warmup_s": WARMUP_S,
+                              "video": video.name, "warmup_s": WARMUP_S, "maxlen": maxlen,
+                              "max_age_ms": max_age_ms, "max_batch": max_batch,
                               "load_avg_1m_at_start": round(os.getloadavg()[0], 2)}
     progress = sys.stderr.isatty() and not as_json
     with broker_url(settings.redis_url) as url, \
-            PipelineRun(url, f"{settings.namespace}-live-{uuid.uuid4().hex[:6]}", bundle.root, n) as run:
-        bench = LiveBench(run, video, bundle)
+            PipelineRun(url, f"{settings.namespace}-live-{uuid.uuid4().hex[:6]}", bundle.root, n,
+                        max_batch=max_batch) as run:
+        bench = LiveBench(run, video, bundle, maxlen, max_age_ms)
         capacity = measure_capacity(run, video, bundle)
         report["capacity_fps"] = round(capacity, 1)
         over_fps = min(240.0, overload_factor * capacity / cameras)
