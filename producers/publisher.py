@@ -44,6 +44,11 @@ class SourcePublisher:
 
     def open(self, path: str, restart: bool) -> int:
         """Register the source and its group; return the first seq still to send (resume point)."""
+        if self.client.hget(self.keys.meta, "mode") == b"live":
+            raise ConfigError(
+                f"source {self.keys.source!r} is a live camera's stream; pass --source NAME to send this file "
+                "to its own source."
+            )
         if restart:
             self.client.delete(*self.keys.all())
         raw_path = self.client.hget(self.keys.meta, "path")

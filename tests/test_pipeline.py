@@ -188,3 +188,11 @@ def test_rerunning_a_finished_source_sends_nothing(pipeline_env, client, namespa
     out = produce(pipeline_env, small_video, "--every", "6", "--json").stdout
     assert '"sent": 0' in out and '"already_done": true' in out
     assert int(client.xlen(SourceKeys(namespace, "cam").frames)) == 11
+
+
+def test_file_refuses_a_live_cameras_source(pipeline_env, client, namespace, small_video) -> None:
+    client.hset(SourceKeys(namespace, "cam").meta, mapping={"mode": "live"})
+    cmd = [*VIGIL, "produce", "file", str(small_video), "--source", "cam", "--restart"]
+    out = subprocess.run(cmd, env=pipeline_env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "live camera" in out.stderr
+    assert not client.exists(SourceKeys(namespace, "cam").frames)
