@@ -197,20 +197,25 @@ def rtsp_describe_ok(url: str, timeout: float = 1.0) -> bool:
         return False
 
 
-def port_listening(port: int) -> bool:
-    """Whether a TCP socket listens on 127.0.0.1:port, read from /proc/net/tcp (no connection made)."""
+LISTEN, ESTABLISHED = "0A", "01"  # socket states in /proc/net/tcp
+
+
+def port_listening(port: int, states: tuple[str, ...] = (LISTEN,)) -> bool:
+    """Whether a TCP socket on 127.0.0.1:port is in one of ``states``, read from /proc/net/tcp (no connection)."""
     needle = f"0100007F:{port:04X}"
     try:
         lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
     except OSError:
         return False
-    return any(fields[1] == needle and fields[3] == "0A" for fields in (line.split() for line in lines))
+    return any(fields[1] == needle and fields[3] in states for fields in (line.split() for line in lines))
 
 
 def wait_listening(port: int, timeout: float, alive: Any = lambda: True) -> None:
+    """Until the server listens, or already serves a client: ``ffmpeg -listen 1`` closes its listening socket
+    once a client connects, and a reconnecting camera may get in between two checks."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and alive():
-        if port_listening(port):
+        if port_listening(port, (LISTEN, ESTABLISHED)):
             return
         time.sleep(0.02)
     raise SourceError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
