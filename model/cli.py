@@ -93,6 +93,29 @@ def prune_cmd(data: str, data_path: Path | None, model_path: Path, sparsity: flo
     click.echo(json.dumps(result, indent=2))
 
 
+@model.command("recalibrate-bn")
+@data_options
+@click.option("--model", "model_path", type=click.Path(exists=True, path_type=Path), required=True)
+@click.option("--images", type=click.IntRange(128), default=2048, show_default=True,
+              help="Training images whose batch statistics become the BN moving statistics.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Run directory for the result.")
+def recalibrate_bn_cmd(data: str, data_path: Path | None, model_path: Path, images: int, out: Path) -> None:
+    """Re-estimate BatchNorm moving statistics of a trained model (weights untouched).
+
+    For models whose validation accuracy sits at chance while training accuracy climbs: after a short run
+    the moving statistics lag the weights. `vigil model train` does this itself for keras-* backbones.
+    """
+    from model.pipeline import load_keras, save_run
+    from model.train import recalibrate_bn
+
+    dataset = _load_data(data, data_path)
+    model = load_keras(model_path)
+    layers = recalibrate_bn(model, dataset.train.x[:images])
+    result = save_run(model, dataset, out, {"parent": str(model_path), "bn_recalibrated": {"layers": layers,
+                      "images": min(images, len(dataset.train.x))}}, parent=str(model_path), command=_command_line())
+    click.echo(json.dumps(result, indent=2))
+
+
 @model.command("structured")
 @data_options
 @train_options

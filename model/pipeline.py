@@ -53,8 +53,19 @@ def train_run(data: Dataset, arch: str, cfg: TrainConfig, out: Path, *, command:
     extra = {"size": size} if size else {}
     model = build(arch, data.input_shape, len(data.labels), width=width, weights=weights, **extra)
     hist = fit(model, data, cfg, out)
-    return save_run(model, data, out, {"arch": arch, "epochs_run": len(hist["loss"])},
+    recalibrated = recalibrate_run(model, data, arch)
+    return save_run(model, data, out, {"arch": arch, "epochs_run": len(hist["loss"]), **recalibrated},
                     train=cfg, arch=arch, width=width, weights=weights, size=size, command=command)
+
+
+def recalibrate_run(model: Any, data: Dataset, arch: str, images: int = 2048) -> dict[str, Any]:
+    """keras-* backbones (BN momentum 0.999 by design) get their BN statistics re-estimated after training."""
+    if not arch.startswith("keras-"):
+        return {}
+    from model.train import recalibrate_bn
+
+    layers = recalibrate_bn(model, data.train.x[:images])
+    return {"bn_recalibrated": {"layers": layers, "images": min(images, len(data.train.x))}}
 
 
 def prune_run(data: Dataset, model_path: Path, sparsity: float, cfg: TrainConfig, out: Path, *,

@@ -98,6 +98,29 @@ def fit(model: Any, data: Dataset, cfg: TrainConfig, out: Path, extra_callbacks:
     return hist
 
 
+def recalibrate_bn(model: Any, x: np.ndarray, batch_size: int = 128) -> int:
+    """Re-estimate every BatchNormalization layer's moving mean/variance as the plain average of its batch
+    statistics over ``x`` (forward passes in training mode; weights untouched). After a short run the moving
+    statistics lag the weights — inference then collapses to one class while training accuracy looks fine.
+    Returns how many BN layers were re-estimated."""
+    import tf_keras as keras
+
+    def bn_layers(layer: Any) -> list[Any]:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            return [layer]
+        return [bn for sub in getattr(layer, "layers", []) for bn in bn_layers(sub)]
+
+    layers = bn_layers(model)
+    saved = [bn.momentum for bn in layers]
+    for step, start in enumerate(range(0, len(x) - batch_size + 1, batch_size)):
+        for bn in layers:
+            bn.momentum = step / (step + 1)  # moving = running average of the batches seen so far
+        model(x[start:start + batch_size].astype(np.float32), training=True)
+    for bn, momentum in zip(layers, saved, strict=True):
+        bn.momentum = momentum
+    return len(layers)
+
+
 def keras_accuracy(model: Any, split: Split, batch_size: int = 256) -> float:
     logits = model.predict(split.x.astype(np.float32), batch_size=batch_size, verbose=0)
     return float(np.mean(np.argmax(logits, axis=1) == split.y))

@@ -56,3 +56,16 @@ def test_keras_application_from_scratch_runs_at_size_with_fast_bn_statistics() -
     assert model.get_layer("resize").get_config()["height"] == 64
     bns = [layer for layer in model.layers[-2].layers if isinstance(layer, keras.layers.BatchNormalization)]
     assert bns and all(layer.momentum == 0.9 for layer in bns)
+
+
+def test_recalibrated_bn_makes_inference_match_training_statistics() -> None:
+    from model.architectures import build
+    from model.train import recalibrate_bn
+
+    model = build("keras-mobilenet-v2", (28, 28, 1), 10, width=0.35, size=32)
+    x = np.random.default_rng(0).integers(0, 256, (128, 28, 28, 1)).astype(np.float32)
+    train_mode = model(x, training=True).numpy()  # batch statistics
+    stale = np.abs(model(x).numpy() - train_mode).mean()  # moving statistics still near their init
+    assert recalibrate_bn(model, x.astype(np.uint8), batch_size=128) > 10
+    fresh = np.abs(model(x).numpy() - train_mode).mean()  # left: Bessel's correction of the moving variance
+    assert fresh < 0.2 * stale, (fresh, stale)
