@@ -42,6 +42,8 @@ class Settings(BaseSettings):
 
     # Producers
     high_water: int = Field(default=2_000, ge=1, description="Pause a file producer above this group lag.")
+    decoders: int = Field(default=2, ge=1, le=64,
+                          description="Decoder threads of a file producer (GOP-parallel); 1: one FFmpeg decoder.")
     live_maxlen: int = Field(default=8, ge=1, description="Stream cap for live sources (undelivered frames).")
 
     # Live sources (cameras)

@@ -42,13 +42,16 @@ def produce() -> None:
 @click.option("--transport", type=click.Choice(["raw", "jpeg"]), default="raw", show_default=True)
 @click.option("--jpeg-quality", type=click.IntRange(1, 100), default=95, show_default=True)
 @click.option("--realtime", is_flag=True, help="Pace frames at media speed (simulate a camera).")
+@click.option("--decoders", type=click.IntRange(1, 64), default=None,
+              help="Decode a video with this many threads, one run of keyframe-aligned GOPs each (needs ffprobe; "
+                   "1: one FFmpeg-threaded decoder) [settings.decoders].")
 @click.option("--restart", is_flag=True, help="Delete the source's streams and start from frame 0.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a TTY).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON report per source.")
 @click.pass_obj
 def produce_file_cmd(settings: Settings, paths: tuple[Path, ...], source: str | None, every: int,
-                     fps: float | None, transport: str, jpeg_quality: int, realtime: bool, restart: bool,
-                     progress: bool | None, as_json: bool) -> None:
+                     fps: float | None, transport: str, jpeg_quality: int, realtime: bool, decoders: int | None,
+                     restart: bool, progress: bool | None, as_json: bool) -> None:
     """Send the frames of video files or image folders, lossless and resumable, then exit.
 
     A crashed or killed run continues where it stopped when started again with the same arguments.
@@ -61,7 +64,8 @@ def produce_file_cmd(settings: Settings, paths: tuple[Path, ...], source: str | 
         client = connect(url)
         for path in paths:
             job = FileJob(path, source or default_source_name(path), spec, Sampling(every, fps),
-                          "jpeg" if transport == "jpeg" else "raw", jpeg_quality, restart, realtime)
+                          "jpeg" if transport == "jpeg" else "raw", jpeg_quality, restart, realtime,
+                          decoders or settings.decoders)
             report = produce_file(client, settings.namespace, job, settings.high_water, show)
             if as_json:
                 click.echo(json.dumps(asdict(report)))

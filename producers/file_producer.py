@@ -10,15 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
-import numpy as np
 import redis
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from common.bundle import InputSpec
-from common.preprocess import preprocess
 from common.schemas import Encoding, Frame
 from producers.publisher import SourcePublisher
-from producers.sources import Sampling, estimate_frames, iter_frames
+from producers.sources import Sampling, estimate_frames, iter_preprocessed
 
 log = logging.getLogger(__name__)
 CHUNK = 32
@@ -34,6 +32,7 @@ class FileJob:
     jpeg_quality: int = 95
     restart: bool = False
     realtime: bool = False  # pace frames at media speed, like a camera would deliver them
+    decoders: int = 2  # GOP-parallel decoder threads for a video (1: one FFmpeg-threaded decoder)
 
 
 @dataclass
@@ -52,7 +51,8 @@ def produce_file(client: redis.Redis, namespace: str, job: FileJob, high_water: 
     """Send every sampled frame not yet on the stream, then the end-of-stream marker.
 
     OpenCV's own thread pool is set to one thread: resizing one frame is too small a job to split (splitting
-    it cost ~30% more CPU on 720p, CPU the workers need), while the FFmpeg decoder keeps its threads.
+    it cost ~30% more CPU on 720p, CPU the workers need). Decoding runs in ``job.decoders`` threads, each
+    preprocessing what it decoded (see ``producers/gop.py``); this thread only publishes.
     """
     cv2.setNumThreads(1)
     pub = SourcePublisher(client, namespace, job.source, high_water)
@@ -67,25 +67,22 @@ def produce_file(client: redis.Redis, namespace: str, job: FileJob, high_water: 
     chunk: list[Frame] = []
     chunk_size = 1 if job.realtime else min(CHUNK, high_water)
     with _progress_bar(progress, job.source, estimate_frames(job.path, job.sampling)) as advance:
-        for seq, (ts, img) in enumerate(iter_frames(job.path, job.sampling)):
+        frames = iter_preprocessed(job.path, job.sampling, job.spec, job.decoders, skip=start_seq)
+        for seq, (ts, pixels) in enumerate(frames):
             advance()
             total = seq + 1
-            if seq < start_seq:
+            if pixels is None:  # sent before the resume point
                 continue
             if job.realtime:
                 time.sleep(max(0.0, started + ts - time.monotonic()))
-            chunk.append(_to_frame(job, seq, ts, img))
+            chunk.append(Frame.from_pixels(job.source, seq, pixels, ts, time.time(), job.encoding,
+                                           job.jpeg_quality))
             if len(chunk) >= chunk_size:
                 pub.send(chunk)
                 chunk = []
         pub.send(chunk)
     pub.end(total)
     return FileReport(job.source, total, pub.stats.sent, start_seq, time.monotonic() - started, pub.stats.paused_s)
-
-
-def _to_frame(job: FileJob, seq: int, ts: float, img: np.ndarray) -> Frame:
-    pixels = preprocess(img, job.spec)
-    return Frame.from_pixels(job.source, seq, pixels, ts, time.time(), job.encoding, job.jpeg_quality)
 
 
 @contextmanager

