@@ -48,8 +48,8 @@ WARMUP_S = 3.0
 # The live profile the bench runs (flags override): a short queue per camera, a staleness bound, and small worker
 # batches — with a ~5 ms/frame model a batch of 32 alone takes ~170 ms to infer on one core.
 LIVE_MAXLEN = 4
-LIVE_MAX_AGE_MS = 200
-LIVE_MAX_BATCH = 8
+LIVE_MAX_AGE_MS = 150
+LIVE_MAX_BATCH = 4
 RESULTS_MAXLEN = 5_000  # per camera: Redis memory reaches a plateau in a long run instead of growing with history
 DRAIN_TIMEOUT_S = 60.0
 DEFAULT_LIVE_BUNDLE = Path(__file__).resolve().parent.parent / "bundles" / "live-mnv2-160"
