@@ -42,8 +42,9 @@ class Settings(BaseSettings):
 
     # Producers
     high_water: int = Field(default=2_000, ge=1, description="Pause a file producer above this group lag.")
-    decoders: int = Field(default=2, ge=1, le=64,
-                          description="Decoder threads of a file producer (GOP-parallel); 1: one FFmpeg decoder.")
+    decoders: int = Field(default=1, ge=1, le=64,
+                          description="Decoder threads of a file producer (>= 2: GOP-parallel, opt-in; see "
+                                      "docs/pipeline.md for its cost); 1: one FFmpeg-threaded decoder.")
     live_maxlen: int = Field(default=8, ge=1, description="Stream cap for live sources (undelivered frames).")
 
     # Live sources (cameras)

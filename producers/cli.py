@@ -44,7 +44,7 @@ def produce() -> None:
 @click.option("--realtime", is_flag=True, help="Pace frames at media speed (simulate a camera).")
 @click.option("--decoders", type=click.IntRange(1, 64), default=None,
               help="Decode a video with this many threads, one run of keyframe-aligned GOPs each (needs ffprobe; "
-                   "1: one FFmpeg-threaded decoder) [settings.decoders].")
+                   "each chunk re-decodes about one GOP when seeking) [settings.decoders: 1].")
 @click.option("--restart", is_flag=True, help="Delete the source's streams and start from frame 0.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a TTY).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON report per source.")

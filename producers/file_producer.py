@@ -32,7 +32,7 @@ class FileJob:
     jpeg_quality: int = 95
     restart: bool = False
     realtime: bool = False  # pace frames at media speed, like a camera would deliver them
-    decoders: int = 2  # GOP-parallel decoder threads for a video (1: one FFmpeg-threaded decoder)
+    decoders: int = 1  # >= 2: GOP-parallel decoder threads for a video (producers/gop.py)
 
 
 @dataclass
@@ -51,8 +51,9 @@ def produce_file(client: redis.Redis, namespace: str, job: FileJob, high_water: 
     """Send every sampled frame not yet on the stream, then the end-of-stream marker.
 
     OpenCV's own thread pool is set to one thread: resizing one frame is too small a job to split (splitting
-    it cost ~30% more CPU on 720p, CPU the workers need). Decoding runs in ``job.decoders`` threads, each
-    preprocessing what it decoded (see ``producers/gop.py``); this thread only publishes.
+    it cost ~30% more CPU on 720p, CPU the workers need). One decode thread runs ahead while this thread
+    preprocesses and publishes; with ``job.decoders`` >= 2, that many threads decode and preprocess chunks of
+    GOPs (``producers/gop.py``) and this thread only publishes.
     """
     cv2.setNumThreads(1)
     pub = SourcePublisher(client, namespace, job.source, high_water)

@@ -33,7 +33,10 @@ from common.errors import SourceError
 from common.preprocess import preprocess
 
 log = logging.getLogger(__name__)
-MIN_CHUNK_FRAMES = 64  # smaller GOPs are merged: a seek and a decoder hand-off cost about one frame
+# Smaller GOPs are merged. A seek is not free: OpenCV's seek (cap_ffmpeg_impl.hpp, CvCapture_FFMPEG::seek)
+# lands on the keyframe at or before frame - 16 and decodes forward, i.e. re-decodes about one GOP (measured:
+# ~146 frames' worth on 132-frame GOPs), so each chunk after the first costs a GOP of extra decoding.
+MIN_CHUNK_FRAMES = 64
 MAX_CHUNK_BYTES = 64 << 20  # preprocessed pixels of one chunk; K+1 chunks are held at most
 FFPROBE_TIMEOUT_S = 300.0
 
