@@ -95,7 +95,8 @@ def naive_fps(video: Path, bundle: Bundle, max_frames: int = NAIVE_FRAMES) -> fl
 
 def pipeline_fps(run: PipelineRun, video: Path, frames: int, repeat: int) -> tuple[float, float]:
     """Median fps, and median CPU ms per frame spent by workers + broker (the producer's is decode-dominated)."""
-    runs = [run.feed(video, f"bench{i}", frames, progress=False) for i in range(repeat)]
+    # a fresh source name per run and per video: a reused name would still hold the previous run's results
+    runs = [run.feed(video, f"bench-{video.stem}-{i}", frames, progress=False) for i in range(repeat)]
     for stats in runs:
         if len(stats.results) != frames:
             raise click.ClickException(f"pipeline lost frames: {len(stats.results)} results for {frames} frames")

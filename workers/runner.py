@@ -73,6 +73,7 @@ class PipelineRun:
 
     def feed(self, video: Path, source: str, frames: int, progress: bool, *extra: str) -> RunStats:
         keys = SourceKeys(self.namespace, source)
+        self.client.delete(*keys.all())  # an earlier run's results must not count as this run's
         cpu0 = self._cpu()
         started = time.monotonic()
         cmd = [*VIGIL, "produce", "file", str(video), "--source", source, "--no-progress", "--restart", *extra]
