@@ -22,6 +22,7 @@ import subprocess
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -166,11 +167,16 @@ def pipeline(settings: Settings, workers: int | None, only: tuple[str, ...], rep
             "ideal_cpu_ms_per_frame": round(ideal[name][2] * 1000, 3),
             "pipeline_worker_broker_cpu_ms_per_frame": round(piped[name][1], 3),
         }
+    emit(report, as_json, output, _table)
+
+
+def emit(report: dict[str, Any], as_json: bool, output: Path | None, table: Callable[[dict[str, Any]], str]) -> None:
+    """Print a bench report (JSON or a table) and, with ``output``, also write its JSON there."""
     text = json.dumps(report, indent=2)
     if output:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(text + "\n")
-    click.echo(text if as_json else _table(report))
+    click.echo(text if as_json else table(report))
 
 
 def _table(report: dict[str, Any]) -> str:

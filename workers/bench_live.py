@@ -311,11 +311,9 @@ def live(settings: Settings, bundle_path: Path, cameras: int, fps: float, durati
                                                   progress=progress)
             report["memory"] = trace.summary()
             report["memory_trace"] = {"t": trace.t, **trace.rss}
-    text = json.dumps(report, indent=2)
-    if output:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(text + "\n")
-    click.echo(text if as_json else _table(report))
+    from workers.bench import emit
+
+    emit(report, as_json, output, _table)
 
 
 def _table(report: dict[str, Any]) -> str:
