@@ -218,18 +218,19 @@ class LiveBench:
                 if fields.get(b"type") == b"result" and captured >= started + WARMUP_S:
                     written = int(entry_id.split(b"-")[0]) / 1000
                     latencies.append((written - captured) * 1000)
-        dropped = {"superseded": totals["dropped_superseded"], "trimmed": totals["dropped_trimmed"],
-                   "stale": totals["dropped_stale"], "dead": totals["dead"]}
+        # dropped: frames that were produced (on the stream) and got no result, by reason; they balance exactly.
+        # superseded: camera frames a newer one replaced before the sampler took it, counted at the producer
+        # before production (so not part of produced).
+        dropped = {"trimmed": totals["dropped_trimmed"], "stale": totals["dropped_stale"], "dead": totals["dead"]}
         lat = np.array(latencies) if latencies else np.array([np.nan])
         return {
             "cameras": sc.cameras, "fps_per_camera": sc.fps, "duration_s": sc.duration_s,
             "p50_ms": round(float(np.percentile(lat, 50)), 1), "p99_ms": round(float(np.percentile(lat, 99)), 1),
             "max_ms": round(float(np.max(lat)), 1), "latency_samples": len(latencies),
             "captured": totals["captured"], "produced": totals["produced"], "processed": totals["processed"],
-            "dropped": dropped,
+            "dropped": dropped, "superseded": totals["dropped_superseded"],
             "processed_fps": round(totals["processed"] / sc.duration_s, 1),
-            "accounting_exact": totals["produced"] == totals["processed"] + dropped["trimmed"] + dropped["stale"]
-            + dropped["dead"],
+            "accounting_exact": totals["produced"] == totals["processed"] + sum(dropped.values()),
             "drained": drained,
             "producer_report": _json_lines(producer_out),
         }
