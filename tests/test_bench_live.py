@@ -32,3 +32,19 @@ def test_bench_live_accounts_for_every_frame(pipeline_env: dict[str, str]) -> No
         assert r["produced"] == r["processed"] + sum(r["dropped"].values())
         assert r["captured"] >= r["produced"] + r["superseded"]
     assert report["overload"]["fps_per_camera"] > report["normal"]["fps_per_camera"]
+
+
+def test_live_plot_draws_the_memory_trace(tmp_path) -> None:
+    report = {"workers": 2, "memory_run": {"cameras": 4, "fps_per_camera": 25, "duration_s": 60},
+              "memory_trace": {"t": [0, 5, 10], "producer": [90, 91, 91], "workers": [300, 300, 301],
+                               "redis": [10, 11, 11]}}
+    src, png = tmp_path / "live.json", tmp_path / "memory.png"
+    src.write_text(json.dumps(report))
+    cmd = [sys.executable, "-m", "common.cli", "bench", "live-plot", str(src), "-o", str(png)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    src.write_text(json.dumps({"normal": {}}))
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "--memory-minutes" in out.stderr

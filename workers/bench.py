@@ -188,9 +188,10 @@ def _table(report: dict[str, Any]) -> str:
 
 
 def _register_live() -> None:
-    from workers.bench_live import live
+    from workers.bench_live import live, live_plot
 
     bench.add_command(live)
+    bench.add_command(live_plot)
 
 
 _register_live()

@@ -331,3 +331,38 @@ def _table(report: dict[str, Any]) -> str:
         rows.append(f"memory {name:<9} {m['start_mb']} -> {m['end_mb']} MB (max {m['max_mb']}, "
                     f"{m['slope_mb_per_min']:+} MB/min)")
     return "\n".join(rows)
+
+
+@click.command("live-plot")
+@click.argument("report", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="PNG to write.")
+def live_plot(report: Path, output: Path) -> None:
+    """Plot the memory trace of a `vigil bench live --memory-minutes` report (needs matplotlib: the [train] extra).
+
+    \b
+    Example:  vigil bench live-plot benchmarks/live.json -o benchmarks/live-memory.png
+    """
+    data = json.loads(report.read_text())
+    trace = data.get("memory_trace")
+    if not trace:
+        raise click.ClickException(f"{report} has no memory trace: run `vigil bench live --memory-minutes M` first.")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise click.ClickException("matplotlib is not installed: pip install -e '.[train]'") from exc
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for name in ("producer", "workers", "redis"):
+        ax.plot(np.array(trace["t"]) / 60, trace[name], label=name)
+    run = data["memory_run"]
+    ax.set(xlabel="minutes", ylabel="resident memory (MB)", ylim=(0, None),
+           title=f"{run['cameras']} cameras x {run['fps_per_camera']:g} fps, {data['workers']} workers: memory over "
+                 f"{run['duration_s'] / 60:g} min")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output, dpi=100)
+    click.echo(f"wrote {output}")
