@@ -22,6 +22,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ SYSTEM_PYTHON = "/usr/bin/python3"
 GST_SCRIPT = Path(__file__).resolve().parent / "rtsp_gst.py"
 
 
-class _Server:
+class _Server(ABC):
     url: str
     _proc: subprocess.Popen[bytes] | None
 
@@ -47,11 +48,13 @@ class _Server:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    @abstractmethod
     def start(self, timeout: float = 15.0) -> Any:
-        raise NotImplementedError
+        """Start serving; return once the server really answers."""
 
+    @abstractmethod
     def stop(self) -> None:
-        raise NotImplementedError
+        """Kill the server's process group (the way a camera dies: no goodbye)."""
 
     def pause(self) -> None:
         """Freeze the server (SIGSTOP): connections stay open but no frame arrives, a stalled camera."""
