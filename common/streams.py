@@ -56,8 +56,13 @@ class SourceKeys:
         """Producer checkpoint and metadata: path, total, eos, produced."""
         return f"{self._prefix}:meta"
 
+    @property
+    def undelivered(self) -> str:
+        """Live sources: ids of frames not yet delivered to the group, oldest first (the live cap's queue)."""
+        return f"{self.frames}:undelivered"
+
     def all(self) -> list[str]:
-        return [self.frames, self.results, self.dead, self.meta]
+        return [self.frames, self.results, self.dead, self.meta, self.undelivered]
 
 
 def source_of_stream(namespace: str, stream: str) -> str:

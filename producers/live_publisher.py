@@ -79,7 +79,7 @@ class LivePublisher:
         self.client = client
         self.namespace = namespace
         self.keys = SourceKeys(namespace, check_source(source))
-        self.undelivered = f"{self.keys.frames}:undelivered"
+        self.undelivered = self.keys.undelivered
         self.maxlen = maxlen
         self.state = ""
         self._script = client.register_script(LIVE_LUA)
