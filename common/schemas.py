@@ -1,8 +1,16 @@
 """The wire format, owned here and nowhere else.
 
-A frame is one stream entry with a single field ``f``: a msgpack map with a schema version, size limits
-checked on both ends, and raw or JPEG pixels. A result is a flat map of strings so that ``redis-cli XRANGE``
-and non-Python subscribers can read it (documented in docs/results-schema.md).
+A stream entry carries either one frame or a *pack* of frames of one source:
+
+* one frame: field ``f``, a msgpack map with a schema version, size limits checked on both ends, and raw or
+  JPEG pixels (live cameras, end-of-stream markers);
+* a pack: field ``p``, one msgpack map with the header the frames share (source, shape, dtype, encoding) and
+  per frame ``[seq, captured_at, produced_at, data]``, plus field ``n``, the frame count as plain text (read
+  without decoding the pack, and still known when the pack does not decode). File producers send packs so
+  that the per-entry costs — XADD, delivery, XACK — are paid once per pack instead of once per frame.
+
+A result is a flat map of strings, one per frame, so that ``redis-cli XRANGE`` and non-Python subscribers
+can read it (documented in docs/results-schema.md).
 """
 
 from __future__ import annotations
@@ -17,7 +25,11 @@ from common.errors import DecodeError
 
 FRAME_VERSION = 1
 RESULT_VERSION = "1"
+PACK_VERSION = 1
 FRAME_FIELD = b"f"
+PACK_FIELD = b"p"
+COUNT_FIELD = b"n"
+MAX_PACK_FRAMES = 1024
 MAX_FRAME_BYTES = 8 * 1024 * 1024
 MAX_SIDE = 8192
 MAX_SOURCE_LEN = 128
@@ -112,6 +124,71 @@ class Frame:
         if img.shape != (h, w, c):
             raise DecodeError(f"frame {self.frame_id}: decoded shape {img.shape} != header {self.shape}")
         return img
+
+
+def encode_entry(frames: list[Frame]) -> dict[bytes, bytes]:
+    """The fields of one stream entry carrying ``frames``: field ``f`` for one frame, a pack otherwise."""
+    if len(frames) == 1:
+        return {FRAME_FIELD: frames[0].encode()}
+    first = frames[0]
+    if not 1 < len(frames) <= MAX_PACK_FRAMES:
+        raise DecodeError(f"a pack holds 1..{MAX_PACK_FRAMES} frames, not {len(frames)}")
+    header = (first.source, first.shape, first.dtype, first.encoding)
+    for frame in frames:
+        if frame.eos or (frame.source, frame.shape, frame.dtype, frame.encoding) != header:
+            raise DecodeError(f"frame {frame.frame_id} cannot share a pack with {first.frame_id} "
+                              "(end-of-stream, or a different source, shape, dtype or encoding)")
+    payload = {"v": PACK_VERSION, "source": first.source, "shape": first.shape, "dtype": first.dtype,
+               "encoding": first.encoding,
+               "frames": [(f.seq, f.captured_at, f.produced_at, f.data) for f in frames]}
+    raw: bytes = msgpack.packb(payload, use_bin_type=True)
+    if len(raw) > MAX_FRAME_BYTES:
+        raise DecodeError(f"pack of {len(frames)} frames is {len(raw)} bytes; the limit is {MAX_FRAME_BYTES}")
+    return {PACK_FIELD: raw, COUNT_FIELD: str(len(frames)).encode()}
+
+
+def entry_frames(fields: dict[bytes, bytes] | None) -> int:
+    """How many frames an entry says it carries (``n`` of a pack, else 1); cheap, nothing is decoded."""
+    count = (fields or {}).get(COUNT_FIELD)
+    if count is None:
+        return 1
+    try:
+        return min(MAX_PACK_FRAMES, max(1, int(count)))
+    except ValueError:
+        return 1
+
+
+def decode_entry(fields: dict[bytes, bytes] | None) -> list[Frame]:
+    """The frames of one stream entry, in order; ``DecodeError`` when the entry as a whole is unusable."""
+    if fields and PACK_FIELD in fields:
+        return _decode_pack(fields[PACK_FIELD])
+    return [Frame.decode((fields or {}).get(FRAME_FIELD))]
+
+
+def _decode_pack(raw: bytes) -> list[Frame]:
+    if len(raw) > MAX_FRAME_BYTES + 4096:
+        raise DecodeError(f"pack of {len(raw)} bytes exceeds the size limit")
+    try:
+        obj = msgpack.unpackb(raw, raw=False)
+    except (msgpack.UnpackException, ValueError, TypeError) as exc:
+        raise DecodeError(f"pack is not msgpack: {exc}") from exc
+    if not isinstance(obj, dict) or obj.get("v") != PACK_VERSION:
+        raise DecodeError(f"not a version {PACK_VERSION} pack")
+    try:
+        source, dtype, encoding = str(obj["source"]), str(obj["dtype"]), obj["encoding"]
+        shape = (int(obj["shape"][0]), int(obj["shape"][1]), int(obj["shape"][2]))
+        rows = obj["frames"]
+        if not isinstance(rows, list) or not 0 < len(rows) <= MAX_PACK_FRAMES:
+            raise ValueError(f"a pack holds 1..{MAX_PACK_FRAMES} frames")
+        frames = [Frame(source, int(seq), float(cap), float(prod), shape, dtype, encoding, data)
+                  for seq, cap, prod, data in rows]
+    except (TypeError, KeyError, ValueError, IndexError) as exc:
+        raise DecodeError(f"pack fields invalid: {exc}") from exc
+    _validate(frames[0])
+    for frame in frames:
+        if frame.seq < 0 or not isinstance(frame.data, bytes):
+            raise DecodeError(f"frame {frame.frame_id}: negative seq or pixel data that is not bytes")
+    return frames
 
 
 def _validate(frame: Frame) -> None:

@@ -42,16 +42,20 @@ def produce() -> None:
 @click.option("--transport", type=click.Choice(["raw", "jpeg"]), default="raw", show_default=True)
 @click.option("--jpeg-quality", type=click.IntRange(1, 100), default=95, show_default=True)
 @click.option("--realtime", is_flag=True, help="Pace frames at media speed (simulate a camera).")
-@click.option("--decoders", type=click.IntRange(1, 64), default=None,
+@click.option("--decoders", type=click.IntRange(0, 64), default=None,
               help="Decode a video with this many threads, one run of keyframe-aligned GOPs each (needs ffprobe; "
-                   "each chunk re-decodes about one GOP when seeking) [settings.decoders: 1].")
+                   "each chunk re-decodes about one GOP when seeking). 0 = auto: one per core for intra-only "
+                   "video (MJPEG, ProRes...), where that costs almost nothing, else 1 [settings.decoders: 0].")
+@click.option("--pack", type=click.IntRange(1, 1024), default=None,
+              help="Frames per stream entry (results stay one per frame); fewer entries cost the broker and the "
+                   "workers less per frame. --realtime sends one frame per entry [settings.pack_frames: 16].")
 @click.option("--restart", is_flag=True, help="Delete the source's streams and start from frame 0.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a TTY).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON report per source.")
 @click.pass_obj
 def produce_file_cmd(settings: Settings, paths: tuple[Path, ...], source: str | None, every: int,
                      fps: float | None, transport: str, jpeg_quality: int, realtime: bool, decoders: int | None,
-                     restart: bool, progress: bool | None, as_json: bool) -> None:
+                     pack: int | None, restart: bool, progress: bool | None, as_json: bool) -> None:
     """Send the frames of video files or image folders, lossless and resumable, then exit.
 
     A crashed or killed run continues where it stopped when started again with the same arguments.
@@ -65,7 +69,7 @@ def produce_file_cmd(settings: Settings, paths: tuple[Path, ...], source: str | 
         for path in paths:
             job = FileJob(path, source or default_source_name(path), spec, Sampling(every, fps),
                           "jpeg" if transport == "jpeg" else "raw", jpeg_quality, restart, realtime,
-                          decoders or settings.decoders)
+                          settings.decoders if decoders is None else decoders, pack or settings.pack_frames)
             report = produce_file(client, settings.namespace, job, settings.high_water, show)
             if as_json:
                 click.echo(json.dumps(asdict(report)))

@@ -32,7 +32,8 @@ class FileJob:
     jpeg_quality: int = 95
     restart: bool = False
     realtime: bool = False  # pace frames at media speed, like a camera would deliver them
-    decoders: int = 1  # >= 2: GOP-parallel decoder threads for a video (producers/gop.py)
+    decoders: int = 0  # 0: auto; >= 2: GOP-parallel decoder threads for a video (producers/gop.py)
+    pack: int = 16  # frames per stream entry (realtime: 1, each frame leaves when it is due)
 
 
 @dataclass
@@ -52,11 +53,11 @@ def produce_file(client: redis.Redis, namespace: str, job: FileJob, high_water: 
 
     OpenCV's own thread pool is set to one thread: resizing one frame is too small a job to split (splitting
     it cost ~30% more CPU on 720p, CPU the workers need). One decode thread runs ahead while this thread
-    preprocesses and publishes; with ``job.decoders`` >= 2, that many threads decode and preprocess chunks of
-    GOPs (``producers/gop.py``) and this thread only publishes.
+    preprocesses and publishes; with ``job.decoders`` >= 2 (or auto, on intra-only video), that many threads
+    decode and preprocess chunks of GOPs (``producers/gop.py``) and this thread only publishes.
     """
     cv2.setNumThreads(1)
-    pub = SourcePublisher(client, namespace, job.source, high_water)
+    pub = SourcePublisher(client, namespace, job.source, high_water, 1 if job.realtime else job.pack)
     start_seq = pub.open(str(job.path.resolve()), job.restart)
     started = time.monotonic()
     if pub.finished():
@@ -66,7 +67,7 @@ def produce_file(client: redis.Redis, namespace: str, job: FileJob, high_water: 
         log.info("source %s: resuming after frame %d", job.source, start_seq - 1)
     total = 0
     chunk: list[Frame] = []
-    chunk_size = 1 if job.realtime else min(CHUNK, high_water)
+    chunk_size = 1 if job.realtime else min(max(CHUNK, job.pack), high_water)
     with _progress_bar(progress, job.source, estimate_frames(job.path, job.sampling)) as advance:
         frames = iter_preprocessed(job.path, job.sampling, job.spec, job.decoders, skip=start_seq)
         for seq, (ts, pixels) in enumerate(frames):

@@ -37,6 +37,11 @@ log = logging.getLogger(__name__)
 # lands on the keyframe at or before frame - 16 and decodes forward, i.e. re-decodes about one GOP (measured:
 # ~146 frames' worth on 132-frame GOPs), so each chunk after the first costs a GOP of extra decoding.
 MIN_CHUNK_FRAMES = 64
+# Intra-only video (every frame a keyframe: MJPEG, ProRes, ...) re-decodes only the 16 frames of the seek, so
+# longer chunks make that waste small (16 / 256 = 6%); these codecs are decoded in parallel by default.
+INTRA_CHUNK_FRAMES = 256
+INTRA_CODECS = frozenset({"mjpeg", "prores", "dnxhd", "png", "rawvideo", "jpeg2000", "huffyuv", "ffvhuff",
+                          "utvideo", "ffv1", "jpegls", "qtrle"})
 MAX_CHUNK_BYTES = 64 << 20  # preprocessed pixels of one chunk; K+1 chunks are held at most
 FFPROBE_TIMEOUT_S = 300.0
 
@@ -71,6 +76,21 @@ class Chunk:
     @property
     def with_pixels(self) -> int:
         return len(self.wanted) - self.skipped
+
+
+def codec_name(path: Path) -> str | None:
+    """FFmpeg's name of the first video stream's codec (read from the header, nothing decoded), or None."""
+    ffprobe = shutil.which("ffprobe")
+    if ffprobe is None:
+        return None
+    cmd = [ffprobe, "-v", "error", "-select_streams", "v:0", "-show_entries", "stream=codec_name", "-of", "csv=p=0",
+           str(path)]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.debug("ffprobe failed on %s: %s", path, exc)
+        return None
+    return out.strip() or None
 
 
 def frame_map(path: Path) -> FrameMap | None:

@@ -1,9 +1,10 @@
 """Lossless, resumable publishing of one source's frames.
 
-Frame ``seq`` lives in the entry id (``1-<seq>``), so ids are deterministic: a restarted producer reads the
-stream's last id and continues after it, and a re-sent XADD (redis-py retries after a connection error) is
-rejected by the server instead of duplicating a frame. Backpressure pauses while the group's lag is above the
-high-water mark; file streams are never trimmed.
+Frames go out in packs of up to ``pack`` frames per stream entry (``common/schemas.py``); the entry id is
+``1-<seq of the pack's last frame>``, so ids are deterministic: a restarted producer reads the stream's last id
+and continues after it, and a re-sent XADD (redis-py retries after a connection error) is rejected by the
+server instead of duplicating frames. Backpressure pauses while the group's lag (in frames, estimated as
+entries x pack) is above the high-water mark; file streams are never trimmed.
 """
 
 from __future__ import annotations
@@ -11,16 +12,18 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
 from common.broker import ensure_group
 from common.errors import BrokerError, ConfigError
-from common.schemas import FRAME_FIELD, Frame
+from common.schemas import MAX_PACK_FRAMES, Frame, encode_entry
 from common.streams import GROUP, SourceKeys, check_source, registry_key
 
 log = logging.getLogger(__name__)
 ENTRY_MS = 1
+PACK_BYTES = 1 << 20  # a pack closes at this much pixel data even when it holds fewer than ``pack`` frames
 
 
 def entry_id(seq: int) -> str:
@@ -35,8 +38,11 @@ class PublishStats:
 
 
 class SourcePublisher:
-    def __init__(self, client: redis.Redis, namespace: str, source: str, high_water: int) -> None:
+    def __init__(self, client: redis.Redis, namespace: str, source: str, high_water: int, pack: int = 1) -> None:
+        if not 1 <= pack <= MAX_PACK_FRAMES:
+            raise ConfigError(f"pack must be 1..{MAX_PACK_FRAMES} frames per entry, not {pack}")
         self.client = client
+        self.pack = pack
         self.keys = SourceKeys(namespace, check_source(source))
         self.namespace = namespace
         self.high_water = high_water
@@ -72,21 +78,40 @@ class SourcePublisher:
         return seq + 1 if ms == ENTRY_MS else 0
 
     def send(self, frames: list[Frame]) -> None:
-        """XADD a chunk with explicit ids in one round trip, after waiting for the group to catch up."""
+        """XADD a chunk as packs with explicit ids in one round trip, after waiting for the group to catch up."""
         if not frames:
             return
         self.wait_for_room()
+        packs = self.packs(frames)
         pipe = self.client.pipeline(transaction=False)
-        for frame in frames:
-            pipe.xadd(self.keys.frames, {FRAME_FIELD: frame.encode()}, id=entry_id(frame.seq))
+        for pack in packs:
+            fields: dict[Any, Any] = encode_entry(pack)  # redis-py's dict type is invariant in bytes vs str
+            pipe.xadd(self.keys.frames, fields, id=entry_id(pack[-1].seq))
         pipe.hset(self.keys.meta, "produced", frames[-1].seq + 1)
-        for frame, reply in zip(frames, pipe.execute(raise_on_error=False), strict=False):
+        for pack, reply in zip(packs, pipe.execute(raise_on_error=False), strict=False):
             if isinstance(reply, redis.ResponseError):
                 if "equal or smaller" not in str(reply):
-                    raise BrokerError(f"XADD of frame {frame.frame_id} failed: {reply}")
-                log.info("frame %s already on the stream (re-sent after a retry); skipped", frame.frame_id)
+                    raise BrokerError(f"XADD of frames {pack[0].frame_id}..{pack[-1].seq} failed: {reply}")
+                log.info("frames %s..%d already on the stream (re-sent after a retry); skipped", pack[0].frame_id,
+                         pack[-1].seq)
                 continue
-            self.stats.sent += 1
+            self.stats.sent += len(pack)
+
+    def packs(self, frames: list[Frame]) -> list[list[Frame]]:
+        """Consecutive runs of at most ``pack`` frames and ``PACK_BYTES`` of pixels; an end-of-stream marker alone."""
+        out: list[list[Frame]] = []
+        current: list[Frame] = []
+        size = 0
+        for frame in frames:
+            if current and (len(current) >= self.pack or size + len(frame.data) > PACK_BYTES or frame.eos
+                            or current[-1].eos or frame.shape != current[-1].shape):
+                out.append(current)
+                current, size = [], 0
+            current.append(frame)
+            size += len(frame.data)
+        if current:
+            out.append(current)
+        return out
 
     def end(self, seq: int) -> None:
         """Append the end-of-stream marker and record it in the checkpoint."""
@@ -96,6 +121,7 @@ class SourcePublisher:
         self.client.hset(self.keys.meta, mapping={"eos": 1, "total": seq})
 
     def lag(self) -> int:
+        """Entries not yet delivered to the group."""
         for group in self.client.xinfo_groups(self.keys.frames):
             if group["name"].decode() == GROUP:
                 if group.get("lag") is not None:
@@ -105,6 +131,6 @@ class SourcePublisher:
 
     def wait_for_room(self) -> None:
         start = time.monotonic()
-        while self.lag() > self.high_water:
+        while self.lag() * self.pack > self.high_water:
             time.sleep(0.02)
         self.stats.paused_s += time.monotonic() - start

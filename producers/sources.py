@@ -6,6 +6,7 @@ import bisect
 import contextlib
 import itertools
 import logging
+import os
 import queue
 import re
 import threading
@@ -20,10 +21,22 @@ import numpy as np
 from common.bundle import InputSpec
 from common.errors import SourceError
 from common.preprocess import preprocess
-from producers.gop import MAX_CHUNK_BYTES, Chunk, ChunkMismatch, decode_parallel, frame_map, split
+from producers.gop import (
+    INTRA_CHUNK_FRAMES,
+    INTRA_CODECS,
+    MAX_CHUNK_BYTES,
+    MIN_CHUNK_FRAMES,
+    Chunk,
+    ChunkMismatch,
+    codec_name,
+    decode_parallel,
+    frame_map,
+    split,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+AUTO_DECODERS = 4
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 
 
@@ -74,14 +87,16 @@ def iter_preprocessed(path: Path, sampling: Sampling, spec: InputSpec, decoders:
     and a GOP-parallel decode does not even decode them).
 
     ``decoders`` >= 2 decodes a video with that many single-threaded decoders in parallel, one run of whole
-    GOPs each (see ``producers/gop.py``); when the file does not allow it, or with 1, one FFmpeg-threaded
-    decoder runs in a thread while this thread preprocesses. Both give the same pixels.
+    GOPs each (see ``producers/gop.py``); 0 (auto) does so with one decoder per core (at most
+    ``AUTO_DECODERS``) for intra-only video, where it costs almost no extra decoding, and sequentially
+    otherwise. When the file does not allow it, or with 1, one FFmpeg-threaded decoder runs in a thread while
+    this thread preprocesses. Both give the same pixels.
     """
     plan = _plan_chunks(path, sampling, decoders, spec.height * spec.width * spec.channels, skip)
     if plan is None:
         yield from _iter_sequential(path, sampling, spec, skip)
         return
-    fps, chunks = plan
+    fps, chunks, decoders = plan
     sent = 0
     try:
         for frames in decode_parallel(path, chunks, fps, spec, decoders):
@@ -95,16 +110,29 @@ def iter_preprocessed(path: Path, sampling: Sampling, spec: InputSpec, decoders:
 
 
 def _plan_chunks(path: Path, sampling: Sampling, decoders: int, frame_bytes: int,
-                 skip: int) -> tuple[float, list[Chunk]] | None:
-    """``(fps, chunks)`` for a GOP-parallel decode, or None (with the reason in the debug log)."""
-    if decoders < 2 or not path.is_file():
+                 skip: int) -> tuple[float, list[Chunk], int] | None:
+    """``(fps, chunks, decoders)`` for a GOP-parallel decode, or None (with the reason in the debug log)."""
+    if not path.is_file():
+        return None
+    auto = decoders == 0
+    if auto:
+        codec = codec_name(path)
+        if codec not in INTRA_CODECS:
+            log.debug("%s: sequential decoding (auto: codec %s is not intra-only)", path, codec)
+            return None
+        decoders = min(os.cpu_count() or 1, AUTO_DECODERS)
+    if decoders < 2:
         return None
     found = frame_map(path)
     if found is None or not found.keys or found.keys[0] != 0:
         log.debug("%s: sequential decoding (no keyframe map from ffprobe)", path)
         return None
     total = len(found.times_ms)
-    spans = split(found.keys, total)
+    intra = len(found.keys) == total
+    if auto and not intra:
+        log.debug("%s: sequential decoding (auto: not every frame is a keyframe)", path)
+        return None
+    spans = split(found.keys, total, INTRA_CHUNK_FRAMES if intra else MIN_CHUNK_FRAMES)
     if len(spans) < 2:
         log.debug("%s: sequential decoding (one chunk: keyframes %s)", path, found.keys[:8])
         return None
@@ -121,7 +149,7 @@ def _plan_chunks(path: Path, sampling: Sampling, decoders: int, frame_bytes: int
         log.debug("%s: sequential decoding (a chunk's frames would exceed %d bytes)", path, MAX_CHUNK_BYTES)
         return None
     log.debug("%s: GOP-parallel decoding, %d decoders, %d chunks", path, decoders, len(chunks))
-    return fps, chunks
+    return fps, chunks, decoders
 
 
 def _iter_sequential(path: Path, sampling: Sampling, spec: InputSpec,

@@ -26,29 +26,33 @@ from common.streams import GROUP, SourceKeys
 
 Kind = Literal["r", "d", "e", "s"]  # result, dead letter, end of stream, stale (live frame too old: no result)
 
-# KEYS: frames, results, dead, meta. ARGV: group, then per entry: entry_id, kind, fields as a JSON array
-# [k1, v1, k2, v2, ...] (one argument instead of ~26 keeps client-side packing cheap; XADD still writes
-# flat string fields). A live source's meta carries results_maxlen: its results stream is capped (~, so the
-# server trims whole nodes, cheaply). Returns {results, dead, stale, eos} newly acked by this call.
+# KEYS: frames, results, dead, meta. ARGV: group, then per entry: entry_id and a JSON array of its items,
+# one per frame (a pack has several): [kind, [k1, v1, k2, v2, ...], frames]. One JSON argument per entry keeps
+# client-side packing cheap; XADD still writes flat string fields. ``frames`` (default 1) is how many frames an
+# item stands for: a pack that does not decode at all is one dead letter for all of them. A live source's meta
+# carries results_maxlen: its results stream is capped (~, so the server trims whole nodes, cheaply).
+# Returns the frames {results, dead, stale, eos} newly acked by this call.
 PUBLISH_LUA = """
 local cap = redis.call('HGET', KEYS[4], 'results_maxlen')
 cap = cap and tonumber(cap)
 local n = {0, 0, 0, 0}
-for i = 2, #ARGV, 3 do
+for i = 2, #ARGV, 2 do
   if redis.call('XACK', KEYS[1], ARGV[1], ARGV[i]) == 1 then
-    local kind = ARGV[i + 1]
-    if kind == 'd' then
-      redis.call('XADD', KEYS[3], '*', unpack(cjson.decode(ARGV[i + 2])))
-      n[2] = n[2] + 1
-    elseif kind == 's' then
-      n[3] = n[3] + 1
-    else
-      if cap then
-        redis.call('XADD', KEYS[2], 'MAXLEN', '~', cap, '*', unpack(cjson.decode(ARGV[i + 2])))
+    for _, item in ipairs(cjson.decode(ARGV[i + 1])) do
+      local kind, frames = item[1], tonumber(item[3]) or 1
+      if kind == 'd' then
+        redis.call('XADD', KEYS[3], '*', unpack(item[2]))
+        n[2] = n[2] + frames
+      elseif kind == 's' then
+        n[3] = n[3] + frames
       else
-        redis.call('XADD', KEYS[2], '*', unpack(cjson.decode(ARGV[i + 2])))
+        if cap then
+          redis.call('XADD', KEYS[2], 'MAXLEN', '~', cap, '*', unpack(item[2]))
+        else
+          redis.call('XADD', KEYS[2], '*', unpack(item[2]))
+        end
+        if kind == 'r' then n[1] = n[1] + frames else n[4] = n[4] + frames end
       end
-      if kind == 'r' then n[1] = n[1] + 1 else n[4] = n[4] + 1 end
     end
   end
 end
@@ -61,15 +65,18 @@ return n
 
 @dataclass(frozen=True)
 class Outcome:
+    """What became of one frame (or, ``frames`` > 1, of a whole pack that did not decode) of an entry."""
+
     source: str
     entry_id: str
     kind: Kind
     fields: dict[str, str]
+    frames: int = 1
 
 
 @dataclass(frozen=True)
 class Tally:
-    """What one script call newly acked for one source (re-deliveries already acked count nothing)."""
+    """Frames one script call newly acked for one source (re-deliveries already acked count nothing)."""
 
     results: int = 0
     dead: int = 0
@@ -83,20 +90,22 @@ class ResultWriter:
         self._script = client.register_script(PUBLISH_LUA)
 
     def publish(self, outcomes: list[Outcome]) -> dict[str, Tally]:
-        """Write and ack every outcome, one script call per source; returns what each call newly acked."""
-        by_source: dict[str, list[Outcome]] = defaultdict(list)
-        for outcome in outcomes:
-            by_source[outcome.source].append(outcome)
+        """Write and ack every outcome, one script call per source; returns what each call newly acked.
+
+        Every frame of an entry must be among ``outcomes``: the entry is acked once, with all its items."""
+        by_entry: dict[str, dict[str, list[object]]] = defaultdict(lambda: defaultdict(list))
+        for o in outcomes:
+            by_entry[o.source][o.entry_id].append([o.kind, [x for kv in o.fields.items() for x in kv], o.frames])
         tallies: dict[str, Tally] = {}
-        for source, items in by_source.items():
+        for source, entries in by_entry.items():
             keys = SourceKeys(self.namespace, source)
             args: list[str] = [GROUP]
-            for o in items:
-                args += [o.entry_id, o.kind, json.dumps([x for kv in o.fields.items() for x in kv])]
+            for entry_id, items in entries.items():
+                args += [entry_id, json.dumps(items)]
             reply = self._script(keys=[keys.frames, keys.results, keys.dead, keys.meta], args=args)
             tallies[source] = Tally(*(int(x) for x in reply))
         return tallies
 
     def write_batch(self, outcomes: list[Outcome]) -> int:
-        """Write and ack every outcome; returns how many entries were written (results, eos, dead letters)."""
+        """Write and ack every outcome; returns how many frames were accounted for (results, eos, dead letters)."""
         return sum(t.results + t.dead + t.eos for t in self.publish(outcomes).values())

@@ -12,7 +12,7 @@ from typing import Any
 import redis
 
 from common.broker import ensure_group
-from common.schemas import FRAME_FIELD
+from common.schemas import entry_frames
 from common.streams import GROUP, SourceKeys, registry_key
 
 log = logging.getLogger(__name__)
@@ -23,10 +23,17 @@ POLL_S = 0.001  # while a batch fills (at most max_wait_ms), poll this often
 
 @dataclass(frozen=True)
 class Entry:
+    """One stream entry: one frame, or a pack of ``frames`` frames (``common.schemas.decode_entry``)."""
+
     source: str
     entry_id: str
-    raw: bytes | None
+    fields: dict[bytes, bytes] | None
     deliveries: int = 1
+    frames: int = 1
+
+
+def frames_in(entries: list[Entry]) -> int:
+    return sum(e.frames for e in entries)
 
 
 @dataclass(frozen=True)
@@ -51,13 +58,15 @@ class BatchReader:
         self._cursors: dict[str, str] = {}
         self._carry: list[Entry] = []  # read past this batch's limits (COUNT is per stream); first in the next
         self._busy = 1  # streams that had entries in the last read: COUNT is shared among them
+        self._per_entry = 1.0  # frames per entry in the last read (packs): COUNT is in entries, batches in frames
 
     def next_batch(self) -> list[Entry]:
-        """Up to max_batch entries; waits at most max_wait_ms after the first one arrives (empty: idle)."""
+        """Entries holding up to max_batch frames (at least one entry, even a bigger pack); waits at most
+        max_wait_ms after the first one arrives (empty: idle)."""
         self._refresh_sources()
         batch, self._carry = self._carry + self._reclaim_due(), []
         deadline = time.monotonic() + self.policy.max_wait_ms / 1000 if batch else None
-        while len(batch) < self.policy.max_batch:
+        while frames_in(batch) < self.policy.max_batch:
             if deadline is None:  # idle: block until something arrives (a new entry wakes BLOCK at once)
                 got = self._read(batch, min(self.policy.block_ms, IDLE_BLOCK_MS))
                 if not got:
@@ -77,15 +86,26 @@ class BatchReader:
         return self._limit(batch)
 
     def _limit(self, batch: list[Entry]) -> list[Entry]:
-        """Keep at most max_batch entries and per_source_cap per source, taken round-robin across sources (so
-        two flooding cameras share a batch instead of taking turns); carry the rest, in order, to the next."""
+        """Keep at most max_batch frames and per_source_cap per source, entries taken round-robin across sources
+        (so two flooding cameras share a batch instead of taking turns); carry the rest, in order, to the next.
+        A pack bigger than the limits still goes out alone: a batch always makes progress."""
         position: Counter[str] = Counter()
-        ranks = []  # an entry's position among its source's entries in this batch
-        for entry in batch:
-            ranks.append(position[entry.source])
+        ranked = []  # (an entry's position among its source's entries in this batch, index)
+        for i, entry in enumerate(batch):
+            ranked.append((position[entry.source], i))
             position[entry.source] += 1
-        cap = self.policy.per_source_cap
-        chosen = {i for _, i in sorted((r, i) for i, r in enumerate(ranks) if r < cap)[:self.policy.max_batch]}
+        cap, total, taken = self.policy.per_source_cap, 0, Counter[str]()
+        chosen: set[int] = set()
+        held: set[str] = set()  # a source with an entry carried over: its later entries wait too (order kept)
+        for _rank, i in sorted(ranked):
+            entry = batch[i]
+            if entry.source in held or (chosen and (total + entry.frames > self.policy.max_batch
+                                                    or taken[entry.source] + entry.frames > cap)):
+                held.add(entry.source)
+                continue
+            chosen.add(i)
+            total += entry.frames
+            taken[entry.source] += entry.frames
         self._carry += [e for i, e in enumerate(batch) if i not in chosen]
         return [e for i, e in enumerate(batch) if i in chosen]
 
@@ -95,14 +115,16 @@ class BatchReader:
         return out
 
     def _read(self, batch: list[Entry], block: int | None) -> list[Entry]:
-        taken = Counter(e.source for e in batch)
+        taken: Counter[str] = Counter()
+        for e in batch:
+            taken[e.source] += e.frames
         cap = self.policy.per_source_cap
         streams: dict[Any, Any] = {k.frames: ">" for s, k in self.sources.items() if taken[s] < cap}
         if not streams:
             time.sleep(min(block or 1, 200) / 1000)
             return []
-        share = -(-(self.policy.max_batch - len(batch)) // min(self._busy, len(streams)))  # ceil
-        count = max(1, min(share, cap - max(taken.values(), default=0)))
+        share = -(-(self.policy.max_batch - frames_in(batch)) // min(self._busy, len(streams)))  # ceil, frames
+        count = max(1, int(min(share, cap - max(taken.values(), default=0)) // self._per_entry))  # entries
         try:
             reply: Any = self.client.xreadgroup(GROUP, self.consumer, streams, count=count, block=block)
         except redis.ResponseError as exc:
@@ -111,10 +133,12 @@ class BatchReader:
             log.warning("a frames stream lost its group (deleted/restarted source); re-registering")
             self._refresh_sources(force=True)
             return []
-        if reply:  # an empty poll says nothing about how many streams are busy
+        got = [Entry(self._source(stream), eid.decode(), fields, 1, entry_frames(fields))
+               for stream, entries in reply or [] for eid, fields in entries]
+        if got:  # an empty poll says nothing about how many streams are busy or how big their entries are
             self._busy = len(reply)
-        return [Entry(self._source(stream), eid.decode(), fields.get(FRAME_FIELD))
-                for stream, entries in reply or [] for eid, fields in entries]
+            self._per_entry = frames_in(got) / len(got)
+        return got
 
     def _source(self, stream: bytes) -> str:
         return self._by_stream[stream]
@@ -145,10 +169,10 @@ class BatchReader:
         self._claimed_at = time.monotonic()
         out: list[Entry] = []
         for source, keys in self.sources.items():
-            while len(out) < self.policy.max_batch:
+            while frames_in(out) < self.policy.max_batch:
                 cursor = self._cursors.get(source, "0-0")
                 reply = self.client.xautoclaim(keys.frames, GROUP, self.consumer, self.policy.claim_idle_ms,
-                                               start_id=cursor, count=self.policy.max_batch - len(out))
+                                               start_id=cursor, count=max(1, self.policy.max_batch - frames_in(out)))
                 self._cursors[source] = reply[0].decode()
                 out += self._with_deliveries(source, keys, reply[1])
                 if self._cursors[source] == "0-0":
@@ -164,7 +188,7 @@ class BatchReader:
         pending = self.client.xpending_range(keys.frames, GROUP, min=first, max=last, count=len(claimed) * 4,
                                              consumername=self.consumer)
         counts = {p["message_id"]: int(p["times_delivered"]) for p in pending}
-        return [Entry(source, eid.decode(), (fields or {}).get(FRAME_FIELD), counts.get(eid, 1))
+        return [Entry(source, eid.decode(), fields, counts.get(eid, 1), entry_frames(fields))
                 for eid, fields in claimed]
 
     def drained(self) -> bool:

@@ -41,6 +41,11 @@ def read_dead(client: redis.Redis, namespace: str, source: str) -> list[dict[str
             for _, f in iter_stream(client, SourceKeys(namespace, source).dead)]
 
 
+def dead_frames(dead: list[dict[str, str]]) -> int:
+    """Frames the dead letters stand for (a pack that did not decode is one letter for all its frames)."""
+    return sum(int(d.get("frames") or 1) for d in dead)
+
+
 @dataclass(frozen=True)
 class Segment:
     label: str

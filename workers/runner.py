@@ -21,7 +21,7 @@ from common.broker import connect
 from common.errors import VigilError
 from common.schemas import Result
 from common.streams import SourceKeys
-from workers.results import read_dead, read_results
+from workers.results import dead_frames, read_dead, read_results
 
 VIGIL = [sys.executable, "-m", "common.cli"]
 READY_TIMEOUT_S = 60.0
@@ -81,7 +81,7 @@ class PipelineRun:
         with _bar(progress) as bar:
             produced = bar.add_task("produced", total=frames)
             classified = bar.add_task("classified", total=frames)
-            while int(self.client.xlen(keys.results)) + len(read_dead(self.client, self.namespace, source)) \
+            while int(self.client.xlen(keys.results)) + dead_frames(read_dead(self.client, self.namespace, source)) \
                     < frames + 1:
                 if producer.poll() not in (None, 0):
                     raise VigilError(f"producer for {video} failed with exit code {producer.returncode}")
@@ -95,7 +95,7 @@ class PipelineRun:
         producer.wait(30)
         results = read_results(self.client, self.namespace, source)
         stream_s = max(r.inferred_at for r in results) - min(r.produced_at for r in results) if results else 0.0
-        dead = len(read_dead(self.client, self.namespace, source))
+        dead = dead_frames(read_dead(self.client, self.namespace, source))
         return RunStats(frames, results, dead, wall, stream_s, worker_cpu, broker_cpu)
 
     def _cpu(self) -> tuple[float, float]:

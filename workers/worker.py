@@ -13,7 +13,6 @@ import socket
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from operator import attrgetter
 from pathlib import Path
 from types import FrameType
 
@@ -27,7 +26,7 @@ from common.errors import DecodeError
 from common.inference import Classifier
 from common.log import setup_logging
 from common.metrics import metrics, observe_many
-from common.schemas import Frame, Result
+from common.schemas import Frame, Result, decode_entry
 from workers.live import SourcePolicies
 from workers.publish import Outcome, ResultWriter, Tally
 from workers.reader import BatchReader, Entry, ReadPolicy
@@ -78,7 +77,7 @@ class Worker:
             elif self.config.burst and self.reader.drained():
                 break
         self.process(self.reader.release())
-        log.info("worker %s stopping after %d entries", self.name, self.processed)
+        log.info("worker %s stopping after %d frames", self.name, self.processed)
 
     def process(self, entries: list[Entry]) -> None:
         """decode -> infer -> publish results and ack, atomically."""
@@ -89,38 +88,46 @@ class Worker:
         outcomes += self.infer(frames)
         infer_s = time.perf_counter() - started
         tallies = self.writer.publish(outcomes)
-        self.processed += len(entries)
+        self.processed += sum(e.frames for e in entries)
         if self.metrics is not None:
             self.metrics.record(entries, tallies, infer_s, self.origins(frames))
 
     def decode(self, entries: list[Entry]) -> tuple[list[tuple[Entry, Frame, np.ndarray]], list[Outcome]]:
-        """Split a batch into frames to classify and outcomes decided without the model."""
+        """Split a batch into frames to classify and outcomes decided without the model (every frame of every
+        entry gets exactly one of the two)."""
         frames: list[tuple[Entry, Frame, np.ndarray]] = []
         outcomes: list[Outcome] = []
         policies = {source: self.policies.get(source) for source in {e.source for e in entries}}
         now = time.time()
         for entry in entries:
-            if entry.deliveries > self.config.max_deliveries:
-                reason = f"delivered {entry.deliveries} times (max_deliveries={self.config.max_deliveries})"
-                outcomes.append(self.dead(entry, reason))
-                continue
+            poison = entry.deliveries > self.config.max_deliveries
+            reason = f"delivered {entry.deliveries} times (max_deliveries={self.config.max_deliveries})"
             try:
-                frame = Frame.decode(entry.raw)
-                if frame.source != entry.source:
-                    raise DecodeError(f"frame of source {frame.source!r} on the stream of {entry.source!r}")
+                decoded = decode_entry(entry.fields)
+                if decoded[0].source != entry.source:
+                    raise DecodeError(f"frame of source {decoded[0].source!r} on the stream of {entry.source!r}")
+            except DecodeError as exc:
+                outcomes.append(self.dead(entry, reason if poison else str(exc), frames=entry.frames))
+                continue
+            if poison:  # one dead letter per frame, each naming its frame
+                outcomes += [self.dead(entry, reason, frame) for frame in decoded]
+                continue
+            policy = policies[entry.source]
+            for frame in decoded:
                 if frame.eos:
                     outcomes.append(self.eos(entry, frame))
                     continue
-                if policies[entry.source].is_stale(frame.captured_at, now):
+                if policy.is_stale(frame.captured_at, now):
                     outcomes.append(Outcome(entry.source, entry.entry_id, "s", {}))
                     continue
-                pixels = frame.pixels()
-                if pixels.shape != self.classifier.input_shape:
-                    raise DecodeError(f"frame shape {pixels.shape} != model input {self.classifier.input_shape}")
-            except DecodeError as exc:
-                outcomes.append(self.dead(entry, str(exc)))
-                continue
-            frames.append((entry, frame, pixels))
+                try:
+                    pixels = frame.pixels()
+                    if pixels.shape != self.classifier.input_shape:
+                        raise DecodeError(f"frame shape {pixels.shape} != model input {self.classifier.input_shape}")
+                except DecodeError as exc:
+                    outcomes.append(self.dead(entry, str(exc), frame))
+                    continue
+                frames.append((entry, frame, pixels))
         return frames, outcomes
 
     def infer(self, frames: list[tuple[Entry, Frame, np.ndarray]]) -> list[Outcome]:
@@ -155,11 +162,14 @@ class Worker:
                      inferred_at=time.time(), model_version=self.bundle.version, worker=self.name, type="eos")
         return Outcome(entry.source, entry.entry_id, "e", res.encode())
 
-    def dead(self, entry: Entry, reason: str) -> Outcome:
-        log.warning("dead-lettering %s %s: %s", entry.source, entry.entry_id, reason)
-        fields = {"source": entry.source, "entry_id": entry.entry_id, "reason": reason,
-                  "deliveries": str(entry.deliveries), "worker": self.name, "at": f"{time.time():.6f}"}
-        return Outcome(entry.source, entry.entry_id, "d", fields)
+    def dead(self, entry: Entry, reason: str, frame: Frame | None = None, frames: int = 1) -> Outcome:
+        """A dead letter for one frame of ``entry``, or (no ``frame``) for the whole entry and its ``frames``."""
+        frame_id = frame.frame_id if frame is not None else ""
+        log.warning("dead-lettering %s %s %s: %s", entry.source, entry.entry_id, frame_id, reason)
+        fields = {"source": entry.source, "entry_id": entry.entry_id, "frame_id": frame_id,
+                  "frames": str(frames), "reason": reason, "deliveries": str(entry.deliveries),
+                  "worker": self.name, "at": f"{time.time():.6f}"}
+        return Outcome(entry.source, entry.entry_id, "d", fields, frames)
 
 
 class BatchMetrics:
@@ -171,7 +181,10 @@ class BatchMetrics:
 
     def record(self, entries: list[Entry], tallies: dict[str, Tally], infer_s: float,
                origins: dict[str, np.ndarray]) -> None:
-        for source, n in Counter(map(attrgetter("source"), entries)).items():
+        frames_in: Counter[str] = Counter()
+        for entry in entries:
+            frames_in[entry.source] += entry.frames
+        for source, n in frames_in.items():
             self._of(source).frames_in.inc(n)
         for source, t in tallies.items():
             child = self._of(source)
