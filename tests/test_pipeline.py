@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -10,10 +11,13 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import redis
 
+from common.schemas import Frame, decode_entry, encode_entry
 from common.streams import GROUP, SourceKeys
+from workers.reader import frames_in
 from workers.results import read_dead, read_results
 
 pytestmark = pytest.mark.integration
@@ -35,6 +39,11 @@ def wait_results(client: redis.Redis, ns: str, n: int, timeout: float = 30.0) ->
     deadline = time.monotonic() + timeout
     while int(client.xlen(key)) < n + 1 and time.monotonic() < deadline:  # + the end-of-stream result
         time.sleep(0.05)
+
+
+def stream_seqs(client: redis.Redis, key: str) -> list[int]:
+    """The seq of every frame on a frames stream, packs unpacked, in stream order (end of stream included)."""
+    return [frame.seq for _, fields in client.xrange(key) for frame in decode_entry(fields)]
 
 
 def assert_exactly_once(client: redis.Redis, ns: str, n: int) -> None:
@@ -110,24 +119,43 @@ def test_undecodable_frame_is_dead_lettered_and_the_rest_flow(pipeline_env, clie
     assert [(d["entry_id"], "msgpack" in d["reason"]) for d in dead] == [("2-0", True)]
 
 
+def test_a_bad_frame_in_a_pack_is_dead_lettered_alone(pipeline_env, client, namespace, small_video) -> None:
+    produce(pipeline_env, small_video)
+    keys = SourceKeys(namespace, "cam")
+    pixels = np.zeros((28, 28, 1), np.uint8)
+    pack = [Frame.from_pixels("cam", seq, pixels, 0.0, time.time(), encoding="jpeg") for seq in (100, 101, 102)]
+    pack[1] = dataclasses.replace(pack[1], data=b"not a jpeg")
+    client.xadd(keys.frames, encode_entry(pack), id="2-0")  # type: ignore[arg-type]
+    client.xadd(keys.frames, {b"p": b"\xc1garbage", b"n": b"5"}, id="2-1")  # a pack that does not decode
+    proc = start_workers(pipeline_env, "--burst")
+    assert proc.wait(60) == 0
+    dead = read_dead(client, namespace, "cam")
+    assert [(d["entry_id"], d["frame_id"], d["frames"]) for d in dead] == [("2-0", "cam:101", "1"), ("2-1", "", "5")]
+    assert "JPEG" in dead[0]["reason"] and "msgpack" in dead[1]["reason"]
+    seqs = sorted(r.seq for r in read_results(client, namespace, "cam"))
+    assert seqs == [*range(60), 100, 102]
+    assert client.hget(keys.meta, "dead") == b"6" and client.hget(keys.meta, "processed") == b"62"
+
+
 def test_killed_producer_resumes_without_gap_or_duplicate(pipeline_env, client, namespace, small_video) -> None:
     env = {**pipeline_env, "VIGIL_HIGH_WATER": "8"}
-    cmd = [*VIGIL, "produce", "file", str(small_video), "--source", "cam", "--no-progress"]
+    cmd = [*VIGIL, "produce", "file", str(small_video), "--source", "cam", "--no-progress", "--pack", "3"]
     first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     key = SourceKeys(namespace, "cam").frames
     deadline = time.monotonic() + 30
-    while (not client.exists(key) or client.xlen(key) < 8) and time.monotonic() < deadline:
+    while (not client.exists(key) or client.xlen(key) < 3) and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(0.3)
     first.send_signal(signal.SIGKILL)  # paused on backpressure, mid-file: no workers yet
     first.wait(10)
-    sent = int(client.xlen(key))
-    assert 8 <= sent < 60
+    sent = stream_seqs(client, key)
+    assert 8 <= len(sent) < 60 and sent == list(range(len(sent)))
+    assert int(client.xlen(key)) == -(-len(sent) // 3)  # packs of (at most) 3 frames
     second = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     workers = start_workers(env, "--burst")
     assert second.wait(60) == 0
     assert workers.wait(60) == 0
-    assert int(client.xlen(key)) == 61  # 60 frames + end of stream, each once
+    assert stream_seqs(client, key) == list(range(61))  # 60 frames + end of stream, each once, in order
     assert_exactly_once(client, namespace, 60)
 
 
@@ -148,7 +176,7 @@ def test_worker_process_never_imports_tensorflow_and_stays_small(pipeline_env) -
 
 
 def test_frames_past_max_deliveries_are_dead_lettered(pipeline_env, client, namespace, small_video) -> None:
-    produce(pipeline_env, small_video, "--every", "10")
+    produce(pipeline_env, small_video, "--every", "10", "--pack", "2")  # 6 frames: packs 0-1, 2-3, 4-5
     keys = SourceKeys(namespace, "cam")
     read = client.xreadgroup(GROUP, "ghost", {keys.frames: ">"}, count=2)
     ids = [eid for eid, _ in read[0][1]]
@@ -156,22 +184,27 @@ def test_frames_past_max_deliveries_are_dead_lettered(pipeline_env, client, name
     proc = start_workers(pipeline_env, "--burst")
     assert proc.wait(60) == 0
     dead = read_dead(client, namespace, "cam")
-    assert sorted(d["entry_id"] for d in dead) == sorted(i.decode() for i in ids)
+    assert sorted(d["entry_id"] for d in dead) == sorted(i.decode() for i in ids for _ in range(2))
+    assert sorted(d["frame_id"] for d in dead) == ["cam:0", "cam:1", "cam:2", "cam:3"]  # one letter per frame
     assert all("max_deliveries=3" in d["reason"] for d in dead)
-    assert sorted(r.seq for r in read_results(client, namespace, "cam")) == [2, 3, 4, 5]
+    assert sorted(r.seq for r in read_results(client, namespace, "cam")) == [4, 5]
+    assert client.hget(keys.meta, "dead") == b"4"
 
 
 def test_batches_respect_max_batch_across_sources(client, namespace, small_video, pipeline_env) -> None:
     from workers.reader import BatchReader, ReadPolicy
 
-    for name in ("a", "b"):
-        subprocess.run([*VIGIL, "produce", "file", str(small_video), "--source", name, "--no-progress"],
-                       env=pipeline_env, check=True, capture_output=True)
+    for name, pack in (("a", "1"), ("b", "2")):
+        subprocess.run([*VIGIL, "produce", "file", str(small_video), "--source", name, "--no-progress",
+                        "--pack", pack], env=pipeline_env, check=True, capture_output=True)
     reader = BatchReader(client, namespace, "t", ReadPolicy(max_batch=10, per_source_cap=6, max_wait_ms=0))
     sizes = []
     while batch := reader.next_batch():
-        assert len(batch) <= 10 and max(Counter(e.source for e in batch).values()) <= 6
-        sizes.append(len(batch))
+        per_source: Counter[str] = Counter()
+        for entry in batch:
+            per_source[entry.source] += entry.frames
+        assert frames_in(batch) <= 10 and max(per_source.values()) <= 6
+        sizes.append(frames_in(batch))
     assert sum(sizes) == 2 * 61
 
 
@@ -187,7 +220,7 @@ def test_rerunning_a_finished_source_sends_nothing(pipeline_env, client, namespa
     produce(pipeline_env, small_video, "--every", "6")
     out = produce(pipeline_env, small_video, "--every", "6", "--json").stdout
     assert '"sent": 0' in out and '"already_done": true' in out
-    assert int(client.xlen(SourceKeys(namespace, "cam").frames)) == 11
+    assert stream_seqs(client, SourceKeys(namespace, "cam").frames) == list(range(11))
 
 
 def test_file_refuses_a_live_cameras_source(pipeline_env, client, namespace, small_video) -> None:

