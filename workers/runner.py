@@ -33,7 +33,7 @@ class RunStats:
     results: list[Result]
     dead: int
     wall_s: float  # producer launch -> last result, process start-up included
-    stream_s: float  # first frame produced -> last result inferred (warm workers)
+    stream_s: float  # producer opened the source (before its first decode) -> last result inferred (warm workers)
     worker_cpu_s: float = 0.0  # CPU the worker pool (all processes) spent during the run
     broker_cpu_s: float = 0.0
 
@@ -94,7 +94,10 @@ class PipelineRun:
         worker_cpu, broker_cpu = (b - a for a, b in zip(cpu0, self._cpu(), strict=True))
         producer.wait(30)
         results = read_results(self.client, self.namespace, source)
-        stream_s = max(r.inferred_at for r in results) - min(r.produced_at for r in results) if results else 0.0
+        # From the producer's start (recorded after its imports, before it decodes the first frame): a window
+        # that began at the first frame produced would leave out how long the first frames take to decode.
+        opened = float(self.client.hget(keys.meta, "started_at") or 0.0)
+        stream_s = max(r.inferred_at for r in results) - opened if results and opened else 0.0
         dead = dead_frames(read_dead(self.client, self.namespace, source))
         return RunStats(frames, results, dead, wall, stream_s, worker_cpu, broker_cpu)
 
