@@ -123,12 +123,13 @@ def _parse_packets(lines: list[str]) -> FrameMap:
     return FrameMap(times_ms, sorted(rank[value] for value in key_pts))
 
 
-def split(keys: list[int], total: int, min_frames: int = MIN_CHUNK_FRAMES) -> list[tuple[int, int]]:
+def split(keys: list[int], total: int, min_frames: int = MIN_CHUNK_FRAMES, first: int = 0) -> list[tuple[int, int]]:
     """``[start, end)`` spans, each >= ``min_frames`` long; every start after the first is a keyframe +
     ``SEEK_DELTA + SEEK_MARGIN``, so OpenCV's seek to it lands on that keyframe and decodes only those frames
     before it (a start *at* the keyframe would land on the keyframe before it: a whole GOP re-decoded). The
-    chunk before decodes straight through that keyframe."""
-    starts = [0]
+    chunk before decodes straight through that keyframe. The first span starts at ``first`` (a decoder already
+    standing there continues without a seek)."""
+    starts = [first]
     for key in keys:
         start = key + SEEK_DELTA + SEEK_MARGIN
         if start - starts[-1] >= min_frames and total - start >= min_frames:
@@ -136,11 +137,12 @@ def split(keys: list[int], total: int, min_frames: int = MIN_CHUNK_FRAMES) -> li
     return list(zip(starts, [*starts[1:], total], strict=True))
 
 
-def decode_parallel(path: Path, chunks: list[Chunk], fps: float, spec: InputSpec,
-                    decoders: int) -> Iterator[tuple[float, np.ndarray | None]]:
+def decode_parallel(path: Path, chunks: list[Chunk], fps: float, spec: InputSpec, decoders: int,
+                    first_cap: cv2.VideoCapture | None = None) -> Iterator[tuple[float, np.ndarray | None]]:
     """Yield every chunk's ``(media_ts, pixels or None)``, in order, as soon as each is decoded (the chunk at
-    the head streams; the ones behind it decode in parallel)."""
-    pool = _ChunkPool(path, chunks, fps, spec, decoders)
+    the head streams; the ones behind it decode in parallel). ``first_cap``, a decoder standing at the first
+    chunk's start, decodes that chunk."""
+    pool = _ChunkPool(path, chunks, fps, spec, decoders, first_cap)
     try:
         for index in range(len(chunks)):
             yield from pool.take(index)
@@ -182,8 +184,10 @@ class _ChunkPool:
     """Decoder threads take chunks in order from a shared counter; at most ``decoders`` chunks are decoding
     or decoded ahead of the one the caller is reading (which may itself still be decoding)."""
 
-    def __init__(self, path: Path, chunks: list[Chunk], fps: float, spec: InputSpec, decoders: int) -> None:
+    def __init__(self, path: Path, chunks: list[Chunk], fps: float, spec: InputSpec, decoders: int,
+                 first_cap: cv2.VideoCapture | None = None) -> None:
         self.path, self.chunks, self.fps, self.spec, self.decoders = path, chunks, fps, spec, decoders
+        self.handed = {0: first_cap} if first_cap is not None else {}  # chunk index -> a decoder standing there
         self.cond = threading.Condition()
         self.buffers: dict[int, _Buffer] = {}
         self.claimed = 0
@@ -223,6 +227,8 @@ class _ChunkPool:
             self.cond.notify_all()
         for thread in self.threads:
             thread.join()
+        for cap in self.handed.values():  # never claimed (closed early)
+            cap.release()
 
     def _claim(self) -> int | None:
         with self.cond:
@@ -240,9 +246,15 @@ class _ChunkPool:
             while (index := self._claim()) is not None:
                 buf = self.buffers[index]
                 error: Exception | None = None
+                with self.cond:
+                    handed = self.handed.pop(index, None)
+                if handed is not None:
+                    if cap is not None:
+                        cap.release()
+                    cap = handed
                 try:
                     if cap is None:
-                        cap = _open(self.path)
+                        cap = open_single_threaded(self.path)
                     _decode_chunk(cap, self.chunks[index], self.fps, self.spec, buf.emit)
                 except Exception as exc:  # raised again in the caller's thread by take(), after the good frames
                     error = exc
@@ -252,7 +264,7 @@ class _ChunkPool:
                 cap.release()
 
 
-def _open(path: Path) -> cv2.VideoCapture:
+def open_single_threaded(path: Path) -> cv2.VideoCapture:
     cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, 1])
     if not cap.isOpened():
         raise SourceError(f"{path} cannot be opened as a video (OpenCV/FFmpeg). Is it a video file?")

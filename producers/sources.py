@@ -11,6 +11,7 @@ import queue
 import re
 import threading
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,14 +28,17 @@ from producers.gop import (
     MIN_CHUNK_FRAMES,
     Chunk,
     ChunkMismatch,
+    FrameMap,
     decode_parallel,
     frame_map,
+    open_single_threaded,
     split,
 )
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 AUTO_DECODERS = 4
+CHUNKS_PER_DECODER = 4
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 
 
@@ -89,14 +93,14 @@ def iter_preprocessed(path: Path, sampling: Sampling, spec: InputSpec, decoders:
     file does not allow it (one GOP, no ffprobe, an image folder), or with 1, one FFmpeg-threaded decoder runs
     in a thread while this thread preprocesses. Both give the same pixels.
     """
-    plan = _plan_chunks(path, sampling, decoders, spec.height * spec.width * spec.channels, skip)
-    if plan is None:
+    if decoders == 0:
+        decoders = min(os.cpu_count() or 1, AUTO_DECODERS)
+    if decoders < 2 or not path.is_file():
         yield from _iter_sequential(path, sampling, spec, skip)
         return
-    fps, chunks, decoders = plan
     sent = 0
     try:
-        for item in decode_parallel(path, chunks, fps, spec, decoders):
+        for item in _iter_parallel(path, sampling, spec, decoders, skip):
             yield item
             sent += 1
     except ChunkMismatch as exc:
@@ -105,29 +109,68 @@ def iter_preprocessed(path: Path, sampling: Sampling, spec: InputSpec, decoders:
         yield from itertools.islice(rest, sent, None)
 
 
-def _plan_chunks(path: Path, sampling: Sampling, decoders: int, frame_bytes: int,
-                 skip: int) -> tuple[float, list[Chunk], int] | None:
-    """``(fps, chunks, decoders)`` for a GOP-parallel decode, or None (with the reason in the debug log)."""
-    if not path.is_file():
-        return None
-    if decoders == 0:
-        decoders = min(os.cpu_count() or 1, AUTO_DECODERS)
-    if decoders < 2:
-        return None
+def _iter_parallel(path: Path, sampling: Sampling, spec: InputSpec, decoders: int,
+                   skip: int) -> Iterator[tuple[float, np.ndarray | None]]:
+    """GOP-parallel decoding. While ffprobe maps the keyframes (~0.1 s: a process start and one read of the
+    file), one single-threaded decoder already decodes from frame 0 here; the plan then cuts the rest of the
+    file into chunks, the first of which that decoder continues without seeking."""
     log.info("%s: mapping keyframes with ffprobe (reads the file once, decodes nothing)", path.name)
-    found = frame_map(path)
+    with ThreadPoolExecutor(1, thread_name_prefix="ffprobe") as pool:
+        mapping = pool.submit(frame_map, path)
+        cap = open_single_threaded(path)
+        handed_over = False
+        try:
+            fps = video_fps(cap)
+            keep = (index for index, _ts, _ in sampled(((i / fps, i) for i in itertools.count()), sampling))
+            kept, seq, pos = next(keep), 0, 0
+            while not mapping.done():  # the prefix: decoded here, in order, while ffprobe works
+                if not cap.grab():
+                    return  # the whole video was shorter than the mapping took
+                if pos == kept:
+                    pixels = None
+                    if seq >= skip:
+                        ok, img = cap.retrieve()
+                        if not ok:
+                            raise ChunkMismatch(f"frame {pos} cannot be retrieved")
+                        pixels = preprocess(img, spec)
+                    yield pos / fps, pixels
+                    kept, seq = next(keep), seq + 1
+                pos += 1
+            frame_bytes = spec.height * spec.width * spec.channels
+            chunks = _plan_chunks(path, mapping.result(), fps, sampling, frame_bytes, skip, pos, decoders)
+            if chunks is not None:
+                log.debug("%s: GOP-parallel decoding, %d decoders, %d chunks after %d frames decoded while "
+                          "mapping", path, decoders, len(chunks), pos)
+                handed_over = True
+                yield from decode_parallel(path, chunks, fps, spec, decoders, first_cap=cap)
+                return
+        finally:
+            if not handed_over:
+                cap.release()
+    yield from itertools.islice(_iter_sequential(path, sampling, spec, max(skip, seq)), seq, None)
+
+
+def _plan_chunks(path: Path, found: FrameMap | None, fps: float, sampling: Sampling, frame_bytes: int, skip: int,
+                 first: int, decoders: int) -> list[Chunk] | None:
+    """Chunks for frames ``first`` on, or None (with the reason in the debug log): decode sequentially.
+
+    Each chunk after the first re-decodes ~20 frames (the seek), so chunks are as long as they can be while
+    every decoder still gets ``CHUNKS_PER_DECODER`` of them (the last ones finish together) and K+1 chunks of
+    preprocessed frames fit in memory."""
     if found is None or not found.keys or found.keys[0] != 0:
         log.debug("%s: sequential decoding (no keyframe map from ffprobe)", path)
         return None
     total = len(found.times_ms)
-    intra = len(found.keys) == total  # MJPEG, ProRes...: any frame can start a chunk; longer ones waste less
-    spans = split(found.keys, total, INTRA_CHUNK_FRAMES if intra else MIN_CHUNK_FRAMES)
+    if first >= total:
+        log.debug("%s: sequential decoding (ffprobe lists %d frames, %d were decoded)", path, total, first)
+        return None
+    shortest = INTRA_CHUNK_FRAMES if len(found.keys) == total else MIN_CHUNK_FRAMES  # intra-only: MJPEG...
+    longest = max(shortest, MAX_CHUNK_BYTES // (2 * max(1, frame_bytes)))
+    spans = split(found.keys, total, min(longest, max(shortest, (total - first) // (decoders * CHUNKS_PER_DECODER))),
+                  first)
     if len(spans) < 2:
         log.debug("%s: sequential decoding (one chunk: keyframes %s)", path, found.keys[:8])
         return None
-    cap = cv2.VideoCapture(str(path))
-    fps = video_fps(cap)
-    cap.release()
     wanted = [index for index, _ts, _ in sampled(((i / fps, None) for i in range(total)), sampling)]
     chunks = []
     for start, end in spans:
@@ -137,8 +180,7 @@ def _plan_chunks(path: Path, sampling: Sampling, decoders: int, frame_bytes: int
     if max(chunk.with_pixels for chunk in chunks) * frame_bytes > MAX_CHUNK_BYTES:
         log.debug("%s: sequential decoding (a chunk's frames would exceed %d bytes)", path, MAX_CHUNK_BYTES)
         return None
-    log.debug("%s: GOP-parallel decoding, %d decoders, %d chunks", path, decoders, len(chunks))
-    return fps, chunks, decoders
+    return chunks
 
 
 def _iter_sequential(path: Path, sampling: Sampling, spec: InputSpec,

