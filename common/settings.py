@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     pack_frames: int = Field(default=16, ge=1, le=1024,
                              description="Frames per stream entry from a file producer (1: one entry per frame).")
     decoders: int = Field(default=0, ge=0, le=64,
-                          description="Decoder threads of a file producer: 0 = auto (one per core, at most 4; "
+                          description="Decoder threads of a file producer: 0 = auto (cores + 1, at most 4; "
                                       "GOP-parallel, see docs/pipeline.md); 1: one FFmpeg-threaded decoder.")
     live_maxlen: int = Field(default=8, ge=1, description="Stream cap for live sources (undelivered frames).")
 

@@ -44,8 +44,8 @@ def produce() -> None:
 @click.option("--realtime", is_flag=True, help="Pace frames at media speed (simulate a camera).")
 @click.option("--decoders", type=click.IntRange(0, 64), default=None,
               help="Decode a video with this many single-threaded decoders, each on a run of GOPs (needs ffprobe; "
-                   "each run re-decodes ~20 frames when seeking). 0 = auto: one per core, at most 4. 1: one "
-                   "FFmpeg-threaded decoder [settings.decoders: 0].")
+                   "each run re-decodes ~20 frames when seeking). 0 = auto: cores + 1, at most 4 (1 on one core). "
+                   "1: one FFmpeg-threaded decoder [settings.decoders: 0].")
 @click.option("--pack", type=click.IntRange(1, 1024), default=None,
               help="Frames per stream entry (results stay one per frame); fewer entries cost the broker and the "
                    "workers less per frame. --realtime sends one frame per entry [settings.pack_frames: 16].")

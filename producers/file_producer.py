@@ -32,7 +32,7 @@ class FileJob:
     jpeg_quality: int = 95
     restart: bool = False
     realtime: bool = False  # pace frames at media speed, like a camera would deliver them
-    decoders: int = 0  # 0: auto (one per core); >= 2: GOP-parallel decoder threads (producers/gop.py); 1: one
+    decoders: int = 0  # 0: auto (cores + 1); >= 2: GOP-parallel decoder threads (producers/gop.py); 1: one
     pack: int = 16  # frames per stream entry (realtime: 1, each frame leaves when it is due)
 
 
