@@ -137,6 +137,31 @@ def test_a_bad_frame_in_a_pack_is_dead_lettered_alone(pipeline_env, client, name
     assert client.hget(keys.meta, "dead") == b"6" and client.hget(keys.meta, "processed") == b"62"
 
 
+def test_burst_idle_exits_when_a_producer_died_before_its_end_of_stream(pipeline_env, client, namespace,
+                                                                       small_video) -> None:
+    env = {**pipeline_env, "VIGIL_HIGH_WATER": "8"}
+    cmd = [*VIGIL, "produce", "file", str(small_video), "--source", "cam", "--no-progress", "--pack", "4"]
+    producer = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    key = SourceKeys(namespace, "cam").frames
+    deadline = time.monotonic() + 30
+    while (not client.exists(key) or client.xlen(key) < 2) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    producer.send_signal(signal.SIGKILL)  # paused on backpressure: no end-of-stream marker will ever come
+    producer.wait(10)
+    sent = stream_seqs(client, key)
+    workers = start_workers(env, "--burst", "--burst-idle", "1")
+    _, stderr = workers.communicate(timeout=60)
+    assert workers.returncode == 0
+    assert "never sent an end-of-stream marker" in stderr and "cam" in stderr
+    assert sorted(r.seq for r in read_results(client, namespace, "cam")) == sent
+
+
+def test_burst_idle_needs_burst(pipeline_env) -> None:
+    out = subprocess.run([*VIGIL, "work", "--burst-idle", "5"], env=pipeline_env, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 2 and "--burst-idle only applies with --burst" in out.stderr
+
+
 def test_killed_producer_resumes_without_gap_or_duplicate(pipeline_env, client, namespace, small_video) -> None:
     env = {**pipeline_env, "VIGIL_HIGH_WATER": "8"}
     cmd = [*VIGIL, "produce", "file", str(small_video), "--source", "cam", "--no-progress", "--pack", "3"]

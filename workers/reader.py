@@ -193,11 +193,17 @@ class BatchReader:
 
     def drained(self) -> bool:
         """True when every source has ended and nothing is left undelivered or pending (burst mode)."""
+        settled, not_ended = self.burst_state()
+        return settled and not not_ended
+
+    def burst_state(self) -> tuple[bool, list[str]]:
+        """(nothing undelivered or pending in any source, the sources without an end-of-stream marker)."""
         self._refresh_sources(force=True)
-        for keys in self.sources.values():
+        settled, not_ended = True, []
+        for source, keys in sorted(self.sources.items()):
             if self.client.hget(keys.meta, "eos") != b"1":
-                return False
+                not_ended.append(source)
             for group in self.client.xinfo_groups(keys.frames):
                 if group["name"].decode() == GROUP and (group.get("lag") or 0) + group["pending"] > 0:
-                    return False
-        return True
+                    settled = False
+        return settled, not_ended

@@ -50,6 +50,7 @@ class WorkerConfig:
     log_json: bool = False
     max_age_ms: int = 500  # stale threshold of a live source whose meta hash does not say (settings.max_age_ms)
     metrics: bool = False  # record Prometheus metrics (the pool serves them in multiprocess mode)
+    burst_idle_s: float | None = None  # burst: also exit after this long with nothing to do, ended or not
 
 
 class Worker:
@@ -70,14 +71,29 @@ class Worker:
 
     def run(self) -> None:
         log.info("worker %s ready (bundle %s, %d threads)", self.name, self.bundle.version, self.config.threads)
+        busy_at = time.monotonic()
         while not self.stopping:
             entries = self.reader.next_batch()
             if entries:
                 self.process(entries)
-            elif self.config.burst and self.reader.drained():
+                busy_at = time.monotonic()
+            elif self.config.burst and self.burst_done(time.monotonic() - busy_at):
                 break
         self.process(self.reader.release())
         log.info("worker %s stopping after %d frames", self.name, self.processed)
+
+    def burst_done(self, idle_s: float) -> bool:
+        """Burst mode: every source ended and is drained; or, with ``burst_idle_s``, nothing was left to do for
+        that long (a producer that died before its end-of-stream marker would otherwise hold the pool forever)."""
+        settled, not_ended = self.reader.burst_state()
+        if settled and not not_ended:
+            return True
+        idle_limit = self.config.burst_idle_s
+        if settled and idle_limit is not None and idle_s >= idle_limit:
+            log.warning("worker %s: idle %.0f s with nothing unread or pending; exiting although %s never sent an "
+                        "end-of-stream marker (--burst-idle)", self.name, idle_s, ", ".join(not_ended))
+            return True
+        return False
 
     def process(self, entries: list[Entry]) -> None:
         """decode -> infer -> publish results and ack, atomically."""
