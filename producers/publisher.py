@@ -3,8 +3,8 @@
 Frames go out in packs of up to ``pack`` frames per stream entry (``common/schemas.py``); the entry id is
 ``1-<seq of the pack's last frame>``, so ids are deterministic: a restarted producer reads the stream's last id
 and continues after it, and a re-sent XADD (redis-py retries after a connection error) is rejected by the
-server instead of duplicating frames. Backpressure pauses while the group's lag (in frames, estimated as
-entries x pack) is above the high-water mark; file streams are never trimmed.
+server instead of duplicating frames. Backpressure pauses while the group's lag (in frames: entries x the
+frames per entry sent so far) is above the high-water mark; file streams are never trimmed.
 """
 
 from __future__ import annotations
@@ -43,6 +43,8 @@ class SourcePublisher:
             raise ConfigError(f"pack must be 1..{MAX_PACK_FRAMES} frames per entry, not {pack}")
         self.client = client
         self.pack = pack
+        self._entries = 0  # entries and frames sent: the lag (in entries) times their ratio is the lag in frames
+        self._frames = 0
         self.keys = SourceKeys(namespace, check_source(source))
         self.namespace = namespace
         self.high_water = high_water
@@ -96,6 +98,8 @@ class SourcePublisher:
                          pack[-1].seq)
                 continue
             self.stats.sent += len(pack)
+            self._entries += 1
+            self._frames += len(pack)
 
     def packs(self, frames: list[Frame]) -> list[list[Frame]]:
         """Consecutive runs of at most ``pack`` frames and ``PACK_BYTES`` of pixels; an end-of-stream marker alone."""
@@ -131,6 +135,6 @@ class SourcePublisher:
 
     def wait_for_room(self) -> None:
         start = time.monotonic()
-        while self.lag() * self.pack > self.high_water:
+        while self.lag() * (self._frames / self._entries if self._entries else 1.0) > self.high_water:
             time.sleep(0.02)
         self.stats.paused_s += time.monotonic() - start

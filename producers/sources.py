@@ -122,7 +122,8 @@ def _iter_parallel(path: Path, sampling: Sampling, spec: InputSpec, decoders: in
                    skip: int) -> Iterator[tuple[float, np.ndarray | None]]:
     """GOP-parallel decoding. While ffprobe maps the keyframes (~0.1 s: a process start and one read of the
     file), one single-threaded decoder already decodes from frame 0 here; the plan then cuts the rest of the
-    file into chunks, the first of which that decoder continues without seeking."""
+    file into chunks, the first of which that decoder continues without seeking. Without a plan (one GOP, no
+    map) the same decoder simply goes on to the end."""
     log.info("%s: mapping keyframes with ffprobe (reads the file once, decodes nothing)", path.name)
     with ThreadPoolExecutor(1, thread_name_prefix="ffprobe") as pool:
         mapping = pool.submit(frame_map, path)
@@ -130,33 +131,45 @@ def _iter_parallel(path: Path, sampling: Sampling, spec: InputSpec, decoders: in
         handed_over = False
         try:
             fps = video_fps(cap)
-            keep = (index for index, _ts, _ in sampled(((i / fps, i) for i in itertools.count()), sampling))
-            kept, seq, pos = next(keep), 0, 0
+            grabbed = [0]
+            frames = _kept_frames(cap, fps, sampling, skip, grabbed)
             while not mapping.done():  # the prefix: decoded here, in order, while ffprobe works
-                if not cap.grab():
+                item = next(frames, None)
+                if item is None:
                     return  # the whole video was shorter than the mapping took
-                if pos == kept:
-                    pixels = None
-                    if seq >= skip:
-                        ok, img = cap.retrieve()
-                        if not ok:
-                            raise ChunkMismatch(f"frame {pos} cannot be retrieved")
-                        pixels = preprocess(img, spec)
-                    yield pos / fps, pixels
-                    kept, seq = next(keep), seq + 1
-                pos += 1
+                yield item[0], (preprocess(item[1], spec) if item[1] is not None else None)
             frame_bytes = spec.height * spec.width * spec.channels
-            chunks = _plan_chunks(path, mapping.result(), fps, sampling, frame_bytes, skip, pos, decoders)
+            chunks = _plan_chunks(path, mapping.result(), fps, sampling, frame_bytes, skip, grabbed[0], decoders)
             if chunks is not None:
                 log.debug("%s: GOP-parallel decoding, %d decoders, %d chunks after %d frames decoded while "
-                          "mapping", path, decoders, len(chunks), pos)
+                          "mapping", path, decoders, len(chunks), grabbed[0])
                 handed_over = True
                 yield from decode_parallel(path, chunks, fps, spec, decoders, first_cap=cap)
                 return
+            for ts, img in prefetch(frames):  # no plan: this decoder goes on, decoding in a thread
+                yield ts, (preprocess(img, spec) if img is not None else None)
         finally:
             if not handed_over:
                 cap.release()
-    yield from itertools.islice(_iter_sequential(path, sampling, spec, max(skip, seq)), seq, None)
+
+
+def _kept_frames(cap: cv2.VideoCapture, fps: float, sampling: Sampling, skip: int,
+                 grabbed: list[int]) -> Iterator[tuple[float, np.ndarray | None]]:
+    """``(media_ts, image or None before the resume point)`` of the sampled frames, read in order from ``cap``
+    (at frame 0); ``grabbed[0]`` counts the frames grabbed so far, i.e. where ``cap`` stands."""
+    keep = (index for index, _ts, _ in sampled(((i / fps, i) for i in itertools.count()), sampling))
+    kept, seq = next(keep), 0
+    while cap.grab():
+        index = grabbed[0]
+        grabbed[0] += 1
+        if index == kept:
+            img = None
+            if seq >= skip:
+                ok, img = cap.retrieve()
+                if not ok:
+                    raise ChunkMismatch(f"frame {index} cannot be retrieved")
+            kept, seq = next(keep), seq + 1
+            yield index / fps, img
 
 
 def _plan_chunks(path: Path, found: FrameMap | None, fps: float, sampling: Sampling, frame_bytes: int, skip: int,

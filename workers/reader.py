@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 REFRESH_S = 0.1  # how often the registry's size (SCARD) is checked; SMEMBERS only when it changed
 IDLE_BLOCK_MS = 100  # an idle worker wakes this often, so a new source is picked up within ~0.1 s
 POLL_S = 0.001  # while a batch fills (at most max_wait_ms), poll this often
+PACK_GUESS = 16.0  # frames per entry assumed for a source not read yet (settings.pack_frames' default)
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,18 @@ class Entry:
 
 def frames_in(entries: list[Entry]) -> int:
     return sum(e.frames for e in entries)
+
+
+def _unique(entries: list[Entry]) -> list[Entry]:
+    """The first copy of each entry: the janitor may reclaim an entry this reader still holds in its carry
+    (its own, idle past claim_idle_ms), and one entry must never be processed twice in one batch."""
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for e in entries:
+        if (e.source, e.entry_id) not in seen:
+            seen.add((e.source, e.entry_id))
+            out.append(e)
+    return out
 
 
 @dataclass(frozen=True)
@@ -58,13 +71,15 @@ class BatchReader:
         self._cursors: dict[str, str] = {}
         self._carry: list[Entry] = []  # read past this batch's limits (COUNT is per stream); first in the next
         self._busy = 1  # streams that had entries in the last read: COUNT is shared among them
-        self._per_entry = 1.0  # frames per entry in the last read (packs): COUNT is in entries, batches in frames
+        # Frames per entry last seen on each source (packs): COUNT is in entries, batches are in frames. A source
+        # not read yet is assumed to send full packs, so a first read fetches too little rather than too much.
+        self._per_entry: dict[str, float] = {}
 
     def next_batch(self) -> list[Entry]:
         """Entries holding up to max_batch frames (at least one entry, even a bigger pack); waits at most
         max_wait_ms after the first one arrives (empty: idle)."""
         self._refresh_sources()
-        batch, self._carry = self._carry + self._reclaim_due(), []
+        batch, self._carry = _unique(self._carry + self._reclaim_due()), []
         deadline = time.monotonic() + self.policy.max_wait_ms / 1000 if batch else None
         while frames_in(batch) < self.policy.max_batch:
             if deadline is None:  # idle: block until something arrives (a new entry wakes BLOCK at once)
@@ -83,7 +98,7 @@ class BatchReader:
                     time.sleep(min(left, POLL_S))
                     continue
             batch += got
-        return self._limit(batch)
+        return self._limit(_unique(batch))
 
     def _limit(self, batch: list[Entry]) -> list[Entry]:
         """Keep at most max_batch frames and per_source_cap per source, entries taken round-robin across sources
@@ -124,7 +139,8 @@ class BatchReader:
             time.sleep(min(block or 1, 200) / 1000)
             return []
         share = -(-(self.policy.max_batch - frames_in(batch)) // min(self._busy, len(streams)))  # ceil, frames
-        count = max(1, int(min(share, cap - max(taken.values(), default=0)) // self._per_entry))  # entries
+        per_entry = max(self._per_entry.get(s, PACK_GUESS) for s, k in self.sources.items() if k.frames in streams)
+        count = max(1, int(min(share, cap - max(taken.values(), default=0)) // per_entry))  # entries, per stream
         try:
             reply: Any = self.client.xreadgroup(GROUP, self.consumer, streams, count=count, block=block)
         except redis.ResponseError as exc:
@@ -137,8 +153,15 @@ class BatchReader:
                for stream, entries in reply or [] for eid, fields in entries]
         if got:  # an empty poll says nothing about how many streams are busy or how big their entries are
             self._busy = len(reply)
-            self._per_entry = frames_in(got) / len(got)
+            self._learn(got)
         return got
+
+    def _learn(self, got: list[Entry]) -> None:
+        by_source: dict[str, list[int]] = {}
+        for e in got:
+            by_source.setdefault(e.source, []).append(e.frames)
+        for source, sizes in by_source.items():
+            self._per_entry[source] = max(1.0, sum(sizes) / len(sizes))
 
     def _source(self, stream: bytes) -> str:
         return self._by_stream[stream]
@@ -171,8 +194,9 @@ class BatchReader:
         for source, keys in self.sources.items():
             while frames_in(out) < self.policy.max_batch:
                 cursor = self._cursors.get(source, "0-0")
+                wanted = -(-(self.policy.max_batch - frames_in(out)) // self._per_entry.get(source, PACK_GUESS))
                 reply = self.client.xautoclaim(keys.frames, GROUP, self.consumer, self.policy.claim_idle_ms,
-                                               start_id=cursor, count=max(1, self.policy.max_batch - frames_in(out)))
+                                               start_id=cursor, count=max(1, int(wanted)))
                 self._cursors[source] = reply[0].decode()
                 out += self._with_deliveries(source, keys, reply[1])
                 if self._cursors[source] == "0-0":
