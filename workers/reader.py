@@ -71,8 +71,8 @@ class BatchReader:
         self._cursors: dict[str, str] = {}
         self._carry: list[Entry] = []  # read past this batch's limits (COUNT is per stream); first in the next
         self._busy = 1  # streams that had entries in the last read: COUNT is shared among them
-        # Frames per entry last seen on each source (packs): COUNT is in entries, batches are in frames. A source
-        # not read yet is assumed to send full packs, so a first read fetches too little rather than too much.
+        # Frames per entry last seen on each source (packs): COUNT is in entries, batches are in frames. A file
+        # source not read yet is assumed to send full packs, so a first read fetches too little, not too much.
         self._per_entry: dict[str, float] = {}
 
     def next_batch(self) -> list[Entry]:
@@ -181,6 +181,8 @@ class BatchReader:
             if keys is None:
                 keys = SourceKeys(self.namespace, name)
                 ensure_group(self.client, keys.frames, GROUP)
+                if name not in self._per_entry and self.client.hget(keys.meta, "mode") == b"live":
+                    self._per_entry[name] = 1.0  # cameras send one frame per entry
             self.sources[name] = keys
         self._by_stream = {k.frames.encode(): s for s, k in self.sources.items()}
 
