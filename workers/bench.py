@@ -179,6 +179,10 @@ def pipeline(settings: Settings, workers: int | None, only: tuple[str, ...], rep
             "ideal_decode_ms_per_frame": {k: round(v * 1000, 3) for k, v in ideal[name][3].items()},
             "pipeline_worker_broker_cpu_ms_per_frame": round(piped[name][1], 3),
         }
+        # The ideal as sessions before 2026-12 measured it (OpenCV's default capture), to compare with them.
+        default_ms = ideal[name][2] - min(ideal[name][3].values()) + ideal[name][3]["ffmpeg-threads"]
+        report["videos"][name]["ratio_vs_ideal_with_opencv_default_decode"] = round(
+            piped[name][0] * default_ms / cores, 2)
     emit(report, as_json, output, _table)
 
 
