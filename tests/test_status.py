@@ -49,7 +49,7 @@ def test_status_json_reports_live_state_backlog_throughput_counters(env, camera,
     cam = rows["cam1"]
     assert (cam["mode"], cam["state"], cam["state_reason"]) == ("live", "online", "frames flowing")
     assert 25 < time.time() - cam["state_since"] < 60
-    assert (cam["frames"], cam["lag"], cam["pending"]) == (9, 5, 4)  # lag counted after the XDEL
+    assert (cam["entries"], cam["lag"], cam["pending"]) == (9, 5, 4)  # lag counted after the XDEL
     assert cam["results"] == 30 and cam["results_per_s"] == pytest.approx(3.0)
     assert cam["counters"] == {"captured": 17, "produced": 10, "processed": 4, "dead": 0, "reconnects": 2}
     assert cam["dropped"] == {"superseded": 7, "trimmed": 1, "stale": 0}

@@ -86,7 +86,7 @@ def source_status(client: redis.Redis, namespace: str, source: str, now_ms: int 
         "state_reason": (meta.get(b"state_reason") or b"").decode() or None,
         "url": (meta.get(b"url") or meta.get(b"path") or b"").decode() or None,
         "ended": meta.get(b"eos") == b"1",
-        "frames": int(client.xlen(keys.frames)), **group_state(client, keys.frames),
+        "entries": int(client.xlen(keys.frames)), **group_state(client, keys.frames),
         "results": int(client.xlen(keys.results)), "results_per_s": round(results_per_s(client, keys.results,
                                                                                          now_ms), 2),
         "dead": int(client.xlen(keys.dead)),
@@ -117,8 +117,10 @@ def _ago(since: float | None, now: float) -> str:
 
 def render(rows: list[dict[str, Any]]) -> Table:
     now = time.time()
-    table = Table(title="vigil status", title_justify="left", box=box.SIMPLE_HEAD)
-    for name in ("source", "mode", "state", "frames", "lag", "pending", "results", "res/s", "produced",
+    table = Table(title="vigil status", title_justify="left", box=box.SIMPLE_HEAD,
+                  caption="entries, lag, pending: stream entries (a camera's holds 1 frame, a file's up to "
+                          "pack_frames); produced, processed, dead: frames", caption_justify="left")
+    for name in ("source", "mode", "state", "entries", "lag", "pending", "results", "res/s", "produced",
                  "processed", "dropped", "dead", "consumers (idle)"):
         text = name in ("source", "state", "dropped", "consumers (idle)")
         table.add_column(name, justify="left" if text or name == "mode" else "right", no_wrap=not text)
@@ -128,7 +130,7 @@ def render(rows: list[dict[str, Any]]) -> Table:
             state += f" {_ago(r['state_since'], now)}"
         dropped = " ".join(f"{k} {v}" for k, v in r["dropped"].items() if v) or "0"
         cons = "\n".join(f"{c['name']} {c['idle_ms'] / 1000:.1f}s" for c in r["consumers"]) or "-"
-        table.add_row(r["source"], r["mode"], state, str(r["frames"]), _dash(r["lag"]), _dash(r["pending"]),
+        table.add_row(r["source"], r["mode"], state, str(r["entries"]), _dash(r["lag"]), _dash(r["pending"]),
                       str(r["results"]), f"{r['results_per_s']:.1f}", str(r["counters"]["produced"]),
                       str(r["counters"]["processed"]), dropped, str(r["counters"]["dead"]), cons)
     return table
@@ -150,8 +152,9 @@ def status(settings: Settings, as_json: bool, watch: float | None) -> None:
     Columns (and --json keys):
       mode, state        live (camera) or file; camera state (connecting|online|offline) and for how long
                          (state_since, state_reason, url)
-      frames             entries in the frames stream (live streams are capped, file streams never)
-      lag, pending       not yet delivered to the `workers` group; delivered but not acked yet
+      entries            entries in the frames stream (live streams are capped, file streams never); a
+                         camera's entry is one frame, a file producer's a pack of up to pack_frames (16)
+      lag, pending       entries not yet delivered to the `workers` group; delivered but not acked yet
       results, res/s     results stream length; results per second over the last ~10 s
       produced,
       processed, dead    meta counters (counters.*): frames sent, results written, dead letters
