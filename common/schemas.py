@@ -89,12 +89,7 @@ class Frame:
     def decode(cls, raw: bytes | None) -> Frame:
         if not raw:
             raise DecodeError("empty entry (trimmed or written without the frame field)")
-        if len(raw) > MAX_FRAME_BYTES + 4096:
-            raise DecodeError(f"entry of {len(raw)} bytes exceeds the frame size limit")
-        try:
-            obj = msgpack.unpackb(raw, raw=False)
-        except (msgpack.UnpackException, ValueError, TypeError) as exc:
-            raise DecodeError(f"not msgpack: {exc}") from exc
+        obj = _unpack(raw, "frame")
         if not isinstance(obj, dict) or obj.pop("v", None) != FRAME_VERSION:
             raise DecodeError(f"not a version {FRAME_VERSION} frame")
         try:
@@ -165,13 +160,18 @@ def decode_entry(fields: dict[bytes, bytes] | None) -> list[Frame]:
     return [Frame.decode((fields or {}).get(FRAME_FIELD))]
 
 
-def _decode_pack(raw: bytes) -> list[Frame]:
+def _unpack(raw: bytes, what: str) -> Any:
+    """A msgpack payload within the size limit, or ``DecodeError`` naming ``what`` (frame, pack)."""
     if len(raw) > MAX_FRAME_BYTES + 4096:
-        raise DecodeError(f"pack of {len(raw)} bytes exceeds the size limit")
+        raise DecodeError(f"{what} entry of {len(raw)} bytes exceeds the size limit")
     try:
-        obj = msgpack.unpackb(raw, raw=False)
+        return msgpack.unpackb(raw, raw=False)
     except (msgpack.UnpackException, ValueError, TypeError) as exc:
-        raise DecodeError(f"pack is not msgpack: {exc}") from exc
+        raise DecodeError(f"{what} is not msgpack: {exc}") from exc
+
+
+def _decode_pack(raw: bytes) -> list[Frame]:
+    obj = _unpack(raw, "pack")
     if not isinstance(obj, dict) or obj.get("v") != PACK_VERSION:
         raise DecodeError(f"not a version {PACK_VERSION} pack")
     try:

@@ -137,17 +137,23 @@ def test_a_bad_frame_in_a_pack_is_dead_lettered_alone(pipeline_env, client, name
     assert client.hget(keys.meta, "dead") == b"6" and client.hget(keys.meta, "processed") == b"62"
 
 
+def kill_paused_producer(client: redis.Redis, env: dict[str, str], cmd: list[str], key: str, entries: int) -> None:
+    """Start a producer, wait until ``entries`` are on ``key`` and it pauses on backpressure, SIGKILL it."""
+    producer = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while (not client.exists(key) or client.xlen(key) < entries) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    producer.send_signal(signal.SIGKILL)  # mid-file, no workers yet: no end-of-stream marker
+    producer.wait(10)
+
+
 def test_burst_idle_exits_when_a_producer_died_before_its_end_of_stream(pipeline_env, client, namespace,
                                                                        small_video) -> None:
     env = {**pipeline_env, "VIGIL_HIGH_WATER": "8"}
     cmd = [*VIGIL, "produce", "file", str(small_video), "--source", "cam", "--no-progress", "--pack", "4"]
-    producer = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     key = SourceKeys(namespace, "cam").frames
-    deadline = time.monotonic() + 30
-    while (not client.exists(key) or client.xlen(key) < 2) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    producer.send_signal(signal.SIGKILL)  # paused on backpressure: no end-of-stream marker will ever come
-    producer.wait(10)
+    kill_paused_producer(client, env, cmd, key, 2)
     sent = stream_seqs(client, key)
     workers = start_workers(env, "--burst", "--burst-idle", "1")
     _, stderr = workers.communicate(timeout=60)
@@ -165,14 +171,8 @@ def test_burst_idle_needs_burst(pipeline_env) -> None:
 def test_killed_producer_resumes_without_gap_or_duplicate(pipeline_env, client, namespace, small_video) -> None:
     env = {**pipeline_env, "VIGIL_HIGH_WATER": "8"}
     cmd = [*VIGIL, "produce", "file", str(small_video), "--source", "cam", "--no-progress", "--pack", "3"]
-    first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     key = SourceKeys(namespace, "cam").frames
-    deadline = time.monotonic() + 30
-    while (not client.exists(key) or client.xlen(key) < 3) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.3)
-    first.send_signal(signal.SIGKILL)  # paused on backpressure, mid-file: no workers yet
-    first.wait(10)
+    kill_paused_producer(client, env, cmd, key, 3)
     sent = stream_seqs(client, key)
     assert 8 <= len(sent) < 60 and sent == list(range(len(sent)))
     assert int(client.xlen(key)) == -(-len(sent) // 3)  # packs of (at most) 3 frames
