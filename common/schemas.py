@@ -68,7 +68,7 @@ class Frame:
             data = buf.tobytes()
         else:
             data = np.ascontiguousarray(pixels).tobytes()
-        return cls(source, seq, captured_at, produced_at, shape, str(pixels.dtype), encoding, data)
+        return cls(source, seq, captured_at, produced_at, shape, _dtype_name(pixels.dtype), encoding, data)
 
     @classmethod
     def end_of_stream(cls, source: str, seq: int, produced_at: float) -> Frame:
@@ -119,6 +119,14 @@ class Frame:
         if img.shape != (h, w, c):
             raise DecodeError(f"frame {self.frame_id}: decoded shape {img.shape} != header {self.shape}")
         return img
+
+
+_DTYPE_NAMES = {np.dtype(name): name for name in ("uint8", "int8", "float32")}
+
+
+def _dtype_name(dtype: np.dtype) -> str:
+    """``str(dtype)``, without numpy formatting the name again for every frame (it is slow)."""
+    return _DTYPE_NAMES.get(dtype) or str(dtype)
 
 
 def encode_entry(frames: list[Frame]) -> dict[bytes, bytes]:
@@ -222,13 +230,9 @@ class Result:
     type: Literal["result", "eos"] = "result"
 
     def encode(self) -> dict[str, str]:
-        return {
-            "v": RESULT_VERSION, "type": self.type, "source": self.source, "frame_id": self.frame_id,
-            "seq": str(self.seq), "label": self.label, "score": f"{self.score:.6f}",
-            "captured_at": f"{self.captured_at:.6f}", "produced_at": f"{self.produced_at:.6f}",
-            "inferred_at": f"{self.inferred_at:.6f}", "model_version": self.model_version, "worker": self.worker,
-            "topk": ",".join(f"{name}:{p:.4f}" for name, p in self.topk),
-        }
+        return result_fields(self.source, self.frame_id, self.seq, self.label, self.score, self.captured_at,
+                             self.produced_at, self.inferred_at, self.model_version, self.worker, self.topk,
+                             self.type)
 
     @classmethod
     def decode(cls, fields: dict[Any, Any]) -> Result:
@@ -246,3 +250,16 @@ class Result:
             )
         except (KeyError, ValueError) as exc:
             raise DecodeError(f"result fields invalid: {exc}") from exc
+
+
+def result_fields(source: str, frame_id: str, seq: int, label: str, score: float, captured_at: float,
+                  produced_at: float, inferred_at: float, model_version: str, worker: str,
+                  topk: list[tuple[str, float]], kind: str = "result") -> dict[str, str]:
+    """The flat string fields of a result entry (``Result.encode``; workers call it directly, without building
+    a ``Result`` per frame)."""
+    return {
+        "v": RESULT_VERSION, "type": kind, "source": source, "frame_id": frame_id, "seq": str(seq),
+        "label": label, "score": f"{score:.6f}", "captured_at": f"{captured_at:.6f}",
+        "produced_at": f"{produced_at:.6f}", "inferred_at": f"{inferred_at:.6f}", "model_version": model_version,
+        "worker": worker, "topk": ",".join([f"{name}:{p:.4f}" for name, p in topk]),
+    }

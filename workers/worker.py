@@ -26,7 +26,7 @@ from common.errors import DecodeError
 from common.inference import Classifier
 from common.log import setup_logging
 from common.metrics import metrics, observe_many
-from common.schemas import Frame, Result, decode_entry
+from common.schemas import Frame, Result, decode_entry, result_fields
 from workers.live import SourcePolicies
 from workers.publish import Outcome, ResultWriter, Tally
 from workers.reader import BatchReader, Entry, ReadPolicy
@@ -168,10 +168,10 @@ class Worker:
     def result(self, entry: Entry, frame: Frame, top: list[int], top_p: list[float], now: float) -> Outcome:
         """The result of one frame from its top-k class indices and probabilities (best first)."""
         labels = self.bundle.labels
-        res = Result(frame.source, frame.frame_id, frame.seq, labels[top[0]], top_p[0], frame.captured_at,
-                     frame.produced_at, now, self.bundle.version, self.name,
-                     [(labels[i], p) for i, p in zip(top, top_p, strict=True)])
-        return Outcome(entry.source, entry.entry_id, "r", res.encode())
+        fields = result_fields(frame.source, frame.frame_id, frame.seq, labels[top[0]], top_p[0], frame.captured_at,
+                               frame.produced_at, now, self.bundle.version, self.name,
+                               [(labels[i], p) for i, p in zip(top, top_p, strict=True)])
+        return Outcome(entry.source, entry.entry_id, "r", fields)
 
     def eos(self, entry: Entry, frame: Frame) -> Outcome:
         res = Result(frame.source, frame.frame_id, frame.seq, produced_at=frame.produced_at,
