@@ -43,8 +43,10 @@ class SourcePublisher:
             raise ConfigError(f"pack must be 1..{MAX_PACK_FRAMES} frames per entry, not {pack}")
         self.client = client
         self.pack = pack
-        self._entries = 0  # entries and frames sent: the lag (in entries) times their ratio is the lag in frames
-        self._frames = 0
+        # Entries and frames sent: the lag (in entries) times their ratio is the lag in frames. Before the first
+        # send (a resumed producer facing a backlog) entries are assumed full packs.
+        self._entries = 1
+        self._frames = pack
         self.keys = SourceKeys(namespace, check_source(source))
         self.namespace = namespace
         self.high_water = high_water
@@ -135,6 +137,6 @@ class SourcePublisher:
 
     def wait_for_room(self) -> None:
         start = time.monotonic()
-        while self.lag() * (self._frames / self._entries if self._entries else 1.0) > self.high_water:
+        while self.lag() * self._frames / self._entries > self.high_water:
             time.sleep(0.02)
         self.stats.paused_s += time.monotonic() - start

@@ -162,6 +162,12 @@ def test_burst_idle_exits_when_a_producer_died_before_its_end_of_stream(pipeline
     assert sorted(r.seq for r in read_results(client, namespace, "cam")) == sent
 
 
+def test_burst_waits_for_a_first_source_and_burst_idle_ends_the_wait(pipeline_env) -> None:
+    workers = start_workers(pipeline_env, "--burst", "--burst-idle", "1")  # no producer at all
+    _, stderr = workers.communicate(timeout=60)
+    assert workers.returncode == 0 and "no source was registered within" in stderr
+
+
 def test_burst_idle_needs_burst(pipeline_env) -> None:
     out = subprocess.run([*VIGIL, "work", "--burst-idle", "5"], env=pipeline_env, capture_output=True, text=True,
                          timeout=60)

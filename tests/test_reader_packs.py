@@ -13,7 +13,7 @@ from common.schemas import Frame, Result, decode_entry
 from common.streams import SourceKeys
 from producers.publisher import SourcePublisher
 from workers.publish import Outcome, ResultWriter
-from workers.reader import BatchReader, Entry, ReadPolicy, frames_in
+from workers.reader import BatchReader, Entry, ReadPolicy, _unique, frames_in
 
 pytestmark = pytest.mark.integration
 
@@ -53,3 +53,20 @@ def test_first_reads_do_not_fetch_far_more_than_a_batch(client: redis.Redis, nam
     batch = reader.next_batch()
     assert frames_in(batch) == 32
     assert frames_in(reader.release()) <= 4 * 32  # at most one share per stream; was 4 x 32 packs (2,048 frames)
+
+
+def test_a_camera_beside_a_flooding_file_still_gets_its_share(client: redis.Redis, namespace: str) -> None:
+    publish_packs(client, namespace, "cam", 200, pack=1)
+    client.hset(SourceKeys(namespace, "cam").meta, "mode", "live")
+    publish_packs(client, namespace, "file", 16 * 40, pack=16)
+    reader = BatchReader(client, namespace, "w1", ReadPolicy(max_batch=32, per_source_cap=32, max_wait_ms=20))
+    for _ in range(5):
+        batch = reader.next_batch()
+        cam = sum(e.frames for e in batch if e.source == "cam")
+        assert cam >= 8 and frames_in(batch) >= 24, [(e.source, e.frames) for e in batch]  # was 1 camera frame
+
+
+def test_unique_keeps_one_copy_with_the_highest_delivery_count() -> None:
+    carried, reclaimed = Entry("a", "1-15", None, 1, 16), Entry("a", "1-15", None, 2, 16)
+    other = Entry("a", "1-31", None, 1, 16)
+    assert _unique([carried, other, reclaimed]) == [reclaimed, other]

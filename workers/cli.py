@@ -31,8 +31,9 @@ def worker_config(settings: Settings, url: str, burst: bool, burst_idle_s: float
 @click.option("--claim-idle-ms", type=click.IntRange(100), default=None, help="Reclaim entries idle this long.")
 @click.option("--burst", is_flag=True, help="Drain every ended source, then exit 0 (tests, demos, batch jobs).")
 @click.option("--burst-idle", "burst_idle", type=click.FloatRange(0), default=None, metavar="SECONDS",
-              help="With --burst: also exit once nothing was unread or pending for this long, even if a source "
-                   "never sent its end-of-stream marker (its producer died); the log names those sources.")
+              help="With --burst: also exit once nothing was unread, pending or new for this long, even if a "
+                   "source never sent its end-of-stream marker (its producer died) or none was ever registered; "
+                   "the log says which.")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
               help="Serve Prometheus /metrics of all workers on this port (0: a free one). Also VIGIL_METRICS_PORT.")
 @click.pass_obj
@@ -42,7 +43,7 @@ def work(settings: Settings, workers: int | None, threads: int | None, max_batch
     """Classify frames from every registered source: N processes, micro-batches, atomic result+ack.
 
     SIGTERM drains (finish the batch, ack, exit 0); a second SIGTERM exits at once. --burst exits once every
-    registered source has sent its end-of-stream marker and nothing is left unread or pending (add
+    registered source (at least one) has sent its end-of-stream marker and nothing is left unread or pending (add
     --burst-idle 30 so that a producer that died before its marker cannot keep the pool waiting).
 
     Live sources (cameras, meta mode=live): a frame older than the source's max_age_ms when a worker reaches

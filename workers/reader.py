@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,15 +38,15 @@ def frames_in(entries: list[Entry]) -> int:
 
 
 def _unique(entries: list[Entry]) -> list[Entry]:
-    """The first copy of each entry: the janitor may reclaim an entry this reader still holds in its carry
-    (its own, idle past claim_idle_ms), and one entry must never be processed twice in one batch."""
-    seen: set[tuple[str, str]] = set()
-    out = []
+    """One copy of each entry, in first-seen order, with the highest delivery count seen: the janitor may
+    reclaim an entry this reader still holds in its carry (its own, idle past claim_idle_ms), and one entry must
+    never be processed twice in one batch."""
+    best: dict[tuple[str, str], Entry] = {}
     for e in entries:
-        if (e.source, e.entry_id) not in seen:
-            seen.add((e.source, e.entry_id))
-            out.append(e)
-    return out
+        key = (e.source, e.entry_id)
+        if key not in best or e.deliveries > best[key].deliveries:
+            best[key] = e
+    return list(best.values())
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,18 @@ class ReadPolicy:
     per_source_cap: int = 32
     block_ms: int = 1000
     claim_idle_ms: int = 30_000
+
+
+@dataclass(frozen=True)
+class BurstState:
+    any_source: bool
+    settled: bool  # nothing undelivered or pending in any source
+    not_ended: tuple[str, ...]  # sources without an end-of-stream marker
+    lengths: tuple[int, ...]  # frames stream lengths: a change means new entries came (and maybe went) since
+
+    @property
+    def drained(self) -> bool:
+        return self.any_source and self.settled and not self.not_ended
 
 
 class BatchReader:
@@ -134,25 +146,42 @@ class BatchReader:
         for e in batch:
             taken[e.source] += e.frames
         cap = self.policy.per_source_cap
-        streams: dict[Any, Any] = {k.frames: ">" for s, k in self.sources.items() if taken[s] < cap}
-        if not streams:
+        open_sources = [s for s in self.sources if taken[s] < cap]
+        if not open_sources:
             time.sleep(min(block or 1, 200) / 1000)
             return []
-        share = -(-(self.policy.max_batch - frames_in(batch)) // min(self._busy, len(streams)))  # ceil, frames
-        per_entry = max(self._per_entry.get(s, PACK_GUESS) for s, k in self.sources.items() if k.frames in streams)
-        count = max(1, int(min(share, cap - max(taken.values(), default=0)) // per_entry))  # entries, per stream
+        share = -(-(self.policy.max_batch - frames_in(batch)) // min(self._busy, len(open_sources)))  # frames
+        # COUNT is in entries and one value per XREADGROUP: sources whose entries hold different numbers of
+        # frames (a camera's 1, a file's pack of 16) are read by separate calls, pipelined in one round trip.
+        counts = {s: max(1, int(min(share, cap - taken[s]) // self._per_entry.get(s, PACK_GUESS)))
+                  for s in open_sources}
+        calls: dict[int, dict[Any, Any]] = defaultdict(dict)
+        for s in open_sources:
+            calls[counts[s]][self.sources[s].frames] = ">"
         try:
-            reply: Any = self.client.xreadgroup(GROUP, self.consumer, streams, count=count, block=block)
+            if len(calls) == 1:
+                [(count, streams)] = calls.items()
+                replies: list[Any] = [self.client.xreadgroup(GROUP, self.consumer, streams, count=count,
+                                                             block=block)]
+            else:
+                pipe = self.client.pipeline(transaction=False)
+                for count, streams in calls.items():
+                    pipe.xreadgroup(GROUP, self.consumer, streams, count=count)
+                replies = pipe.execute()
+                if block is not None and not any(replies):  # idle: one blocking call over every stream wakes
+                    every = {k: v for streams in calls.values() for k, v in streams.items()}  # on the first entry
+                    replies = [self.client.xreadgroup(GROUP, self.consumer, every, count=min(calls), block=block)]
         except redis.ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
             log.warning("a frames stream lost its group (deleted/restarted source); re-registering")
             self._refresh_sources(force=True)
             return []
+        streams_read = [item for reply in replies for item in reply or []]
         got = [Entry(self._source(stream), eid.decode(), fields, 1, entry_frames(fields))
-               for stream, entries in reply or [] for eid, fields in entries]
+               for stream, entries in streams_read for eid, fields in entries]
         if got:  # an empty poll says nothing about how many streams are busy or how big their entries are
-            self._busy = len(reply)
+            self._busy = len(streams_read)
             self._learn(got)
         return got
 
@@ -218,18 +247,19 @@ class BatchReader:
                 for eid, fields in claimed]
 
     def drained(self) -> bool:
-        """True when every source has ended and nothing is left undelivered or pending (burst mode)."""
-        settled, not_ended = self.burst_state()
-        return settled and not not_ended
+        """True when there are sources, every one has ended, and nothing is left undelivered or pending."""
+        state = self.burst_state()
+        return state.drained
 
-    def burst_state(self) -> tuple[bool, list[str]]:
-        """(nothing undelivered or pending in any source, the sources without an end-of-stream marker)."""
+    def burst_state(self) -> BurstState:
+        """Where the registered sources stand, for burst mode."""
         self._refresh_sources(force=True)
-        settled, not_ended = True, []
+        settled, not_ended, lengths = True, [], []
         for source, keys in sorted(self.sources.items()):
             if self.client.hget(keys.meta, "eos") != b"1":
                 not_ended.append(source)
+            lengths.append(int(self.client.xlen(keys.frames)))
             for group in self.client.xinfo_groups(keys.frames):
                 if group["name"].decode() == GROUP and (group.get("lag") or 0) + group["pending"] > 0:
                     settled = False
-        return settled, not_ended
+        return BurstState(bool(self.sources), settled, tuple(not_ended), tuple(lengths))

@@ -29,7 +29,7 @@ from common.metrics import metrics, observe_many
 from common.schemas import Frame, Result, decode_entry, result_fields
 from workers.live import SourcePolicies
 from workers.publish import Outcome, ResultWriter, Tally
-from workers.reader import BatchReader, Entry, ReadPolicy
+from workers.reader import BatchReader, BurstState, Entry, ReadPolicy
 
 log = logging.getLogger(__name__)
 TOPK = 3
@@ -71,29 +71,35 @@ class Worker:
 
     def run(self) -> None:
         log.info("worker %s ready (bundle %s, %d threads)", self.name, self.bundle.version, self.config.threads)
-        busy_at = time.monotonic()
+        quiet = QuietClock()
         while not self.stopping:
             entries = self.reader.next_batch()
             if entries:
                 self.process(entries)
-                busy_at = time.monotonic()
-            elif self.config.burst and self.burst_done(time.monotonic() - busy_at):
+                quiet.reset()
+            elif self.config.burst and self.burst_done(quiet):
                 break
         self.process(self.reader.release())
         log.info("worker %s stopping after %d frames", self.name, self.processed)
 
-    def burst_done(self, idle_s: float) -> bool:
-        """Burst mode: every source ended and is drained; or, with ``burst_idle_s``, nothing was left to do for
-        that long (a producer that died before its end-of-stream marker would otherwise hold the pool forever)."""
-        settled, not_ended = self.reader.burst_state()
-        if settled and not not_ended:
+    def burst_done(self, quiet: QuietClock) -> bool:
+        """Burst mode: every source ended and is drained; or, with ``burst_idle_s``, the streams stayed settled
+        (nothing unread or pending, no new entry) for that long (a producer that died before its end-of-stream
+        marker would otherwise hold the pool forever)."""
+        state = self.reader.burst_state()
+        if state.drained:
             return True
-        idle_limit = self.config.burst_idle_s
-        if settled and idle_limit is not None and idle_s >= idle_limit:
-            log.warning("worker %s: idle %.0f s with nothing unread or pending; exiting although %s never sent an "
-                        "end-of-stream marker (--burst-idle)", self.name, idle_s, ", ".join(not_ended))
-            return True
-        return False
+        quiet_s = quiet.observe(state)
+        limit = self.config.burst_idle_s
+        if limit is None or quiet_s < limit:
+            return False
+        if state.any_source:
+            log.warning("worker %s: nothing unread, pending or new for %.0f s; exiting although %s never sent an "
+                        "end-of-stream marker (--burst-idle)", self.name, quiet_s, ", ".join(state.not_ended))
+        else:
+            log.warning("worker %s: no source was registered within %.0f s; exiting (--burst-idle)", self.name,
+                        quiet_s)
+        return True
 
     def process(self, entries: list[Entry]) -> None:
         """decode -> infer -> publish results and ack, atomically."""
@@ -186,6 +192,28 @@ class Worker:
                   "frames": str(frames), "reason": reason, "deliveries": str(entry.deliveries),
                   "worker": self.name, "at": f"{time.time():.6f}"}
         return Outcome(entry.source, entry.entry_id, "d", fields, frames)
+
+
+class QuietClock:
+    """How long the streams have been settled: nothing unread or pending anywhere and no stream grown since the
+    last look. Any change (or a batch this worker processed) starts it again."""
+
+    def __init__(self) -> None:
+        self._since: float | None = None
+        self._lengths: tuple[int, ...] | None = None
+
+    def reset(self) -> None:
+        self._since = None
+
+    def observe(self, state: BurstState) -> float:
+        now = time.monotonic()
+        if not state.settled or state.lengths != self._lengths:
+            self._since, self._lengths = None, state.lengths
+            if not state.settled:
+                return 0.0
+        if self._since is None:
+            self._since = now
+        return now - self._since
 
 
 class BatchMetrics:
