@@ -36,7 +36,8 @@ def produce() -> None:
 
 @produce.command("file")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
-@click.option("--source", default=None, help="Source name (default: the file name). Only with one PATH.")
+@click.option("--source", default=None,
+              help="Source name (default: the file name without its extension). Only with one PATH.")
 @click.option("--every", type=click.IntRange(1), default=1, show_default=True, help="Keep every Nth frame.")
 @click.option("--fps", type=click.FloatRange(0, min_open=True), default=None, help="Sample to this media rate.")
 @click.option("--transport", type=click.Choice(["raw", "jpeg"]), default="raw", show_default=True)
