@@ -91,7 +91,7 @@ class BatchReader:
         """Entries holding up to max_batch frames (at least one entry, even a bigger pack); waits at most
         max_wait_ms after the first one arrives (empty: idle)."""
         self._refresh_sources()
-        batch, self._carry = _unique(self._carry + self._reclaim_due()), []
+        batch, self._carry = self._carry + self._reclaim_due(), []
         deadline = time.monotonic() + self.policy.max_wait_ms / 1000 if batch else None
         while frames_in(batch) < self.policy.max_batch:
             if deadline is None:  # idle: block until something arrives (a new entry wakes BLOCK at once)
@@ -245,11 +245,6 @@ class BatchReader:
         counts = {p["message_id"]: int(p["times_delivered"]) for p in pending}
         return [Entry(source, eid.decode(), fields, counts.get(eid, 1), entry_frames(fields))
                 for eid, fields in claimed]
-
-    def drained(self) -> bool:
-        """True when there are sources, every one has ended, and nothing is left undelivered or pending."""
-        state = self.burst_state()
-        return state.drained
 
     def burst_state(self) -> BurstState:
         """Where the registered sources stand, for burst mode."""
