@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from common.errors import ConfigError
 
 CONFIG_FILE_ENV = "VIGIL_CONFIG"
+DEFAULT_PACK_FRAMES = 16  # frames per stream entry from a file producer
 DEFAULT_BUNDLE = Path(__file__).resolve().parent.parent / "bundles" / "fashion-mnist"
 
 
@@ -42,7 +43,7 @@ class Settings(BaseSettings):
 
     # Producers
     high_water: int = Field(default=2_000, ge=1, description="Pause a file producer above this group lag.")
-    pack_frames: int = Field(default=16, ge=1, le=1024,
+    pack_frames: int = Field(default=DEFAULT_PACK_FRAMES, ge=1, le=1024,
                              description="Frames per stream entry from a file producer (1: one entry per frame).")
     decoders: int = Field(default=0, ge=0, le=64,
                           description="Decoder threads of a file producer: 0 = auto (cores + 1, at most 4; "

@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from common.bundle import InputSpec
 from common.schemas import Encoding, Frame
+from common.settings import DEFAULT_PACK_FRAMES
 from producers.publisher import SourcePublisher
 from producers.sources import Sampling, estimate_frames, iter_preprocessed
 
@@ -33,7 +34,7 @@ class FileJob:
     restart: bool = False
     realtime: bool = False  # pace frames at media speed, like a camera would deliver them
     decoders: int = 0  # 0: auto (cores + 1); >= 2: GOP-parallel decoder threads (producers/gop.py); 1: one
-    pack: int = 16  # frames per stream entry (realtime: 1, each frame leaves when it is due)
+    pack: int = DEFAULT_PACK_FRAMES  # frames per stream entry (realtime: 1, each frame leaves when it is due)
 
 
 @dataclass

@@ -13,13 +13,14 @@ import redis
 
 from common.broker import ensure_group
 from common.schemas import entry_frames
+from common.settings import DEFAULT_PACK_FRAMES
 from common.streams import GROUP, SourceKeys, registry_key
 
 log = logging.getLogger(__name__)
 REFRESH_S = 0.1  # how often the registry's size (SCARD) is checked; SMEMBERS only when it changed
 IDLE_BLOCK_MS = 100  # an idle worker wakes this often, so a new source is picked up within ~0.1 s
 POLL_S = 0.001  # while a batch fills (at most max_wait_ms), poll this often
-PACK_GUESS = 16.0  # frames per entry assumed for a source not read yet (settings.pack_frames' default)
+PACK_GUESS = float(DEFAULT_PACK_FRAMES)  # frames per entry assumed for a file source not read yet
 
 
 @dataclass(frozen=True)
