@@ -15,6 +15,7 @@ can read it (documented in docs/results-schema.md).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -127,6 +128,20 @@ _DTYPE_NAMES = {np.dtype(name): name for name in ("uint8", "int8", "float32")}
 def _dtype_name(dtype: np.dtype) -> str:
     """``str(dtype)``, without numpy formatting the name again for every frame (it is slow)."""
     return _DTYPE_NAMES.get(dtype) or str(dtype)
+
+
+def pack_pixels(frames: list[Frame]) -> np.ndarray | None:
+    """The pixels of frames that share one header (a pack's frames) as one (N, H, W, C) array, made with one
+    copy instead of one array per frame; None when they are JPEG or any frame's bytes do not fit its shape
+    (``Frame.pixels`` then finds which one, and why)."""
+    first = frames[0]
+    if first.encoding != "raw" or first.eos:
+        return None
+    h, w, c = first.shape
+    size = h * w * c * np.dtype(first.dtype).itemsize
+    if any(f.eos or len(f.data) != size or f.shape != first.shape or f.dtype != first.dtype for f in frames):
+        return None
+    return np.frombuffer(b"".join([f.data for f in frames]), dtype=first.dtype).reshape(len(frames), h, w, c)
 
 
 def encode_entry(frames: list[Frame]) -> dict[bytes, bytes]:
@@ -263,3 +278,27 @@ def result_fields(source: str, frame_id: str, seq: int, label: str, score: float
         "produced_at": f"{produced_at:.6f}", "inferred_at": f"{inferred_at:.6f}", "model_version": model_version,
         "worker": worker, "topk": ",".join([f"{name}:{p:.4f}" for name, p in topk]),
     }
+
+
+class ResultJSON:
+    """Result entries of one source, model version and worker as the JSON array of their flat fields
+    (``[k1, v1, k2, v2, ...]`` of ``result_fields``, same keys, order and values), made with one string format per
+    frame: the worker's hot path, whose publish script decodes the array and XADDs its strings. Names are
+    JSON-escaped once here, not once per frame."""
+
+    def __init__(self, source: str, model_version: str, worker: str, labels: list[str]) -> None:
+        def q(text: str) -> str:
+            return json.dumps(text, ensure_ascii=False)
+
+        self._head = f'["v",{q(RESULT_VERSION)},"type","result","source",{q(source)},"frame_id",{q(source)[:-1]}:'
+        self._tail = f',"model_version",{q(model_version)},"worker",{q(worker)},"topk",'
+        self._labels = [q(label) for label in labels]
+        self._in_topk = [q(label)[1:-1] for label in labels]  # escaped, without the quotes
+
+    def fields(self, seq: int, top: list[int], top_p: list[float], captured_at: float, produced_at: float,
+               inferred_at: float) -> str:
+        """The JSON array of one result's fields; ``top``/``top_p``: class indices and probabilities, best first."""
+        topk = ",".join([f"{self._in_topk[i]}:{p:.4f}" for i, p in zip(top, top_p, strict=True)])
+        return (f'{self._head}{seq}","seq","{seq}","label",{self._labels[top[0]]},"score","{top_p[0]:.6f}",'
+                f'"captured_at","{captured_at:.6f}","produced_at","{produced_at:.6f}",'
+                f'"inferred_at","{inferred_at:.6f}"{self._tail}"{topk}"]')

@@ -1,9 +1,21 @@
+import json
+
 import msgpack
 import numpy as np
 import pytest
 
 from common.errors import DecodeError
-from common.schemas import MAX_FRAME_BYTES, Frame, Result, decode_entry, encode_entry, entry_frames
+from common.schemas import (
+    MAX_FRAME_BYTES,
+    Frame,
+    Result,
+    ResultJSON,
+    decode_entry,
+    encode_entry,
+    entry_frames,
+    pack_pixels,
+    result_fields,
+)
 
 
 def test_raw_frame_roundtrip_keeps_pixels() -> None:
@@ -91,3 +103,30 @@ def test_bad_packs_raise_decode_error(fields: dict[bytes, bytes]) -> None:
     with pytest.raises(DecodeError):
         decode_entry(fields)
     assert entry_frames(fields) in (1, 3)
+
+
+@pytest.mark.parametrize(("source", "labels"), [
+    ("cam-1", ["T-shirt/top", "Trouser", "Bag"]),
+    ('quote"and\\backslash', ['a"b', "ünïcode ✓", "tab\tname"]),
+])
+def test_result_json_is_exactly_the_flat_result_fields(source: str, labels: list[str]) -> None:
+    """The worker's fast encoder and result_fields (what Result.encode and the docs describe) must not drift."""
+    enc = ResultJSON(source, "1.0.0+abc", "host:42", labels)
+    top, top_p = [1, 0, 2], [0.7071067, 0.2, 0.0928933]
+    got = json.loads(enc.fields(12, top, top_p, 0.48, 1764600000.123456, 1764600000.5))
+    want = result_fields(source, f"{source}:12", 12, labels[1], top_p[0], 0.48, 1764600000.123456, 1764600000.5,
+                         "1.0.0+abc", "host:42", [(labels[i], p) for i, p in zip(top, top_p, strict=True)])
+    assert got == [x for kv in want.items() for x in kv]
+    assert Result.decode(dict(zip(got[::2], got[1::2], strict=True))).topk[0] == (labels[1], 0.7071)
+
+
+def test_pack_pixels_is_one_array_or_none_when_a_frame_does_not_fit() -> None:
+    rng = np.random.default_rng(1)
+    imgs = [rng.integers(0, 255, (4, 3, 1), dtype=np.uint8) for _ in range(5)]
+    frames = [Frame.from_pixels("s", i, img, i / 10, 1.0) for i, img in enumerate(imgs)]
+    stacked = pack_pixels(frames)
+    assert stacked is not None and stacked.shape == (5, 4, 3, 1) and np.array_equal(stacked, np.stack(imgs))
+    short = [*frames[:2], Frame("s", 2, 0.2, 1.0, (4, 3, 1), "uint8", "raw", b"\x00" * 11), *frames[3:]]
+    assert pack_pixels(short) is None
+    jpeg = [Frame.from_pixels("s", 0, imgs[0], 0.0, 1.0, "jpeg")]
+    assert pack_pixels(jpeg) is None

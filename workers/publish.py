@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import redis
 
@@ -63,15 +63,18 @@ return n
 """
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """What became of one frame (or, ``frames`` > 1, of a whole pack that did not decode) of an entry."""
+class Outcome(NamedTuple):
+    """What became of one frame (or, ``frames`` > 1, of a whole pack that did not decode) of an entry.
+
+    A tuple, not a dataclass: workers make one per frame. ``encoded``, when set, is ``fields`` already flattened
+    into a JSON array (``common.schemas.ResultJSON``) and ``fields`` is then not read."""
 
     source: str
     entry_id: str
     kind: Kind
     fields: dict[str, str]
     frames: int = 1
+    encoded: str = ""
 
 
 @dataclass(frozen=True)
@@ -93,15 +96,16 @@ class ResultWriter:
         """Write and ack every outcome, one script call per source; returns what each call newly acked.
 
         Every frame of an entry must be among ``outcomes``: the entry is acked once, with all its items."""
-        by_entry: dict[str, dict[str, list[object]]] = defaultdict(lambda: defaultdict(list))
+        by_entry: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
         for o in outcomes:
-            by_entry[o.source][o.entry_id].append([o.kind, [x for kv in o.fields.items() for x in kv], o.frames])
+            fields = o.encoded or json.dumps([x for kv in o.fields.items() for x in kv], ensure_ascii=False)
+            by_entry[o.source][o.entry_id].append(f'["{o.kind}",{fields},{o.frames}]')
         tallies: dict[str, Tally] = {}
         for source, entries in by_entry.items():
             keys = SourceKeys(self.namespace, source)
             args: list[str] = [GROUP]
             for entry_id, items in entries.items():
-                args += [entry_id, json.dumps(items)]
+                args += [entry_id, f"[{','.join(items)}]"]
             reply = self._script(keys=[keys.frames, keys.results, keys.dead, keys.meta], args=args)
             tallies[source] = Tally(*(int(x) for x in reply))
         return tallies

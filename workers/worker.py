@@ -26,7 +26,7 @@ from common.errors import DecodeError
 from common.inference import Classifier
 from common.log import setup_logging
 from common.metrics import metrics, observe_many
-from common.schemas import Frame, Result, decode_entry, result_fields
+from common.schemas import Frame, Result, ResultJSON, decode_entry, pack_pixels
 from workers.live import SourcePolicies
 from workers.publish import Outcome, ResultWriter, Tally
 from workers.reader import BatchReader, BurstState, Entry, ReadPolicy
@@ -68,6 +68,7 @@ class Worker:
         self.metrics = BatchMetrics() if config.metrics else None
         self.stopping = False
         self.processed = 0
+        self._encoders: dict[str, ResultJSON] = {}
 
     def run(self) -> None:
         log.info("worker %s ready (bundle %s, %d threads)", self.name, self.bundle.version, self.config.threads)
@@ -105,19 +106,19 @@ class Worker:
         """decode -> infer -> publish results and ack, atomically."""
         if not entries:
             return
-        frames, outcomes = self.decode(entries)
+        todo, outcomes = self.decode(entries)
         started = time.perf_counter()
-        outcomes += self.infer(frames)
+        outcomes += self.infer(todo)
         infer_s = time.perf_counter() - started
         tallies = self.writer.publish(outcomes)
         self.processed += sum(e.frames for e in entries)
         if self.metrics is not None:
-            self.metrics.record(entries, tallies, infer_s, self.origins(frames))
+            self.metrics.record(entries, tallies, infer_s, self.origins(todo))
 
-    def decode(self, entries: list[Entry]) -> tuple[list[tuple[Entry, Frame, np.ndarray]], list[Outcome]]:
+    def decode(self, entries: list[Entry]) -> tuple[ToClassify, list[Outcome]]:
         """Split a batch into frames to classify and outcomes decided without the model (every frame of every
         entry gets exactly one of the two)."""
-        frames: list[tuple[Entry, Frame, np.ndarray]] = []
+        todo = ToClassify()
         outcomes: list[Outcome] = []
         policies = {source: self.policies.get(source) for source in {e.source for e in entries}}
         now = time.time()
@@ -135,6 +136,11 @@ class Worker:
                 outcomes += [self.dead(entry, reason, frame) for frame in decoded]
                 continue
             policy = policies[entry.source]
+            if not policy.live and decoded[0].shape == self.classifier.input_shape:
+                pixels = pack_pixels(decoded)  # the usual file pack: all its pixels as one array
+                if pixels is not None:
+                    todo.add(entry, decoded, pixels)
+                    continue
             for frame in decoded:
                 if frame.eos:
                     outcomes.append(self.eos(entry, frame))
@@ -143,41 +149,42 @@ class Worker:
                     outcomes.append(Outcome(entry.source, entry.entry_id, "s", {}))
                     continue
                 try:
-                    pixels = frame.pixels()
-                    if pixels.shape != self.classifier.input_shape:
-                        raise DecodeError(f"frame shape {pixels.shape} != model input {self.classifier.input_shape}")
+                    one = frame.pixels()
+                    if one.shape != self.classifier.input_shape:
+                        raise DecodeError(f"frame shape {one.shape} != model input {self.classifier.input_shape}")
                 except DecodeError as exc:
                     outcomes.append(self.dead(entry, str(exc), frame))
                     continue
-                frames.append((entry, frame, pixels))
-        return frames, outcomes
+                todo.add(entry, [frame], one[None])
+        return todo, outcomes
 
-    def infer(self, frames: list[tuple[Entry, Frame, np.ndarray]]) -> list[Outcome]:
-        if not frames:
+    def infer(self, todo: ToClassify) -> list[Outcome]:
+        if not todo.frames:
             return []
-        batch = np.stack([pixels for _, _, pixels in frames])
+        batch = todo.blocks[0] if len(todo.blocks) == 1 else np.concatenate(todo.blocks)
         probs = self.classifier.predict_bucketed(batch)  # power-of-two chunks: no compute spent on padding
         now = time.time()
         top = np.argsort(-probs, axis=1, kind="stable")[:, :TOPK]  # top-k for the whole batch at once
         top_p = np.take_along_axis(probs, top, axis=1)
-        return [self.result(entry, frame, idx, ps, now)
-                for (entry, frame, _), idx, ps in zip(frames, top.tolist(), top_p.tolist(), strict=True)]
+        out = []
+        for (entry, frame), idx, ps in zip(todo.frames, top.tolist(), top_p.tolist(), strict=True):
+            fields = self._encoder(entry.source).fields(frame.seq, idx, ps, frame.captured_at, frame.produced_at, now)
+            out.append(Outcome(entry.source, entry.entry_id, "r", {}, 1, fields))
+        return out
 
-    def origins(self, frames: list[tuple[Entry, Frame, np.ndarray]]) -> dict[str, np.ndarray]:
+    def _encoder(self, source: str) -> ResultJSON:
+        encoder = self._encoders.get(source)
+        if encoder is None:
+            encoder = self._encoders[source] = ResultJSON(source, self.bundle.version, self.name, self.bundle.labels)
+        return encoder
+
+    def origins(self, todo: ToClassify) -> dict[str, np.ndarray]:
         """Per source, when each classified frame was captured (live) or produced (file)."""
         out: dict[str, list[float]] = defaultdict(list)
-        policies = {source: self.policies.get(source) for source in {e.source for e, _, _ in frames}}
-        for entry, frame, _ in frames:
+        policies = {source: self.policies.get(source) for source in {e.source for e, _ in todo.frames}}
+        for entry, frame in todo.frames:
             out[entry.source].append(policies[entry.source].origin(frame.captured_at, frame.produced_at))
         return {source: np.array(starts) for source, starts in out.items()}
-
-    def result(self, entry: Entry, frame: Frame, top: list[int], top_p: list[float], now: float) -> Outcome:
-        """The result of one frame from its top-k class indices and probabilities (best first)."""
-        labels = self.bundle.labels
-        fields = result_fields(frame.source, frame.frame_id, frame.seq, labels[top[0]], top_p[0], frame.captured_at,
-                               frame.produced_at, now, self.bundle.version, self.name,
-                               [(labels[i], p) for i, p in zip(top, top_p, strict=True)])
-        return Outcome(entry.source, entry.entry_id, "r", fields)
 
     def eos(self, entry: Entry, frame: Frame) -> Outcome:
         res = Result(frame.source, frame.frame_id, frame.seq, produced_at=frame.produced_at,
@@ -192,6 +199,18 @@ class Worker:
                   "frames": str(frames), "reason": reason, "deliveries": str(entry.deliveries),
                   "worker": self.name, "at": f"{time.time():.6f}"}
         return Outcome(entry.source, entry.entry_id, "d", fields, frames)
+
+
+class ToClassify:
+    """The frames of a batch that go to the model: ``frames[i]`` has its pixels at row i of the blocks, stacked."""
+
+    def __init__(self) -> None:
+        self.frames: list[tuple[Entry, Frame]] = []
+        self.blocks: list[np.ndarray] = []  # (n, H, W, C) each: a whole pack at once, or one frame
+
+    def add(self, entry: Entry, frames: list[Frame], pixels: np.ndarray) -> None:
+        self.frames += [(entry, frame) for frame in frames]
+        self.blocks.append(pixels)
 
 
 class QuietClock:
