@@ -70,3 +70,30 @@ def test_unique_keeps_one_copy_with_the_highest_delivery_count() -> None:
     carried, reclaimed = Entry("a", "1-15", None, 1, 16), Entry("a", "1-15", None, 2, 16)
     other = Entry("a", "1-31", None, 1, 16)
     assert _unique([carried, other, reclaimed]) == [reclaimed, other]
+
+
+def test_publisher_reads_the_lag_only_when_it_could_reach_high_water(client: redis.Redis, namespace: str,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lag grows by at most one entry per XADD, so XINFO GROUPS is needed only when the entries sent since
+    the last reading could have crossed the mark; and once they could, the publisher still pauses."""
+    pub = SourcePublisher(client, namespace, "lagged", high_water=64, pack=8)
+    pub.open("/videos/lagged.mp4", restart=False)
+    readings: list[int] = []
+    real_lag = pub.lag
+    monkeypatch.setattr(pub, "lag", lambda: readings.append(1) or real_lag())
+    pixels = np.zeros((4, 4, 1), np.uint8)
+
+    def chunk(start: int) -> list[Frame]:
+        return [Frame.from_pixels("lagged", seq, pixels, seq / 25, time.time()) for seq in range(start, start + 16)]
+
+    for start in range(0, 64, 16):  # 4 chunks of 2 packs: 64 frames, the high-water mark, with no consumer
+        pub.send(chunk(start))
+    assert len(readings) == 1  # room for 8 entries (64 frames) after the first reading
+    paused = []
+    monkeypatch.setattr("producers.publisher.time.sleep", lambda s: paused.append(s) or (_ for _ in ()).throw(
+        TimeoutError("paused")))
+    pub.send(chunk(64))  # no room left: it reads the lag (64 frames, at the mark, not above) and sends
+    assert len(readings) == 2 and not paused
+    with pytest.raises(TimeoutError):
+        pub.send(chunk(80))  # 80 frames undelivered: above the mark, so it waits
+    assert len(readings) == 3 and paused
