@@ -59,7 +59,7 @@ class Frame:
                     encoding: Encoding = "raw", jpeg_quality: int = 95) -> Frame:
         if pixels.ndim == 2:
             pixels = pixels[:, :, None]
-        shape = (int(pixels.shape[0]), int(pixels.shape[1]), int(pixels.shape[2]))
+        shape: tuple[int, int, int] = pixels.shape  # numpy's shape: Python ints already
         if encoding == "jpeg":
             import cv2
 
@@ -68,7 +68,7 @@ class Frame:
                 raise DecodeError(f"frame {source}:{seq}: JPEG encoding failed")
             data = buf.tobytes()
         else:
-            data = np.ascontiguousarray(pixels).tobytes()
+            data = pixels.tobytes()  # C order, contiguous or not
         return cls(source, seq, captured_at, produced_at, shape, _dtype_name(pixels.dtype), encoding, data)
 
     @classmethod
