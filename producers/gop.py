@@ -298,8 +298,8 @@ class _Remote:
     def __init__(self, path: Path, fps: float, spec: InputSpec) -> None:
         ctx = multiprocessing.get_context("fork")
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_remote_main, args=(child, path, fps, spec), name="vigil-decoder",
-                                daemon=True)
+        self.proc = ctx.Process(target=_remote_main, args=(child, self.conn, path, fps, spec),
+                                name="vigil-decoder", daemon=True)
         self.proc.start()
         child.close()
 
@@ -328,8 +328,11 @@ class _Remote:
             self.proc.join()
 
 
-def _remote_main(conn: Connection, path: Path, fps: float, spec: InputSpec) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it closes the pipe
+def _remote_main(conn: Connection, parent_end: Connection, path: Path, fps: float, spec: InputSpec) -> None:
+    # Its copy of the parent's end would keep the pipe open after the producer died: no EOF, an orphan forever.
+    parent_end.close()
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it sends None
     cv2.setNumThreads(1)
     cap: cv2.VideoCapture | None = None
     group: list[tuple[float, np.ndarray | None]] = []
@@ -364,6 +367,15 @@ def _remote_main(conn: Connection, path: Path, fps: float, spec: InputSpec) -> N
             cap.release()
         with contextlib.suppress(OSError):
             conn.close()
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this process when the thread that forked it (the producer's main thread) ends, even by
+    SIGKILL. Best effort; the pipe's EOF covers the rest."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def open_single_threaded(path: Path) -> cv2.VideoCapture:

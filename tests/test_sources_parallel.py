@@ -266,3 +266,30 @@ def test_parallel_producer_then_workers_give_exactly_n_results(pipeline_env, cli
                              text=True, timeout=60)
     assert workers.returncode == 0, workers.stderr
     assert sorted(r.seq for r in read_results(client, namespace, "cam")) == list(range(264))
+
+
+def test_decoder_processes_die_with_a_killed_producer(spec, looped_bunny, tmp_path) -> None:
+    """SIGKILL gives the producer no chance to stop its decoders: they must not live on as orphans."""
+    import psutil
+
+    script = tmp_path / "decode.py"
+    script.write_text(
+        "import sys\nfrom pathlib import Path\nfrom common.bundle import Bundle\n"
+        "from producers.sources import Sampling, iter_preprocessed\n"
+        f"spec = Bundle.load(Path({str(TINY_BUNDLE)!r}), verify_hashes=False).spec.input\n"
+        f"for item in iter_preprocessed(Path({str(looped_bunny)!r}), Sampling(), spec, 3):\n"
+        "    print('frame', flush=True)\n")
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, cwd=Path(__file__).parents[1])
+    try:
+        parent = psutil.Process(proc.pid)
+        deadline = time.monotonic() + 60
+        decoders: list[psutil.Process] = []
+        while len(decoders) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            decoders = [c for c in parent.children() if "ffprobe" not in c.name()]
+        assert len(decoders) >= 3, "the decoder processes never started"
+    finally:
+        proc.kill()
+        proc.wait()
+    _, alive = psutil.wait_procs(decoders, timeout=10)
+    assert not alive
