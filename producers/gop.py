@@ -18,21 +18,15 @@ that fails it raises ``ChunkMismatch`` and the caller decodes the rest sequentia
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import multiprocessing
 import shutil
-import signal
 import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import partial
-from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
@@ -54,7 +48,6 @@ SEEK_MARGIN = 4
 MIN_CHUNK_FRAMES = 64
 INTRA_CHUNK_FRAMES = 256
 EMIT_EVERY = 8  # a decoder hands frames to the reader in groups of this many (one lock + wake-up per group)
-REMOTE_GROUP = 32  # a decoder process sends frames in messages of this many
 MAX_CHUNK_BYTES = 64 << 20  # preprocessed pixels of one chunk; K+1 chunks are held at most
 FFPROBE_TIMEOUT_S = 300.0
 
@@ -200,11 +193,8 @@ class _ChunkPool:
         self.claimed = 0
         self.taken = 0
         self.closed = False
-        # Forked before any decoder thread exists, so no thread of ours holds a lock a child could inherit.
-        self.remotes: list[_Remote | None] = [_Remote(path, fps, spec) if use_processes() else None
-                                              for _ in range(decoders)]
-        self.threads = [threading.Thread(target=self._run, args=(remote,), name=f"decode-{n}", daemon=True)
-                        for n, remote in enumerate(self.remotes)]
+        self.threads = [threading.Thread(target=self._run, name=f"decode-{n}", daemon=True)
+                        for n in range(decoders)]
         for thread in self.threads:
             thread.start()
 
@@ -235,11 +225,8 @@ class _ChunkPool:
         with self.cond:
             self.closed = True
             self.cond.notify_all()
-        for thread in self.threads:  # each finishes the chunk it is decoding
+        for thread in self.threads:
             thread.join()
-        for remote in self.remotes:
-            if remote is not None:
-                remote.close()
         for cap in self.handed.values():  # never claimed (closed early)
             cap.release()
 
@@ -253,7 +240,7 @@ class _ChunkPool:
             self.buffers[self.claimed - 1] = _Buffer(self.cond)
             return self.claimed - 1
 
-    def _run(self, remote: _Remote | None) -> None:
+    def _run(self) -> None:
         cap: cv2.VideoCapture | None = None
         try:
             while (index := self._claim()) is not None:
@@ -266,116 +253,15 @@ class _ChunkPool:
                         cap.release()
                     cap = handed
                 try:
-                    if remote is not None and cap is None:
-                        remote.decode(self.chunks[index], buf.emit)
-                    else:  # no processes, or the chunk a decoder here already stands at
-                        if cap is None:
-                            cap = open_single_threaded(self.path)
-                        _decode_chunk(cap, self.chunks[index], self.fps, self.spec, buf.emit)
-                        if remote is not None:
-                            cap.release()  # its process takes this thread's next chunks
-                            cap = None
+                    if cap is None:
+                        cap = open_single_threaded(self.path)
+                    _decode_chunk(cap, self.chunks[index], self.fps, self.spec, buf.emit)
                 except Exception as exc:  # raised again in the caller's thread by take(), after the good frames
                     error = exc
                 buf.finish(error)
         finally:
             if cap is not None:
                 cap.release()
-
-
-def use_processes() -> bool:
-    """Decoders run in forked processes on Linux (each with its own GIL: threads decoding in one process
-    serialise on the GIL for their Python glue — two threads decoding MJPEG took ~1.5x the wall time of two
-    processes, and ~10% more CPU); elsewhere, where fork is unsafe or missing, in threads."""
-    return sys.platform == "linux"
-
-
-class _Remote:
-    """A forked decoder process: decodes the chunks a decoder thread sends it and sends back their frames in
-    groups of ``REMOTE_GROUP`` (the thread hands them to the chunk's buffer). It exits when sent None or when
-    its pipe ends (the producer died; later decoders hold copies of earlier ones' pipes, so they end in turn)."""
-
-    def __init__(self, path: Path, fps: float, spec: InputSpec) -> None:
-        ctx = multiprocessing.get_context("fork")
-        self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_remote_main, args=(child, self.conn, path, fps, spec),
-                                name="vigil-decoder", daemon=True)
-        self.proc.start()
-        child.close()
-
-    def decode(self, chunk: Chunk, emit: Callable[[tuple[float, np.ndarray | None]], None]) -> None:
-        try:
-            self.conn.send(chunk)
-            while True:
-                kind, body = self.conn.recv()
-                if kind == "done":
-                    return
-                if kind == "error":
-                    raise body
-                times, pixels, skipped = body
-                for i, ts in enumerate(times):
-                    emit((ts, None if i < skipped else pixels[i - skipped]))
-        except (EOFError, OSError) as exc:
-            raise ChunkMismatch(f"decoder process {self.proc.pid} is gone (exit code {self.proc.exitcode})") from exc
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.conn.send(None)
-        self.conn.close()
-        self.proc.join(5)
-        if self.proc.is_alive():
-            self.proc.kill()
-            self.proc.join()
-
-
-def _remote_main(conn: Connection, parent_end: Connection, path: Path, fps: float, spec: InputSpec) -> None:
-    # Its copy of the parent's end would keep the pipe open after the producer died: no EOF, an orphan forever.
-    parent_end.close()
-    _die_with_parent()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it sends None
-    cv2.setNumThreads(1)
-    cap: cv2.VideoCapture | None = None
-    group: list[tuple[float, np.ndarray | None]] = []
-
-    def flush() -> None:
-        if group:
-            skipped = sum(1 for _, px in group if px is None)  # before the resume point: a prefix of a chunk
-            pixels = np.stack([px for _, px in group[skipped:] if px is not None]) if skipped < len(group) else None
-            conn.send(("frames", ([ts for ts, _ in group], pixels, skipped)))
-            group.clear()
-
-    def emit(item: tuple[float, np.ndarray | None]) -> None:
-        group.append(item)
-        if len(group) >= REMOTE_GROUP:
-            flush()
-
-    try:
-        while (chunk := conn.recv()) is not None:
-            try:
-                if cap is None:
-                    cap = open_single_threaded(path)
-                _decode_chunk(cap, chunk, fps, spec, emit)
-                reply: tuple[str, Any] = ("done", None)
-            except Exception as exc:  # raised again in the parent, after the good frames
-                reply = ("error", exc)
-            flush()
-            conn.send(reply)
-    except (EOFError, OSError, BrokenPipeError):
-        pass  # the parent closed the pipe: finished, or gone
-    finally:
-        if cap is not None:
-            cap.release()
-        with contextlib.suppress(OSError):
-            conn.close()
-
-
-def _die_with_parent() -> None:
-    """Linux: SIGKILL this process when the thread that forked it (the producer's main thread) ends, even by
-    SIGKILL. Best effort; the pipe's EOF covers the rest."""
-    with contextlib.suppress(OSError, AttributeError):
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def open_single_threaded(path: Path) -> cv2.VideoCapture:

