@@ -83,10 +83,12 @@ def test_crashed_consumer_entries_are_reclaimed(pipeline_env, client, namespace,
 
 
 def test_sigkilled_worker_is_respawned_and_nothing_is_lost(pipeline_env, client, namespace, small_video) -> None:
-    env = {**pipeline_env, "VIGIL_MAX_BATCH": "8", "VIGIL_MAX_WAIT_MS": "300"}
+    # Workers hold a batch's entries for 2 s (the kill must land while the victim holds some, even on a VM that
+    # stalls this test for hundreds of ms), and only entries idle 3 s are reclaimed (never a live worker's).
+    env = {**pipeline_env, "VIGIL_MAX_BATCH": "64", "VIGIL_MAX_WAIT_MS": "2000", "VIGIL_CLAIM_IDLE_MS": "3000"}
     proc = start_workers(env)
     producer = subprocess.Popen([*VIGIL, "produce", "file", str(small_video), "--source", "cam", "--no-progress",
-                                 "--realtime"], env=env)  # 2.4 s at 25 fps: batches fill over 300 ms
+                                 "--realtime"], env=env)  # 2.4 s at 25 fps
     victim = wait_for_pending_consumer(client, SourceKeys(namespace, "cam").frames)
     os.kill(int(victim.rsplit(":", 1)[1]), signal.SIGKILL)  # consumer names are host:pid
     assert producer.wait(30) == 0
