@@ -132,14 +132,15 @@ def _dtype_name(dtype: np.dtype) -> str:
 
 def pack_pixels(frames: list[Frame]) -> np.ndarray | None:
     """The pixels of frames that share one header (a pack's frames) as one (N, H, W, C) array, made with one
-    copy instead of one array per frame; None when they are JPEG or any frame's bytes do not fit its shape
-    (``Frame.pixels`` then finds which one, and why)."""
+    copy instead of one array per frame; None when they are JPEG or any frame's data is not bytes or does not
+    fit its shape (``Frame.pixels`` then finds which one, and why)."""
     first = frames[0]
     if first.encoding != "raw" or first.eos:
         return None
     h, w, c = first.shape
     size = h * w * c * np.dtype(first.dtype).itemsize
-    if any(f.eos or len(f.data) != size or f.shape != first.shape or f.dtype != first.dtype for f in frames):
+    if any(f.eos or not isinstance(f.data, bytes) or len(f.data) != size or f.shape != first.shape
+           or f.dtype != first.dtype for f in frames):
         return None
     return np.frombuffer(b"".join([f.data for f in frames]), dtype=first.dtype).reshape(len(frames), h, w, c)
 

@@ -97,3 +97,30 @@ def test_publisher_reads_the_lag_only_when_it_could_reach_high_water(client: red
     with pytest.raises(TimeoutError):
         pub.send(chunk(80))  # 80 frames undelivered: above the mark, so it waits
     assert len(readings) == 3 and paused
+
+
+def test_a_raw_pack_with_one_bad_frame_dead_letters_only_that_frame(redis_url: str, client: redis.Redis,
+                                                                     namespace: str) -> None:
+    """The worker's one-array-per-pack path must give way to the per-frame one when a frame does not fit: that
+    frame is dead-lettered with its id, the others are classified, the entry is acked once."""
+    from tests.conftest import TINY_BUNDLE
+    from workers.results import read_dead, read_results
+    from workers.worker import Worker, WorkerConfig
+
+    pub = SourcePublisher(client, namespace, "cam", high_water=10**9, pack=4)
+    pub.open("/videos/cam.mp4", restart=False)
+    good = np.zeros((28, 28, 1), np.uint8).tobytes()
+    frames = [Frame("cam", seq, seq / 25, time.time(), (28, 28, 1), "uint8", "raw", good[:-1] if seq == 2 else good)
+              for seq in range(4)]
+    pub.send(frames)
+    worker = Worker(WorkerConfig(redis_url, namespace, TINY_BUNDLE, ReadPolicy(max_batch=8, max_wait_ms=5)))
+    try:
+        entries = worker.reader.next_batch()
+        assert [e.frames for e in entries] == [4]
+        worker.process(entries)
+    finally:
+        worker.client.close()
+    assert [r.seq for r in read_results(client, namespace, "cam")] == [0, 1, 3]
+    dead = read_dead(client, namespace, "cam")
+    assert [(d["frame_id"], "do not fit" in d["reason"]) for d in dead] == [("cam:2", True)]
+    assert client.xpending(SourceKeys(namespace, "cam").frames, "workers")["pending"] == 0

@@ -130,3 +130,5 @@ def test_pack_pixels_is_one_array_or_none_when_a_frame_does_not_fit() -> None:
     assert pack_pixels(short) is None
     jpeg = [Frame.from_pixels("s", 0, imgs[0], 0.0, 1.0, "jpeg")]
     assert pack_pixels(jpeg) is None
+    text = Frame("s", 0, 0.0, 1.0, (4, 3, 1), "uint8", "raw", "x" * 12)  # type: ignore[arg-type]  # a foreign producer
+    assert pack_pixels([text]) is None

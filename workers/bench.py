@@ -88,19 +88,32 @@ def ideal_fps(video: Path, bundle: Bundle, cores: int, batch: int = 32) -> tuple
     return cores / per_frame, len(frames), per_frame, {name: cpu / len(frames) for name, (_, cpu) in costs.items()}
 
 
+_START: Any = None  # busy_cores_cost's processes: a barrier, so that every copy starts measuring at once
+
+
+def _set_start(barrier: Any) -> None:
+    global _START
+    _START = barrier
+
+
 def _one_core_cost(video: Path, bundle_root: Path) -> float:
-    return ideal_fps(video, Bundle.load(bundle_root, verify_hashes=False), 1)[2]
+    bundle = Bundle.load(bundle_root, verify_hashes=False)
+    if _START is not None:
+        _START.wait(timeout=300)  # spawned processes finish importing at different times
+    return ideal_fps(video, bundle, 1)[2]
 
 
 def busy_cores_cost(video: Path, bundle: Bundle, cores: int) -> float:
     """CPU seconds per frame of the ideal's work (decode + preprocess + inference, as ``ideal_fps``) while
     ``cores`` copies of it run at once, one per core: the cost a perfect split of the work would pay with every
     core busy, as the pipeline's are. Cores that share caches, memory bandwidth or a physical core (SMT), or
-    whose clock drops under load, do less per CPU second busy than alone; this shows how much."""
+    whose clock drops under load, do less per CPU second busy than alone; this shows how much. The copies start
+    together; the one that finishes last runs its last moments alone, so this slightly understates the cost."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(cores, mp_context=multiprocessing.get_context("spawn")) as pool:
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(cores, mp_context=ctx, initializer=_set_start, initargs=(ctx.Barrier(cores),)) as pool:
         costs = list(pool.map(_one_core_cost, [video] * cores, [bundle.root] * cores))
     return statistics.mean(costs)
 
