@@ -59,6 +59,8 @@ class Frame:
                     encoding: Encoding = "raw", jpeg_quality: int = 95) -> Frame:
         if pixels.ndim == 2:
             pixels = pixels[:, :, None]
+        if pixels.ndim != 3:
+            raise DecodeError(f"frame {source}:{seq}: pixels of shape {pixels.shape}; expected (H, W) or (H, W, C)")
         shape: tuple[int, int, int] = pixels.shape  # numpy's shape: Python ints already
         if encoding == "jpeg":
             import cv2

@@ -132,3 +132,8 @@ def test_pack_pixels_is_one_array_or_none_when_a_frame_does_not_fit() -> None:
     assert pack_pixels(jpeg) is None
     text = Frame("s", 0, 0.0, 1.0, (4, 3, 1), "uint8", "raw", "x" * 12)  # type: ignore[arg-type]  # a foreign producer
     assert pack_pixels([text]) is None
+
+
+def test_from_pixels_refuses_an_array_that_is_not_an_image() -> None:
+    with pytest.raises(DecodeError, match=r"expected \(H, W\) or \(H, W, C\)"):
+        Frame.from_pixels("s", 0, np.zeros((2, 4, 3, 1), np.uint8), 0.0, 1.0)
