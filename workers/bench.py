@@ -10,9 +10,16 @@
   single-threaded, one decoder per core) does.
 * ideal, all cores busy: the same work, its per-frame CPU cost measured while one copy of it runs on every core
   at once (``busy_cores_cost``). Two busy cores of a VM do less per CPU second than one core alone (shared caches
-  and memory bandwidth, SMT siblings, clocks), and the pipeline's cores are all busy; the JSON gives both ratios.
+  and memory bandwidth, SMT siblings, clocks), and the pipeline's cores are all busy. It is measured once per
+  video, as a factor over the one-core cost measured just before it (``busy_factor``), and applied to the paired
+  ideal below; the JSON gives both ratios.
 * pipeline: ``vigil produce file`` -> Redis -> ``vigil work -n N`` (warm), frames / (last result inferred -
-  the producer's start: after its imports, before its first decode). Median of ``--repeat`` runs.
+  the producer's start: after its imports, before its first decode).
+* paired repeats: ``--repeat`` times, the ideal is measured and the pipeline run right after it; the ratio is
+  the median of those paired ratios (each repeat's is in ``ratio_vs_ideal_runs``), fps are medians. A shared
+  VM's speed drifts by tens of percent over minutes, and an ideal measured once, minutes before the pipeline,
+  would carry that drift into the ratio. ``pipeline_cpu_ms_per_frame`` says where the pipeline's CPU went
+  (producer with its start-up, worker pool, broker, and this process watching the run).
 
 The videos are long enough (a second or more through the pipeline) that start-up and drain are a small part of
 the measured window: the conveyor holds 4,000 items (12,000 frames) and Big Buck Bunny's 132 frames are looped
@@ -29,7 +36,8 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +51,7 @@ from common.inference import Classifier
 from common.preprocess import preprocess
 from common.settings import Settings
 from workers.conveyor import FASHION_DIR, build_conveyor
-from workers.runner import PipelineRun
+from workers.runner import PipelineRun, RunStats
 
 CONVEYOR_ITEMS = 4000
 BBB_LOOPS = 16
@@ -118,6 +126,13 @@ def busy_cores_cost(video: Path, bundle: Bundle, cores: int) -> float:
     return statistics.mean(costs)
 
 
+def busy_factor(video: Path, bundle: Bundle, cores: int) -> float:
+    """``busy_cores_cost`` over the one-core cost measured just before it: how much more a frame costs with
+    every core busy, at the machine's current speed (the absolute costs drift with it)."""
+    alone = ideal_fps(video, bundle, 1)[2]
+    return busy_cores_cost(video, bundle, cores) / alone
+
+
 def naive_fps(video: Path, bundle: Bundle, max_frames: int = NAIVE_FRAMES) -> float:
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     import tf_keras
@@ -138,15 +153,77 @@ def naive_fps(video: Path, bundle: Bundle, max_frames: int = NAIVE_FRAMES) -> fl
     return n / (time.perf_counter() - start)
 
 
-def pipeline_fps(run: PipelineRun, video: Path, frames: int, repeat: int) -> tuple[float, float]:
-    """Median fps, and median CPU ms per frame spent by workers + broker (the producer's is decode-dominated)."""
-    # a fresh source name per run and per video: a reused name would still hold the previous run's results
-    runs = [run.feed(video, f"bench-{video.stem}-{i}", frames, progress=False) for i in range(repeat)]
-    for stats in runs:
+@dataclass(frozen=True)
+class Paired:
+    """One repeat of a video: the ideal measured, then the pipeline run right after it."""
+
+    ideal_fps: float
+    ideal_cost_s: float  # CPU seconds per frame (the cheaper decoder)
+    decode_cost_s: dict[str, float]  # decode + preprocess CPU seconds per frame, by decoder
+    run: RunStats
+
+    @property
+    def ratio(self) -> float:
+        return self.run.fps / self.ideal_fps
+
+
+def paired_runs(run: PipelineRun, video: Path, bundle: Bundle, cores: int, repeat: int) -> list[Paired]:
+    """``repeat`` times: the ideal, then the pipeline on the same video. A shared VM's speed drifts by tens of
+    percent over minutes (other tenants); measuring each pipeline run against an ideal taken seconds before it
+    compares the two at the same speed. The warm pool sits idle (blocked reads) while the ideal is measured."""
+    out = []
+    for i in range(repeat):
+        fps, frames, cost, decode = ideal_fps(video, bundle, cores)
+        # a fresh source name per run: a reused name would still hold the previous run's results
+        stats = run.feed(video, f"bench-{video.stem}-{i}", frames, progress=False)
         if len(stats.results) != frames:
             raise click.ClickException(f"pipeline lost frames: {len(stats.results)} results for {frames} frames")
-    cpu = statistics.median((s.worker_cpu_s + s.broker_cpu_s) / frames * 1000 for s in runs)
-    return statistics.median(s.fps for s in runs), cpu
+        out.append(Paired(fps, cost, decode, stats))
+    return out
+
+
+def _median(values: Iterable[float]) -> float:
+    return statistics.median(list(values))
+
+
+def video_report(pairs: list[Paired], naive: float, busy: float, cores: int) -> dict[str, Any]:
+    """The JSON of one video: medians over the paired repeats, every repeat's ratio, and where the CPU went.
+    ``busy``: ``busy_factor``."""
+    frames = pairs[0].run.frames
+    ideal, piped = _median(p.ideal_fps for p in pairs), _median(p.run.fps for p in pairs)
+    cost = _median(p.ideal_cost_s for p in pairs)
+    decode = {name: _median(p.decode_cost_s[name] for p in pairs) for name in DECODERS}
+    ratio = _median(p.ratio for p in pairs)
+
+    def default_decode_ratio(p: Paired) -> float:
+        """Against the ideal as sessions before 2026-12 measured it (OpenCV's default capture)."""
+        default_cost = p.ideal_cost_s - min(p.decode_cost_s.values()) + p.decode_cost_s["ffmpeg-threads"]
+        return p.run.fps * default_cost / cores
+
+    def ms(seconds: float) -> float:
+        return round(seconds * 1000, 3)
+
+    def cpu_ms(part: Callable[[RunStats], float]) -> float:
+        return ms(_median(part(p.run) / frames for p in pairs))
+
+    return {
+        "frames": frames, "naive_frames": min(NAIVE_FRAMES, frames),
+        "naive_fps": round(naive, 1), "ideal_fps": round(ideal, 1), "pipeline_fps": round(piped, 1),
+        "ratio_vs_naive": round(piped / naive, 2),
+        "ratio_vs_ideal": round(ratio, 2),
+        "ratio_vs_ideal_runs": [round(p.ratio, 2) for p in pairs],
+        "ideal_cpu_ms_per_frame": ms(cost),
+        "ideal_decode_ms_per_frame": {name: ms(v) for name, v in decode.items()},
+        "pipeline_cpu_ms_per_frame": {
+            "producer": cpu_ms(lambda r: r.producer_cpu_s), "workers": cpu_ms(lambda r: r.worker_cpu_s),
+            "broker": cpu_ms(lambda r: r.broker_cpu_s), "bench_harness": cpu_ms(lambda r: r.harness_cpu_s)},
+        "pipeline_worker_broker_cpu_ms_per_frame": cpu_ms(lambda r: r.worker_cpu_s + r.broker_cpu_s),
+        "ratio_vs_ideal_with_opencv_default_decode": round(_median(default_decode_ratio(p) for p in pairs), 2),
+        # The ideal's per-frame cost with every core running a copy of it (busy_factor).
+        "all_cores_busy_cost_factor": round(busy, 3),
+        "ideal_cpu_ms_per_frame_all_cores_busy": ms(cost * busy),
+        "ratio_vs_ideal_all_cores_busy": round(ratio * busy, 2),
+    }
 
 
 def bench_videos(tmp: Path, bundle: Bundle) -> dict[str, Path]:
@@ -176,7 +253,8 @@ def loop_video(video: Path, times: int, out: Path) -> Path:
 @click.option("-n", "--workers", type=click.IntRange(1, 64), default=None, help="Worker processes (default: cores).")
 @click.option("--video", "only", multiple=True, type=click.Choice(["conveyor", "bigbuckbunny_720p"]),
               help="Measure only these videos (repeatable; default: both).")
-@click.option("--repeat", type=click.IntRange(1, 20), default=3, show_default=True)
+@click.option("--repeat", type=click.IntRange(1, 20), default=5, show_default=True,
+              help="Paired repeats per video: the ideal measured, then the pipeline run right after it.")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None, help="Also write the JSON here.")
 @click.pass_obj
@@ -197,29 +275,13 @@ def pipeline(settings: Settings, workers: int | None, only: tuple[str, ...], rep
                               "load_avg_1m_at_start": round(os.getloadavg()[0], 2), "videos": {}}
     with tempfile.TemporaryDirectory(prefix="vigil-bench-") as tmp:
         videos = {name: path for name, path in bench_videos(Path(tmp), bundle).items() if not only or name in only}
-        ideal = {name: ideal_fps(path, bundle, cores) for name, path in videos.items()}
-        busy = {name: busy_cores_cost(path, bundle, cores) for name, path in videos.items()}
+        busy = {name: busy_factor(path, bundle, cores) for name, path in videos.items()}
         with broker_url(settings.redis_url) as url, \
                 PipelineRun(url, f"{settings.namespace}-bench-{uuid.uuid4().hex[:6]}", bundle.root, n) as run:
-            piped = {name: pipeline_fps(run, path, ideal[name][1], repeat) for name, path in videos.items()}
+            pairs = {name: paired_runs(run, path, bundle, cores, repeat) for name, path in videos.items()}
         naive = {name: naive_fps(path, bundle) for name, path in videos.items()}
     for name in videos:
-        report["videos"][name] = {
-            "frames": ideal[name][1], "naive_frames": min(NAIVE_FRAMES, ideal[name][1]),
-            "naive_fps": round(naive[name], 1), "ideal_fps": round(ideal[name][0], 1),
-            "pipeline_fps": round(piped[name][0], 1), "ratio_vs_naive": round(piped[name][0] / naive[name], 2),
-            "ratio_vs_ideal": round(piped[name][0] / ideal[name][0], 2),
-            "ideal_cpu_ms_per_frame": round(ideal[name][2] * 1000, 3),
-            "ideal_decode_ms_per_frame": {k: round(v * 1000, 3) for k, v in ideal[name][3].items()},
-            "pipeline_worker_broker_cpu_ms_per_frame": round(piped[name][1], 3),
-        }
-        # The ideal as sessions before 2026-12 measured it (OpenCV's default capture), to compare with them.
-        default_ms = ideal[name][2] - min(ideal[name][3].values()) + ideal[name][3]["ffmpeg-threads"]
-        report["videos"][name]["ratio_vs_ideal_with_opencv_default_decode"] = round(
-            piped[name][0] * default_ms / cores, 2)
-        # The same ideal with its per-frame cost measured while every core runs a copy of it (busy_cores_cost).
-        report["videos"][name]["ideal_cpu_ms_per_frame_all_cores_busy"] = round(busy[name] * 1000, 3)
-        report["videos"][name]["ratio_vs_ideal_all_cores_busy"] = round(piped[name][0] * busy[name] / cores, 2)
+        report["videos"][name] = video_report(pairs[name], naive[name], busy[name], cores)
     emit(report, as_json, output, _table)
 
 

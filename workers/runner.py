@@ -36,6 +36,8 @@ class RunStats:
     stream_s: float  # producer opened the source (before its first decode) -> last result inferred (warm workers)
     worker_cpu_s: float = 0.0  # CPU the worker pool (all processes) spent during the run
     broker_cpu_s: float = 0.0
+    producer_cpu_s: float = 0.0  # the producer process, start-up (imports) included
+    harness_cpu_s: float = 0.0  # this process, watching the run (polls XLEN)
 
     @property
     def fps(self) -> float:
@@ -75,31 +77,50 @@ class PipelineRun:
         keys = SourceKeys(self.namespace, source)
         self.client.delete(*keys.all())  # an earlier run's results must not count as this run's
         cpu0 = self._cpu()
+        harness0 = time.process_time()
         started = time.monotonic()
         cmd = [*VIGIL, "produce", "file", str(video), "--source", source, "--no-progress", "--restart", *extra]
         producer = subprocess.Popen(cmd, env=self.env, stdout=subprocess.DEVNULL)
+        producer_cpu: float | None = None
         with _bar(progress) as bar:
             produced = bar.add_task("produced", total=frames)
             classified = bar.add_task("classified", total=frames)
-            while int(self.client.xlen(keys.results)) + dead_frames(read_dead(self.client, self.namespace, source)) \
-                    < frames + 1:
-                if producer.poll() not in (None, 0):
-                    raise VigilError(f"producer for {video} failed with exit code {producer.returncode}")
-                bar.update(produced, completed=min(frames, int(self.client.xlen(keys.frames))))
-                bar.update(classified, completed=int(self.client.xlen(keys.results)))
+            while True:  # one round trip per look; the dead letters are read only when there are some
+                pipe = self.client.pipeline(transaction=False)
+                for key in (keys.results, keys.dead, keys.frames):
+                    pipe.xlen(key)
+                n_results, n_dead, n_frames = (int(x) for x in pipe.execute())
+                done = n_results + (dead_frames(read_dead(self.client, self.namespace, source)) if n_dead else 0)
+                if done >= frames + 1:
+                    break
+                if producer_cpu is None:
+                    producer_cpu = _reap(producer)
+                    if producer.returncode not in (None, 0):
+                        raise VigilError(f"producer for {video} failed with exit code {producer.returncode}")
+                bar.update(produced, completed=min(frames, n_frames))
+                bar.update(classified, completed=n_results)
                 time.sleep(0.05)
             bar.update(produced, completed=frames)
             bar.update(classified, completed=frames)
         wall = time.monotonic() - started
         worker_cpu, broker_cpu = (b - a for a, b in zip(cpu0, self._cpu(), strict=True))
-        producer.wait(30)
+        harness_cpu = time.process_time() - harness0
+        deadline = time.monotonic() + 30
+        while producer_cpu is None and time.monotonic() < deadline:
+            producer_cpu = _reap(producer)
+            time.sleep(0.01)
+        if producer_cpu is None:
+            producer.kill()
+            producer.wait()
+            raise VigilError(f"producer for {video} did not exit within 30 s of its last result")
         results = read_results(self.client, self.namespace, source)
         # From the producer's start (recorded after its imports, before it decodes the first frame): a window
         # that began at the first frame produced would leave out how long the first frames take to decode.
         opened = float(self.client.hget(keys.meta, "started_at") or 0.0)
         stream_s = max(r.inferred_at for r in results) - opened if results and opened else 0.0
         dead = dead_frames(read_dead(self.client, self.namespace, source))
-        return RunStats(frames, results, dead, wall, stream_s, worker_cpu, broker_cpu)
+        return RunStats(frames, results, dead, wall, stream_s, worker_cpu, broker_cpu, producer_cpu,
+                        harness_cpu)
 
     def _cpu(self) -> tuple[float, float]:
         """CPU seconds so far of the worker pool (supervisor + children) and of the broker (INFO cpu)."""
@@ -125,6 +146,16 @@ class PipelineRun:
         if keys:
             self.client.delete(*keys)
         self.client.close()
+
+
+def _reap(proc: subprocess.Popen[bytes]) -> float | None:
+    """The CPU seconds (user + system) of ``proc`` once it has exited, reaping it (``os.wait4``: a plain
+    ``wait`` loses its resource usage); None while it runs. Sets ``proc.returncode``."""
+    pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+    if pid == 0:
+        return None
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _bar(enabled: bool) -> Progress:
