@@ -16,6 +16,7 @@ can read it (documented in docs/results-schema.md).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -110,7 +111,10 @@ class Frame:
             import cv2
 
             flag = cv2.IMREAD_GRAYSCALE if c == 1 else cv2.IMREAD_COLOR
-            img = cv2.imdecode(np.frombuffer(self.data, np.uint8), flag)
+            try:
+                img = cv2.imdecode(np.frombuffer(self.data, np.uint8), flag) if self.data else None
+            except cv2.error:
+                img = None
             if img is None:
                 raise DecodeError(f"frame {self.frame_id}: JPEG payload does not decode")
             img = img.reshape(img.shape[0], img.shape[1], -1)
@@ -218,16 +222,27 @@ def _decode_pack(raw: bytes) -> list[Frame]:
 
 
 def _validate(frame: Frame) -> None:
-    if not frame.source or len(frame.source) > MAX_SOURCE_LEN:
-        raise DecodeError(f"source name must be 1..{MAX_SOURCE_LEN} characters")
-    if frame.seq < 0:
-        raise DecodeError(f"frame {frame.frame_id}: negative seq")
+    """Types and limits of a decoded frame's header: a foreign or buggy producer's frame must fail here, with a
+    reason for its dead letter, not later inside the worker (where it would crash the batch, again and again)."""
+    if not isinstance(frame.source, str) or not 0 < len(frame.source) <= MAX_SOURCE_LEN:
+        raise DecodeError(f"source must be a string of 1..{MAX_SOURCE_LEN} characters, not {frame.source!r:.60}")
+    if type(frame.seq) is not int or frame.seq < 0:
+        raise DecodeError(f"frame {frame.frame_id}: seq must be a non-negative integer, not {frame.seq!r:.60}")
+    for name in ("captured_at", "produced_at"):
+        value = getattr(frame, name)
+        if type(value) not in (float, int) or not math.isfinite(value):
+            raise DecodeError(f"frame {frame.frame_id}: {name} must be a finite number of seconds, not {value!r:.60}")
+    if type(frame.eos) is not bool:
+        raise DecodeError(f"frame {frame.frame_id}: eos must be true or false, not {frame.eos!r:.60}")
     if frame.eos:
         return
-    if len(frame.shape) != 3 or not all(0 < s <= MAX_SIDE for s in frame.shape[:2]) or frame.shape[2] not in (1, 3):
+    if (len(frame.shape) != 3 or not all(type(s) is int for s in frame.shape)
+            or not all(0 < s <= MAX_SIDE for s in frame.shape[:2]) or frame.shape[2] not in (1, 3)):
         raise DecodeError(f"frame {frame.frame_id}: bad shape {frame.shape}")
     if frame.encoding not in ("raw", "jpeg") or frame.dtype not in ("uint8", "int8", "float32"):
         raise DecodeError(f"frame {frame.frame_id}: unsupported encoding/dtype {frame.encoding}/{frame.dtype}")
+    if not isinstance(frame.data, bytes):
+        raise DecodeError(f"frame {frame.frame_id}: pixel data must be bytes, not {type(frame.data).__name__}")
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import msgpack
 import numpy as np
 import pytest
 import redis
@@ -137,6 +138,37 @@ def test_a_bad_frame_in_a_pack_is_dead_lettered_alone(pipeline_env, client, name
     seqs = sorted(r.seq for r in read_results(client, namespace, "cam"))
     assert seqs == [*range(60), 100, 102]
     assert client.hget(keys.meta, "dead") == b"6" and client.hget(keys.meta, "processed") == b"62"
+
+
+def frame_payload(**changes: object) -> dict[bytes, bytes]:
+    """A one-frame entry as a foreign or buggy producer might write it: a valid frame with fields replaced."""
+    good = Frame.from_pixels("cam", 200, np.zeros((28, 28, 1), np.uint8), 0.0, time.time())
+    payload = {"v": 1, **{f.name: getattr(good, f.name) for f in dataclasses.fields(Frame)}, **changes}
+    return {b"f": msgpack.packb(payload, use_bin_type=True)}
+
+
+def test_frames_with_fields_of_the_wrong_type_are_dead_lettered_not_a_crash_loop(pipeline_env, client, namespace,
+                                                                               small_video) -> None:
+    """Each used to kill the worker before it could dead-letter anything (TypeError, ValueError, cv2.error); the
+    janitor then handed the same batch to the next worker, for ever."""
+    produce(pipeline_env, small_video)
+    keys = SourceKeys(namespace, "cam")
+    bad = {"2-0": frame_payload(seq="16"), "2-1": frame_payload(captured_at="0.0"),
+           "2-2": frame_payload(encoding="jpeg", data=b""), "2-3": frame_payload(source=7),
+           "2-4": frame_payload(produced_at=None), "2-5": frame_payload(eos="yes")}
+    for entry_id, fields in bad.items():
+        client.xadd(keys.frames, fields, id=entry_id)  # type: ignore[arg-type]
+    proc = start_workers(pipeline_env, "--burst")
+    assert proc.wait(60) == 0
+    _, err = proc.communicate()
+    assert "Traceback" not in err
+    assert sorted(r.seq for r in read_results(client, namespace, "cam")) == list(range(60))
+    dead = {d["entry_id"]: d for d in read_dead(client, namespace, "cam")}
+    assert sorted(dead) == sorted(bad)
+    assert all(d["deliveries"] == "1" for d in dead.values()), "dead-lettered on first sight, not after crashes"
+    assert "seq" in dead["2-0"]["reason"] and "captured_at" in dead["2-1"]["reason"]
+    assert "JPEG" in dead["2-2"]["reason"] and "source" in dead["2-3"]["reason"]
+    assert "produced_at" in dead["2-4"]["reason"] and "eos" in dead["2-5"]["reason"]  # not a bogus eos result
 
 
 def kill_paused_producer(client: redis.Redis, env: dict[str, str], cmd: list[str], key: str, entries: int) -> None:

@@ -137,3 +137,23 @@ def test_pack_pixels_is_one_array_or_none_when_a_frame_does_not_fit() -> None:
 def test_from_pixels_refuses_an_array_that_is_not_an_image() -> None:
     with pytest.raises(DecodeError, match=r"expected \(H, W\) or \(H, W, C\)"):
         Frame.from_pixels("s", 0, np.zeros((2, 4, 3, 1), np.uint8), 0.0, 1.0)
+
+
+@pytest.mark.parametrize(("change", "named"), [
+    ({"seq": "16"}, "seq"), ({"seq": True}, "seq"), ({"captured_at": "0.0"}, "captured_at"),
+    ({"produced_at": None}, "produced_at"), ({"captured_at": float("nan")}, "captured_at"), ({"source": 7}, "source"),
+    ({"eos": "yes"}, "eos"), ({"data": "text"}, "bytes"),
+])
+def test_a_frame_with_a_field_of_the_wrong_type_is_a_decode_error_naming_it(change: dict, named: str) -> None:
+    good = Frame.from_pixels("cam", 3, np.zeros((4, 4, 1), np.uint8), 1.5, 2.5)
+    payload = {"v": 1, "source": good.source, "seq": good.seq, "captured_at": good.captured_at,
+               "produced_at": good.produced_at, "shape": good.shape, "dtype": good.dtype, "encoding": good.encoding,
+               "data": good.data, "eos": good.eos, **change}
+    with pytest.raises(DecodeError, match=named):
+        Frame.decode(msgpack.packb(payload, use_bin_type=True))
+
+
+def test_an_empty_jpeg_payload_is_a_decode_error() -> None:
+    frame = Frame("cam", 0, 0.0, 0.0, (4, 4, 1), "uint8", "jpeg", b"")
+    with pytest.raises(DecodeError, match="JPEG"):
+        frame.pixels()

@@ -117,7 +117,8 @@ class Worker:
 
     def decode(self, entries: list[Entry]) -> tuple[ToClassify, list[Outcome]]:
         """Split a batch into frames to classify and outcomes decided without the model (every frame of every
-        entry gets exactly one of the two)."""
+        entry gets exactly one of the two). Nothing an entry holds can crash the batch: an input no check
+        foresaw is dead-lettered (and logged with its traceback) like an undecodable one."""
         todo = ToClassify()
         outcomes: list[Outcome] = []
         policies = {source: self.policies.get(source) for source in {e.source for e in entries}}
@@ -125,12 +126,9 @@ class Worker:
         for entry in entries:
             poison = entry.deliveries > self.config.max_deliveries
             reason = f"delivered {entry.deliveries} times (max_deliveries={self.config.max_deliveries})"
-            try:
-                decoded = decode_entry(entry.fields)
-                if decoded[0].source != entry.source:
-                    raise DecodeError(f"frame of source {decoded[0].source!r} on the stream of {entry.source!r}")
-            except DecodeError as exc:
-                outcomes.append(self.dead(entry, reason if poison else str(exc), frames=entry.frames))
+            decoded = self._frames_of(entry)
+            if isinstance(decoded, str):
+                outcomes.append(self.dead(entry, reason if poison else decoded, frames=entry.frames))
                 continue
             if poison:  # one dead letter per frame, each naming its frame
                 outcomes += [self.dead(entry, reason, frame) for frame in decoded]
@@ -144,19 +142,39 @@ class Worker:
             for frame in decoded:
                 if frame.eos:
                     outcomes.append(self.eos(entry, frame))
-                    continue
-                if policy.is_stale(frame.captured_at, now):
+                elif policy.is_stale(frame.captured_at, now):
                     outcomes.append(Outcome(entry.source, entry.entry_id, "s", {}))
-                    continue
-                try:
-                    one = frame.pixels()
-                    if one.shape != self.classifier.input_shape:
-                        raise DecodeError(f"frame shape {one.shape} != model input {self.classifier.input_shape}")
-                except DecodeError as exc:
-                    outcomes.append(self.dead(entry, str(exc), frame))
-                    continue
-                todo.add(entry, [frame], one[None])
+                elif isinstance(one := self._pixels_of(entry, frame), str):
+                    outcomes.append(self.dead(entry, one, frame))
+                else:
+                    todo.add(entry, [frame], one[None])
         return todo, outcomes
+
+    def _frames_of(self, entry: Entry) -> list[Frame] | str:
+        """The entry's frames, or why it cannot be decoded."""
+        try:
+            decoded = decode_entry(entry.fields)
+            if decoded[0].source != entry.source:
+                raise DecodeError(f"frame of source {decoded[0].source!r} on the stream of {entry.source!r}")
+        except DecodeError as exc:
+            return str(exc)
+        except Exception as exc:  # a check missed it: dead-letter this entry, never crash the whole batch
+            log.exception("entry %s %s failed to decode", entry.source, entry.entry_id)
+            return _unexpected(exc)
+        return decoded
+
+    def _pixels_of(self, entry: Entry, frame: Frame) -> np.ndarray | str:
+        """One frame's (H, W, C) pixels in the model's input shape, or why not."""
+        try:
+            one = frame.pixels()
+            if one.shape != self.classifier.input_shape:
+                raise DecodeError(f"frame shape {one.shape} != model input {self.classifier.input_shape}")
+        except DecodeError as exc:
+            return str(exc)
+        except Exception as exc:
+            log.exception("frame %s of entry %s failed to decode", frame.frame_id, entry.entry_id)
+            return _unexpected(exc)
+        return one
 
     def infer(self, todo: ToClassify) -> list[Outcome]:
         if not todo.frames:
@@ -199,6 +217,10 @@ class Worker:
                   "frames": str(frames), "reason": reason, "deliveries": str(entry.deliveries),
                   "worker": self.name, "at": f"{time.time():.6f}"}
         return Outcome(entry.source, entry.entry_id, "d", fields, frames)
+
+
+def _unexpected(exc: Exception) -> str:
+    return f"cannot decode: {type(exc).__name__}: {exc}"[:500]
 
 
 class ToClassify:
