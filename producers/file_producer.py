@@ -67,6 +67,7 @@ def produce_file(client: redis.Redis, namespace: str, job: FileJob, high_water: 
     if start_seq:
         log.info("source %s: resuming after frame %d", job.source, start_seq - 1)
     total = 0
+    paced_from: tuple[float, float] | None = None  # (clock, media ts) of the first frame this run sends
     chunk: list[Frame] = []
     chunk_size = 1 if job.realtime else min(max(CHUNK, job.pack), high_water)
     with _progress_bar(progress, job.source, estimate_frames(job.path, job.sampling)) as advance:
@@ -76,8 +77,9 @@ def produce_file(client: redis.Redis, namespace: str, job: FileJob, high_water: 
             total = seq + 1
             if pixels is None:  # sent before the resume point
                 continue
-            if job.realtime:
-                time.sleep(max(0.0, started + ts - time.monotonic()))
+            if job.realtime:  # from the first frame sent: a resumed run does not wait out the media time before it
+                paced_from = paced_from or (time.monotonic(), ts)
+                time.sleep(max(0.0, paced_from[0] + ts - paced_from[1] - time.monotonic()))
             chunk.append(Frame.from_pixels(job.source, seq, pixels, ts, time.time(), job.encoding,
                                            job.jpeg_quality))
             if len(chunk) >= chunk_size:

@@ -112,7 +112,7 @@ class SourcePublisher:
         size = 0
         for frame in frames:
             if current and (len(current) >= self.pack or size + len(frame.data) > PACK_BYTES or frame.eos
-                            or current[-1].eos or frame.shape != current[-1].shape):
+                            or current[-1].eos or (frame.shape, frame.dtype) != (current[-1].shape, current[-1].dtype)):
                 out.append(current)
                 current, size = [], 0
             current.append(frame)

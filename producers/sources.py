@@ -85,7 +85,7 @@ def estimate_frames(path: Path, sampling: Sampling) -> int | None:
 
 
 def iter_frames(path: Path, sampling: Sampling) -> Iterator[tuple[float, np.ndarray]]:
-    """Yield ``(media_ts_seconds, bgr_or_gray_image)`` for the sampled frames of a video file or image folder."""
+    """Yield ``(media_ts_seconds, bgr_image)`` for the sampled frames of a video file or image folder."""
     raw = _iter_images(path) if path.is_dir() else prefetch(_iter_video(path))
     for _index, ts, img in sampled(raw, sampling):
         yield ts, img
@@ -235,7 +235,7 @@ def prefetch(items: Iterator[T], depth: int = 8) -> Iterator[T]:
                     return
                 box.put(("item", item))
             box.put(("end", None))
-        except SourceError as exc:
+        except BaseException as exc:  # any error (cv2.error, MemoryError...) is raised again in the consumer
             box.put(("error", exc))
 
     thread = threading.Thread(target=pump, name="decode", daemon=True)
@@ -289,9 +289,9 @@ def _iter_images(folder: Path) -> Iterator[tuple[float, np.ndarray]]:
     if not files:
         raise SourceError(f"folder {folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}).")
     for index, file in enumerate(files):
-        img = cv2.imread(str(file), cv2.IMREAD_UNCHANGED)
+        # 8-bit BGR like a video's frames, whatever the file holds (16-bit, gray, alpha), turned upright by its
+        # EXIF orientation: one dtype for all the frames of a source, and phone photos the right way up.
+        img = cv2.imread(str(file), cv2.IMREAD_COLOR)
         if img is None:
             raise SourceError(f"image {file} cannot be read.")
-        if img.ndim == 3 and img.shape[2] == 4:
-            img = cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
         yield float(index), img
