@@ -73,6 +73,27 @@ def test_workers_before_producer_then_sigterm_drains(pipeline_env, client, names
     assert_exactly_once(client, namespace, 30)
 
 
+def test_ctrl_c_to_the_process_group_drains_the_held_batch(pipeline_env, client, namespace, small_video) -> None:
+    """Ctrl-C signals the supervisor and every child at once, and the supervisor then sends each child a SIGTERM:
+    a child that took that for a second request exited without acking the batch it held."""
+    produce(pipeline_env, small_video)
+    env = {**pipeline_env, "VIGIL_MAX_BATCH": "64", "VIGIL_PER_SOURCE_CAP": "64", "VIGIL_MAX_WAIT_MS": "4000",
+           "VIGIL_LOG_LEVEL": "INFO"}
+    proc = subprocess.Popen([*VIGIL, "work", "-n", "1"], env=env, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)  # its own group, as a terminal's job
+    frames = SourceKeys(namespace, "cam").frames
+    deadline = time.monotonic() + 30
+    while client.xpending(frames, GROUP)["pending"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)  # the worker holds the 60 frames, waiting up to 4 s for more to fill its batch of 64
+    assert client.xpending(frames, GROUP)["pending"] > 0
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(30) == 0
+    _, err = proc.communicate()
+    assert "stopping after 61 frames" in err  # 60 and the end-of-stream marker
+    assert client.xpending(frames, GROUP)["pending"] == 0
+    assert sorted(r.seq for r in read_results(client, namespace, "cam")) == list(range(60))
+
+
 def test_crashed_consumer_entries_are_reclaimed(pipeline_env, client, namespace, small_video) -> None:
     """A consumer that read a batch and died (same PEL state as a SIGKILLed worker) loses nothing."""
     produce(pipeline_env, small_video)

@@ -33,6 +33,7 @@ from workers.reader import BatchReader, BurstState, Entry, ReadPolicy
 
 log = logging.getLogger(__name__)
 TOPK = 3
+SAME_REQUEST_S = 1.0  # child_main: a second SIGTERM sooner than this is the same request
 
 
 @dataclass(frozen=True)
@@ -307,16 +308,25 @@ class SourceMetrics:
 
 
 def child_main(config: WorkerConfig) -> None:
-    """Entry point of a spawned worker process. First SIGTERM/SIGINT: drain; second: exit now."""
+    """Entry point of a spawned worker process. SIGTERM: drain (finish the batch, ack, exit); another SIGTERM more
+    than ``SAME_REQUEST_S`` later: exit now.
+
+    SIGINT is ignored: Ctrl-C reaches the whole process group and the supervisor turns it into a SIGTERM per
+    child, so acting on both would count as two requests and skip the drain. For the same reason a second
+    SIGTERM soon after the first is the same request (systemd's KillMode=control-group signals every process of
+    the unit, then the supervisor forwards its own)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     setup_logging(config.log_level, config.log_json)
     worker = Worker(config)
+    first: list[float] = []
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
-        if worker.stopping:
+        if first and time.monotonic() - first[0] > SAME_REQUEST_S:
             os._exit(128 + signum)
+        if not first:
+            first.append(time.monotonic())
         worker.stopping = True
 
     signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     worker.run()
     worker.client.close()
