@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import re
 import shutil
 import signal
 import socket
@@ -47,7 +48,7 @@ def connect(url: str, *, decode: bool = False, retries: int = 6) -> redis.Redis:
             health_check_interval=30,
         )
     except ValueError as exc:
-        raise BrokerError(f"invalid broker URL {url!r}: {exc}. Use redis://, rediss:// or unix://.") from exc
+        raise BrokerError(f"invalid broker URL {redact(url)!r}: {exc}. Use redis://, rediss:// or unix://.") from exc
     return client
 
 
@@ -76,10 +77,12 @@ def ping(url: str) -> None:
 
 
 def redact(url: str) -> str:
+    """``url`` without user and password (for output and error messages), also when it is not a valid URL."""
+    url = re.sub(r"([?&]password=)[^&#]*", r"\1***", url)  # redis-py also takes the password as a query argument
     if "@" not in url:
         return url
-    scheme, rest = url.split("://", 1)
-    return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    scheme, sep, rest = url.partition("://") if "://" in url else ("", "", url)
+    return f"{scheme}{sep}***@{rest.rsplit('@', 1)[1]}"
 
 
 def free_port() -> int:

@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from common.broker import redact
 from common.errors import VigilError
 from common.log import setup_logging
 from common.settings import load_settings
@@ -100,8 +101,11 @@ def cli(ctx: click.Context, config_file: Path | None, redis_url: str | None, log
 @cli.command("config")
 @click.pass_obj
 def config_cmd(settings: Any) -> None:
-    """Print the effective settings as JSON (env + file + flags resolved)."""
-    click.echo(json.dumps(settings.model_dump(mode="json"), indent=2))
+    """Print the effective settings as JSON (env + file + flags resolved; the broker password redacted)."""
+    values = settings.model_dump(mode="json")
+    if values["redis_url"]:
+        values["redis_url"] = redact(values["redis_url"])
+    click.echo(json.dumps(values, indent=2))
 
 
 def main(argv: list[str] | None = None) -> int:

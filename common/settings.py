@@ -1,4 +1,4 @@
-"""Typed settings, validated once: env vars with the ``VIGIL_`` prefix, an optional TOML/YAML/env file,
+"""Typed settings, validated once: env vars with the ``VIGIL_`` prefix, an optional TOML or YAML file,
 then CLI flags on top (the CLI passes them as keyword overrides)."""
 
 from __future__ import annotations

@@ -32,6 +32,15 @@ def test_bad_scheme_is_a_named_error() -> None:
 
 def test_password_is_redacted() -> None:
     assert redact("redis://user:secret@host:6379/0") == "redis://***@host:6379/0"
+    assert redact("user:secret@host:6379") == "***@host:6379"
+    assert redact("rediss://host:6379/0?password=secret&db=1") == "rediss://host:6379/0?password=***&db=1"
+
+
+@pytest.mark.parametrize("url", ["http://vigil:s3cret@example.com", "vigil:s3cret@example.com:6379"])
+def test_invalid_url_error_does_not_show_the_password(url: str) -> None:
+    with pytest.raises(BrokerError, match="invalid broker URL") as err:
+        connect(url)
+    assert "s3cret" not in str(err.value) and "***@example.com" in str(err.value)
 
 
 def test_embedded_server_dies_with_a_killed_parent() -> None:

@@ -20,3 +20,10 @@ def test_help_does_not_import_tensorflow() -> None:
     code = "import sys; from common.cli import main; main(['--help']); print('tensorflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().endswith("False")
+
+
+def test_config_redacts_the_broker_password(monkeypatch, capsys) -> None:
+    monkeypatch.setenv("REDIS_URL", "redis://vigil:s3cret@10.0.0.5:6379/0")
+    assert main(["config"]) == 0
+    out = capsys.readouterr().out
+    assert "s3cret" not in out and json.loads(out)["redis_url"] == "redis://***@10.0.0.5:6379/0"

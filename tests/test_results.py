@@ -1,4 +1,8 @@
 import json
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -78,6 +82,83 @@ def test_summary_and_tail(monkeypatch, capsys, redis_url, namespace, published) 
     assert [s["label"] for s in json.loads(capsys.readouterr().out)["cam"]] == ["coat", "bag"]
     assert main(["results", "tail", "--from-start", "--label", "bag", "--max", "2", "--json"]) == 0
     assert [json.loads(x)["seq"] for x in capsys.readouterr().out.splitlines()] == [3, 4]
+
+
+@pytest.mark.integration
+def _blocked_readers(client) -> int:
+    return sum(1 for c in client.client_list() if c["cmd"] == "xread" and "b" in c["flags"])
+
+
+def _start_tail(client, env: dict[str, str]) -> subprocess.Popen[str]:
+    """`vigil results tail --max 2 --json` in a subprocess, once it is blocked in XREAD."""
+    before = _blocked_readers(client)
+    tail = subprocess.Popen([sys.executable, "-m", "common.cli", "results", "tail", "--max", "2", "--json"],
+                            env=env, stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 20
+    while _blocked_readers(client) == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return tail
+
+
+def _printed(tail: subprocess.Popen[str]) -> list[tuple[str, str]]:
+    try:
+        out, _ = tail.communicate(timeout=10)
+    finally:
+        tail.kill()
+        tail.wait()
+    return sorted((x["source"], x["label"]) for x in map(json.loads, out.splitlines()))
+
+
+@pytest.fixture
+def two_sources(client, namespace) -> tuple[str, str]:
+    """Sources a and b; a has a result from before tail starts, b's results stream does not exist yet."""
+    client.sadd(registry_key(namespace), "a", "b")
+    a, b = SourceKeys(namespace, "a").results, SourceKeys(namespace, "b").results
+    client.xadd(a, {**_res(0, "old", 0.0).encode(), "source": "a"})
+    return a, b
+
+
+@pytest.mark.integration
+def test_tail_prints_results_of_two_sources_written_in_one_transaction(client, pipeline_env, two_sources) -> None:
+    # Redis before 7.2 wakes a client blocked on several streams with the entries of one stream only.
+    tail = _start_tail(client, pipeline_env)
+    with client.pipeline(transaction=True) as multi:
+        multi.xadd(two_sources[0], {**_res(1, "coat", 0.1).encode(), "source": "a"})
+        multi.xadd(two_sources[1], {**_res(1, "bag", 0.1).encode(), "source": "b"})
+        multi.execute()
+    assert _printed(tail) == [("a", "coat"), ("b", "bag")]
+
+
+@pytest.mark.integration
+def test_tail_prints_results_written_between_two_reads(client, pipeline_env, two_sources) -> None:
+    tail = _start_tail(client, pipeline_env)
+    tail.send_signal(signal.SIGSTOP)  # a's entry wakes tail, b's arrives before tail reads again
+    try:
+        client.xadd(two_sources[0], {**_res(1, "coat", 0.1).encode(), "source": "a"})
+        client.xadd(two_sources[1], {**_res(1, "bag", 0.1).encode(), "source": "b"})
+    finally:
+        tail.send_signal(signal.SIGCONT)
+    assert _printed(tail) == [("a", "coat"), ("b", "bag")]
+
+
+@pytest.mark.integration
+def test_readers_skip_unknown_result_versions_with_one_warning(monkeypatch, capsys, redis_url, namespace,
+                                                                client, published) -> None:
+    for seq in (5, 6):
+        client.xadd(published.results, {**_res(seq, "coat", 0.5).encode(), "v": "2", "new": "x"})
+    client.xadd(published.results, _res(7, "bag", 0.7).encode())
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    monkeypatch.setenv("VIGIL_NAMESPACE", namespace)
+    assert main(["results", "export"]) == 0
+    out, err = capsys.readouterr()
+    assert [json.loads(x)["seq"] for x in out.splitlines()] == [0, 1, 2, 3, 4, 7]
+    assert err.count("WARNING") == 1 and "skipped 2 results of an unknown schema version (v='2': 2)" in err
+    assert main(["results", "summary", "--json"]) == 0
+    assert sum(s["frames"] for s in json.loads(capsys.readouterr().out)["cam"]) == 6
+    assert main(["results", "tail", "--from-start", "--max", "6", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out.splitlines()[-1])["seq"] == 7
+    assert err.count("WARNING") == 1 and "skipped 2 results" in err
 
 
 @pytest.mark.integration

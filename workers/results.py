@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import redis
 
-from common.schemas import Result
+from common.schemas import RESULT_VERSION, Result
 from common.streams import SourceKeys, registry_key
 
+log = logging.getLogger(__name__)
 PAGE = 1000
 
 
@@ -31,9 +34,32 @@ def iter_stream(client: redis.Redis, key: str, start: str = "-") -> Iterator[tup
         start = "(" + (last.decode() if isinstance(last, bytes) else last)
 
 
+def decode_known(fields: dict[Any, Any], unknown: Counter[str]) -> Result | None:
+    """The result in ``fields``, or None when its schema version is not one this reader knows (counted in
+    ``unknown`` by version): docs/results-schema.md says readers skip those rather than fail."""
+    version = fields.get(b"v", fields.get("v"))
+    version = version.decode() if isinstance(version, bytes) else version
+    if version != RESULT_VERSION:
+        unknown[repr(version)] += 1
+        return None
+    return Result.decode(fields)
+
+
+def warn_unknown(unknown: Counter[str], where: str) -> None:
+    """One warning for every entry ``decode_known`` skipped, by version."""
+    if unknown:
+        versions = ", ".join(f"v={v}: {n}" for v, n in sorted(unknown.items()))
+        log.warning("%s: skipped %d results of an unknown schema version (%s); this reader knows version %s. "
+                    "Upgrade vigil to read them.", where, unknown.total(), versions, RESULT_VERSION)
+
+
 def read_results(client: redis.Redis, namespace: str, source: str, include_eos: bool = False) -> list[Result]:
-    out = [Result.decode(f) for _, f in iter_stream(client, SourceKeys(namespace, source).results)]
-    return out if include_eos else [r for r in out if r.type == "result"]
+    """Every result of ``source`` in stream order; entries of an unknown version are skipped with one warning."""
+    unknown: Counter[str] = Counter()
+    decoded = (decode_known(f, unknown) for _, f in iter_stream(client, SourceKeys(namespace, source).results))
+    out = [r for r in decoded if r is not None and (include_eos or r.type == "result")]
+    warn_unknown(unknown, f"source {source}")
+    return out
 
 
 def read_dead(client: redis.Redis, namespace: str, source: str) -> list[dict[str, str]]:

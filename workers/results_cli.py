@@ -6,6 +6,7 @@ import csv
 import json
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TextIO
@@ -17,7 +18,7 @@ from common.broker import broker_url, connect
 from common.schemas import Result
 from common.settings import Settings
 from common.streams import SourceKeys
-from workers.results import read_results, segments, sources
+from workers.results import decode_known, read_results, segments, sources, warn_unknown
 
 CSV_FIELDS = ["source", "frame_id", "seq", "label", "score", "captured_at", "produced_at", "inferred_at",
               "model_version", "worker", "topk"]
@@ -46,21 +47,41 @@ def tail(settings: Settings, source: str | None, label: str | None, min_score: f
     with broker_url(settings.redis_url) as url:
         client = connect(url)
         shown = 0
-        cursors: dict[str, str] = {}
-        while limit is None or shown < limit:
-            for name in _sources(client, settings, source):
-                cursors.setdefault(SourceKeys(settings.namespace, name).results, "0-0" if from_start else "$")
-            if not cursors:
-                time.sleep(0.5)
-                continue
-            reply: Any = client.xread(dict(cursors), count=100, block=1000)  # type: ignore[arg-type]
-            for stream, entries in reply or []:
-                for eid, fields in entries:
-                    cursors[stream.decode()] = eid.decode()
-                    res = Result.decode(fields)
-                    if res.type == "result" and (not label or res.label == label) and res.score >= min_score:
-                        click.echo(_line(res, as_json))
-                        shown += 1
+        # Concrete ids, never "$": "$" on every XREAD loses what is added between two calls, and a client blocked
+        # on several streams is woken with one stream's entries. Sources that appear later are read from 0-0.
+        keys = [SourceKeys(settings.namespace, name).results for name in _sources(client, settings, source)]
+        cursors: dict[str, str] = {} if from_start else {key: _last_id(client, key) for key in keys}
+        unknown: Counter[str] = Counter()
+        try:
+            while limit is None or shown < limit:
+                for name in _sources(client, settings, source):
+                    cursors.setdefault(SourceKeys(settings.namespace, name).results, "0-0")
+                if not cursors:
+                    time.sleep(0.5)
+                    continue
+                reply: Any = client.xread(dict(cursors), count=100, block=1000)  # type: ignore[arg-type]
+                for stream, entries in reply or []:
+                    for eid, fields in entries:
+                        cursors[stream.decode()] = eid.decode()
+                        res = decode_known(fields, unknown)
+                        if (res is not None and res.type == "result" and (not label or res.label == label)
+                                and res.score >= min_score and (limit is None or shown < limit)):
+                            click.echo(_line(res, as_json))
+                            shown += 1
+        finally:
+            warn_unknown(unknown, "results tail")
+
+
+def _last_id(client: redis.Redis, key: str) -> str:
+    """The id of the newest entry ``key`` ever had; "0-0" when the stream does not exist yet."""
+    try:
+        info: Any = client.xinfo_stream(key)
+    except redis.ResponseError as exc:
+        if "no such key" not in str(exc).lower():
+            raise
+        return "0-0"
+    last = info["last-generated-id"]
+    return last.decode() if isinstance(last, bytes) else str(last)
 
 
 def _line(res: Result, as_json: bool) -> str:
