@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -59,7 +61,7 @@ def produce_file(client: redis.Redis, namespace: str, job: FileJob, high_water: 
     """
     cv2.setNumThreads(1)
     pub = SourcePublisher(client, namespace, job.source, high_water, 1 if job.realtime else job.pack)
-    start_seq = pub.open(str(job.path.resolve()), job.restart)
+    start_seq = pub.open(str(job.path.resolve()), job.restart, identity(job))
     started = time.monotonic()
     if pub.finished():
         log.info("source %s already complete (%d frames); nothing to do", job.source, start_seq - 1)
@@ -88,6 +90,23 @@ def produce_file(client: redis.Redis, namespace: str, job: FileJob, high_water: 
         pub.send(chunk)
     pub.end(total)
     return FileReport(job.source, total, pub.stats.sent, start_seq, time.monotonic() - started, pub.stats.paused_s)
+
+
+def identity(job: FileJob) -> dict[str, str]:
+    """What a resumed run must share with the run it continues (``SourcePublisher.open``): the sampling, the
+    model input the frames are preprocessed to, and the file itself (size and modification time; for an image
+    folder, every entry's name, size and modification time)."""
+    spec = job.spec
+    sampling = f"fps={job.sampling.fps:g}" if job.sampling.fps else f"every={job.sampling.every}"
+    if job.path.is_dir():
+        entries = sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in os.scandir(job.path))
+        content = "folder:" + hashlib.sha256(repr(entries).encode()).hexdigest()[:16]
+    else:
+        stat = job.path.stat()
+        content = f"file:{stat.st_size}:{stat.st_mtime_ns}"
+    return {"sampling": sampling, "content": content,
+            "input": f"{spec.height}x{spec.width}x{spec.channels} {spec.dtype} {spec.color} {spec.resize}"
+                     f"{' inverted' if spec.invert else ''}"}
 
 
 @contextmanager

@@ -18,7 +18,7 @@ import redis
 
 from common.broker import ensure_group
 from common.errors import BrokerError, ConfigError
-from common.schemas import MAX_PACK_FRAMES, Frame, encode_entry
+from common.schemas import MAX_PACK_FRAMES, Frame, decode_entry, encode_entry
 from common.streams import GROUP, SourceKeys, check_source, registry_key
 
 log = logging.getLogger(__name__)
@@ -53,8 +53,12 @@ class SourcePublisher:
         self.stats = PublishStats()
         self._room = 0  # entries that can be sent before the lag must be read again (XINFO GROUPS)
 
-    def open(self, path: str, restart: bool) -> int:
-        """Register the source and its group; return the first seq still to send (resume point)."""
+    def open(self, path: str, restart: bool, identity: dict[str, str] | None = None) -> int:
+        """Register the source and its group; return the first seq still to send (resume point).
+
+        ``identity``: what must not change between a run and its resume (sampling, the file's size and mtime, the
+        model input); a stored value that differs refuses the resume, since frame seqs would no longer line up
+        with what is on the stream (gaps, a lost end-of-stream marker)."""
         if self.client.hget(self.keys.meta, "mode") == b"live":
             raise ConfigError(
                 f"source {self.keys.source!r} is a live camera's stream; pass --source NAME to send this file "
@@ -69,10 +73,24 @@ class SourcePublisher:
                 f"source {self.keys.source!r} was produced from {old_path}, not {path}. "
                 "Pass --source NAME for a new source or --restart to start over."
             )
+        self._check_identity(identity or {})
         ensure_group(self.client, self.keys.frames, GROUP)
         self.client.sadd(registry_key(self.namespace), self.keys.source)
-        self.client.hset(self.keys.meta, mapping={"path": path, "started_at": time.time()})
+        meta: dict[Any, Any] = {"path": path, "started_at": time.time(), **(identity or {})}
+        self.client.hset(self.keys.meta, mapping=meta)
         return self.next_seq()
+
+    def _check_identity(self, identity: dict[str, str]) -> None:
+        stored: list[Any] = self.client.hmget(self.keys.meta, list(identity)) if identity else []
+        changed = [f"{key} was {old.decode()!r}, now {new!r}" for (key, new), old in zip(identity.items(), stored,
+                                                                                          strict=True)
+                   if old is not None and old.decode() != new]
+        if changed:
+            raise ConfigError(
+                f"source {self.keys.source!r} was produced differently before ({'; '.join(changed)}), so its frames "
+                "on the stream would not line up with this run's. Run it as before, or pass --restart to start "
+                "over, or --source NAME for a new source."
+            )
 
     def finished(self) -> bool:
         return self.client.hget(self.keys.meta, "eos") == b"1"
@@ -122,10 +140,16 @@ class SourcePublisher:
         return out
 
     def end(self, seq: int) -> None:
-        """Append the end-of-stream marker and record it in the checkpoint."""
+        """Append the end-of-stream marker and record it in the checkpoint (after checking that the stream's last
+        entry is that marker: a refused XADD is otherwise silent)."""
         frames_sent = self.stats.sent
         self.send([Frame.end_of_stream(self.keys.source, seq, time.time())])
         self.stats.sent = frames_sent
+        last: Any = self.client.xrevrange(self.keys.frames, count=1)
+        if not last or last[0][0].decode() != entry_id(seq) or not decode_entry(last[0][1])[-1].eos:
+            found = last[0][0].decode() if last else "nothing"
+            raise BrokerError(f"source {self.keys.source!r}: the stream ends with {found}, not the end-of-stream "
+                              f"marker {entry_id(seq)}; it holds frames this run did not send. Pass --restart.")
         self.client.hset(self.keys.meta, mapping={"eos": 1, "total": seq})
 
     def lag(self) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -243,6 +244,25 @@ def test_killed_producer_resumes_without_gap_or_duplicate(pipeline_env, client, 
     assert workers.wait(60) == 0
     assert stream_seqs(client, key) == list(range(61))  # 60 frames + end of stream, each once, in order
     assert_exactly_once(client, namespace, 60)
+
+
+def test_rerun_with_other_sampling_or_a_changed_file_is_refused(pipeline_env, client, namespace, small_video,
+                                                              tmp_path) -> None:
+    """A resume whose frames would not line up with those on the stream: other sampling (the review's case:
+    --realtime killed, then --every 10, lost the end-of-stream marker and broke the counters), or the file changed."""
+    video = tmp_path / small_video.name
+    shutil.copy(small_video, video)
+    produce(pipeline_env, video, "--every", "2")
+    cmd = [*VIGIL, "produce", "file", str(video), "--source", "cam", "--no-progress"]
+    other = subprocess.run([*cmd, "--every", "3"], env=pipeline_env, capture_output=True, text=True, timeout=60)
+    assert other.returncode == 2 and "sampling was 'every=2', now 'every=3'" in other.stderr, other.stderr
+    assert "--restart" in other.stderr
+    assert "(0 sent now" in produce(pipeline_env, video, "--every", "2").stdout  # the same run again: nothing to do
+    os.utime(video, ns=(time.time_ns(), time.time_ns() + 10**9))
+    changed = subprocess.run([*cmd, "--every", "2"], env=pipeline_env, capture_output=True, text=True, timeout=60)
+    assert changed.returncode == 2 and "content was 'file:" in changed.stderr, changed.stderr
+    produce(pipeline_env, video, "--every", "3", "--restart")
+    assert len(stream_seqs(client, SourceKeys(namespace, "cam").frames)) == 20 + 1
 
 
 def test_worker_process_never_imports_tensorflow_and_stays_small(pipeline_env) -> None:

@@ -1,4 +1,4 @@
-"""SourcePublisher: how frames are cut into packs."""
+"""SourcePublisher: how frames are cut into packs, the end-of-stream marker, what a resume must share."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import redis
 
+from common.errors import BrokerError, ConfigError
 from common.schemas import Frame
 from producers.publisher import SourcePublisher
 
@@ -23,3 +24,26 @@ def test_a_dtype_change_starts_a_new_pack(client: redis.Redis, namespace: str) -
     assert [[f.seq for f in pack] for pack in pub.packs(frames)] == [[0, 1], [2], [3]]
     pub.send(frames)  # encode_entry refuses a pack of mixed dtypes
     assert [entry_id for entry_id, _ in client.xrange(pub.keys.frames)] == [b"1-1", b"1-2", b"1-3"]
+
+
+def test_end_refuses_a_stream_that_does_not_end_with_its_marker(client: redis.Redis, namespace: str) -> None:
+    """A stream holding entries past this run's frames (produced differently before): the end-of-stream XADD is
+    refused by the server, which used to leave the source without a marker and 'eos' set anyway."""
+    pub = SourcePublisher(client, namespace, "cam", high_water=10**9, pack=4)
+    pub.open("/videos/cam.mp4", restart=False)
+    pub.send([Frame.from_pixels("cam", seq, np.zeros((4, 4, 1), np.uint8), seq / 25, time.time())
+              for seq in range(4)])
+    client.xadd(pub.keys.frames, {b"f": b"from an earlier run"}, id="1-20")
+    with pytest.raises(BrokerError, match="end-of-stream"):
+        pub.end(4)
+    assert client.hget(pub.keys.meta, "eos") is None
+
+
+def test_a_resume_that_would_not_line_up_is_refused(client: redis.Redis, namespace: str) -> None:
+    identity = {"sampling": "every=2", "content": "file:100:1", "input": "28x28x1 uint8 gray stretch"}
+    SourcePublisher(client, namespace, "cam", 10**9).open("/v.mp4", restart=False, identity=identity)
+    same = SourcePublisher(client, namespace, "cam", 10**9)
+    assert same.open("/v.mp4", restart=False, identity=identity) == 0
+    with pytest.raises(ConfigError, match=r"sampling was 'every=2', now 'every=3'.*--restart"):
+        same.open("/v.mp4", restart=False, identity={**identity, "sampling": "every=3"})
+    assert same.open("/v.mp4", restart=True, identity={**identity, "sampling": "every=3"}) == 0
