@@ -176,6 +176,7 @@ def paired_runs(run: PipelineRun, video: Path, bundle: Bundle, cores: int, repea
         fps, frames, cost, decode = ideal_fps(video, bundle, cores)
         # a fresh source name per run: a reused name would still hold the previous run's results
         stats = run.feed(video, f"bench-{video.stem}-{i}", frames, progress=False)
+        run.forget(f"bench-{video.stem}-{i}")  # a later repeat must not have more sources to poll than this one
         if len(stats.results) != frames:
             raise click.ClickException(f"pipeline lost frames: {len(stats.results)} results for {frames} frames")
         out.append(Paired(fps, cost, decode, stats))

@@ -20,11 +20,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from common.broker import connect
 from common.errors import VigilError
 from common.schemas import Result
-from common.streams import SourceKeys
+from common.streams import SourceKeys, registry_key
 from workers.results import dead_frames, read_dead, read_results
 
 VIGIL = [sys.executable, "-m", "common.cli"]
 READY_TIMEOUT_S = 60.0
+STALL_S = 120.0  # feed gives up when no result arrives for this long
 
 
 @dataclass
@@ -82,6 +83,7 @@ class PipelineRun:
         cmd = [*VIGIL, "produce", "file", str(video), "--source", source, "--no-progress", "--restart", *extra]
         producer = subprocess.Popen(cmd, env=self.env, stdout=subprocess.DEVNULL)
         producer_cpu: float | None = None
+        progress_at, last_done = time.monotonic(), -1
         with _bar(progress) as bar:
             produced = bar.add_task("produced", total=frames)
             classified = bar.add_task("classified", total=frames)
@@ -93,6 +95,11 @@ class PipelineRun:
                 done = n_results + (dead_frames(read_dead(self.client, self.namespace, source)) if n_dead else 0)
                 if done >= frames + 1:
                     break
+                if done != last_done:
+                    progress_at, last_done = time.monotonic(), done
+                elif time.monotonic() - progress_at > STALL_S:
+                    raise VigilError(f"{source}: no new result for {STALL_S:.0f} s ({done} of {frames} frames + the "
+                                     "end of stream accounted for); the workers or the producer are stuck")
                 if producer_cpu is None:
                     producer_cpu = _reap(producer)
                     if producer.returncode not in (None, 0):
@@ -121,6 +128,11 @@ class PipelineRun:
         dead = dead_frames(read_dead(self.client, self.namespace, source))
         return RunStats(frames, results, dead, wall, stream_s, worker_cpu, broker_cpu, producer_cpu,
                         harness_cpu)
+
+    def forget(self, source: str) -> None:
+        """Unregister a fed source, so that the pool stops polling it (its keys go at exit, with the namespace's;
+        deleting them now would make a worker that still reads the stream warn that it lost its group)."""
+        self.client.srem(registry_key(self.namespace), source)
 
     def _cpu(self) -> tuple[float, float]:
         """CPU seconds so far of the worker pool (supervisor + children) and of the broker (INFO cpu)."""
