@@ -4,7 +4,10 @@ Frames go out in packs of up to ``pack`` frames per stream entry (``common/schem
 ``1-<seq of the pack's last frame>``, so ids are deterministic: a restarted producer reads the stream's last id
 and continues after it, and a re-sent XADD (redis-py retries after a connection error) is rejected by the
 server instead of duplicating frames. Backpressure pauses while the group's lag (in frames: entries x the
-frames per entry sent so far) is above the high-water mark; file streams are never trimmed.
+frames per entry sent so far) is above the high-water mark. Each time the producer reads the lag it also trims
+the entries the workers have delivered and acked (never an undelivered or pending one), so a file source's
+stream holds about high-water + in-flight frames, not the whole video; resuming is unaffected (the stream's
+last-generated-id survives trimming).
 """
 
 from __future__ import annotations
@@ -24,6 +27,34 @@ from common.streams import GROUP, SourceKeys, check_source, registry_key
 log = logging.getLogger(__name__)
 ENTRY_MS = 1
 PACK_BYTES = 1 << 20  # a pack closes at this much pixel data even when it holds fewer than ``pack`` frames
+
+
+# KEYS: frames. ARGV: group. The group's lag (entries not yet delivered) and how many entries were trimmed:
+# those up to the group's last-delivered-id and before its oldest pending entry, i.e. delivered and acked. A
+# pending entry (a worker holds it, or a dead worker did and the janitor will reclaim it) is never trimmed.
+# One script, so that no delivery can happen between reading the group and trimming.
+LAG_TRIM_LUA = """
+local last, lag, read = nil, false, 0
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  local f = {}
+  for i = 1, #g, 2 do f[g[i]] = g[i + 1] end
+  if f['name'] == ARGV[1] then last, lag, read = f['last-delivered-id'], f['lag'], f['entries-read'] or 0 end
+end
+if not last then return {0, 0} end
+if not lag then  -- the server could not tell (deletions past the group's position): count from the adds
+  local s = redis.call('XINFO', 'STREAM', KEYS[1])
+  for i = 1, #s, 2 do if s[i] == 'entries-added' then lag = s[i + 1] - read end end
+end
+local trimmed = 0
+if last ~= '0-0' then
+  local dash = string.find(last, '-', 1, true)
+  local minid = string.sub(last, 1, dash - 1) .. '-' .. string.format('%d', tonumber(string.sub(last, dash + 1)) + 1)
+  local pending = redis.call('XPENDING', KEYS[1], ARGV[1])
+  if pending[1] > 0 then minid = pending[2] end  -- the oldest pending entry is at or before last-delivered-id
+  trimmed = redis.call('XTRIM', KEYS[1], 'MINID', minid)
+end
+return {lag, trimmed}
+"""
 
 
 def entry_id(seq: int) -> str:
@@ -52,6 +83,7 @@ class SourcePublisher:
         self.high_water = high_water
         self.stats = PublishStats()
         self._room = 0  # entries that can be sent before the lag must be read again (XINFO GROUPS)
+        self._lag_trim = client.register_script(LAG_TRIM_LUA)
 
     def open(self, path: str, restart: bool, identity: dict[str, str] | None = None) -> int:
         """Register the source and its group; return the first seq still to send (resume point).
@@ -153,13 +185,12 @@ class SourcePublisher:
         self.client.hset(self.keys.meta, mapping={"eos": 1, "total": seq})
 
     def lag(self) -> int:
-        """Entries not yet delivered to the group."""
-        for group in self.client.xinfo_groups(self.keys.frames):
-            if group["name"].decode() == GROUP:
-                if group.get("lag") is not None:
-                    return int(group["lag"])
-                return int(self.client.xlen(self.keys.frames)) - int(group.get("entries-read") or 0)
-        return 0
+        """Entries not yet delivered to the group; trims, in the same step, the entries it has delivered and
+        acked (``LAG_TRIM_LUA``)."""
+        lag, trimmed = (int(x) for x in self._lag_trim(keys=[self.keys.frames], args=[GROUP]))
+        if trimmed:
+            log.debug("source %s: trimmed %d processed entries", self.keys.source, trimmed)
+        return lag
 
     def wait_for_room(self) -> None:
         """Pause while the group's lag in frames is above the high-water mark. The lag is read (one XINFO

@@ -242,8 +242,10 @@ def test_killed_producer_resumes_without_gap_or_duplicate(pipeline_env, client, 
     workers = start_workers(env, "--burst")
     assert second.wait(60) == 0
     assert workers.wait(60) == 0
-    assert stream_seqs(client, key) == list(range(61))  # 60 frames + end of stream, each once, in order
+    # The stream itself no longer holds them all (processed entries are trimmed): a frame sent twice or never
+    # shows as a duplicate or missing result.
     assert_exactly_once(client, namespace, 60)
+    assert client.hget(SourceKeys(namespace, "cam").meta, "produced") == b"61"  # 60 frames + end of stream
 
 
 def test_rerun_with_other_sampling_or_a_changed_file_is_refused(pipeline_env, client, namespace, small_video,
@@ -263,6 +265,19 @@ def test_rerun_with_other_sampling_or_a_changed_file_is_refused(pipeline_env, cl
     assert changed.returncode == 2 and "content was 'file:" in changed.stderr, changed.stderr
     produce(pipeline_env, video, "--every", "3", "--restart")
     assert len(stream_seqs(client, SourceKeys(namespace, "cam").frames)) == 20 + 1
+
+
+def test_a_file_sources_stream_keeps_only_what_is_not_processed_yet(pipeline_env, client, namespace,
+                                                                    small_video) -> None:
+    """Each time the producer reads the lag it trims what was delivered and acked: what stays is at most the
+    high-water mark (8 frames) plus what the workers held at the last reading (2 x batches of 4, and a read's
+    carry-over), far fewer than the 31 entries sent."""
+    env = {**pipeline_env, "VIGIL_HIGH_WATER": "8", "VIGIL_MAX_BATCH": "4", "VIGIL_PER_SOURCE_CAP": "4"}
+    proc = start_workers(env, "--burst")
+    produce(env, small_video, "--pack", "2")  # 30 entries of 2 frames + the end of stream
+    assert proc.wait(60) == 0
+    assert_exactly_once(client, namespace, 60)
+    assert client.xlen(SourceKeys(namespace, "cam").frames) <= 16
 
 
 def test_worker_process_never_imports_tensorflow_and_stays_small(pipeline_env) -> None:
@@ -335,3 +350,11 @@ def test_file_refuses_a_live_cameras_source(pipeline_env, client, namespace, sma
     out = subprocess.run(cmd, env=pipeline_env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "live camera" in out.stderr
     assert not client.exists(SourceKeys(namespace, "cam").frames)
+
+
+def test_finished_workers_leave_the_consumer_group(pipeline_env, client, namespace, small_video) -> None:
+    produce(pipeline_env, small_video)
+    proc = start_workers(pipeline_env, "--burst")
+    assert proc.wait(60) == 0
+    assert_exactly_once(client, namespace, 60)
+    assert client.xinfo_consumers(SourceKeys(namespace, "cam").frames, GROUP) == []  # `vigil status` lists none

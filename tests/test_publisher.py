@@ -10,6 +10,7 @@ import redis
 
 from common.errors import BrokerError, ConfigError
 from common.schemas import Frame
+from common.streams import GROUP
 from producers.publisher import SourcePublisher
 
 pytestmark = pytest.mark.integration
@@ -47,3 +48,24 @@ def test_a_resume_that_would_not_line_up_is_refused(client: redis.Redis, namespa
     with pytest.raises(ConfigError, match=r"sampling was 'every=2', now 'every=3'.*--restart"):
         same.open("/v.mp4", restart=False, identity={**identity, "sampling": "every=3"})
     assert same.open("/v.mp4", restart=True, identity={**identity, "sampling": "every=3"}) == 0
+
+
+def test_reading_the_lag_trims_only_entries_delivered_and_acked(client: redis.Redis, namespace: str) -> None:
+    """A file source's stream used to keep every frame until --restart (gigabytes for a long video at 224x224)."""
+    pub = SourcePublisher(client, namespace, "cam", high_water=10**9, pack=1)
+    pub.open("/videos/cam.mp4", restart=False)
+    pub.send([Frame.from_pixels("cam", seq, np.zeros((4, 4, 1), np.uint8), seq / 25, time.time())
+              for seq in range(10)])
+    client.xreadgroup(GROUP, "w", {pub.keys.frames: ">"}, count=6)  # 1-0 .. 1-5 delivered, pending
+    client.xack(pub.keys.frames, GROUP, "1-0", "1-1", "1-2")
+
+    def ids() -> list[int]:
+        return [int(eid.split(b"-")[1]) for eid, _ in client.xrange(pub.keys.frames)]
+
+    assert pub.lag() == 4  # 1-6 .. 1-9 not delivered yet
+    assert ids() == list(range(3, 10))  # acked ones gone; pending 1-3 .. 1-5 and undelivered ones kept
+    client.xack(pub.keys.frames, GROUP, "1-4")  # acked, but after the oldest pending one (1-3): kept
+    assert pub.lag() == 4 and ids() == list(range(3, 10))
+    client.xack(pub.keys.frames, GROUP, "1-3", "1-5")
+    assert pub.lag() == 4 and ids() == list(range(6, 10))
+    assert pub.next_seq() == 10  # resuming still continues after the last frame sent

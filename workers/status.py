@@ -152,8 +152,9 @@ def status(settings: Settings, as_json: bool, watch: float | None) -> None:
     Columns (and --json keys):
       mode, state        live (camera) or file; camera state (connecting|online|offline) and for how long
                          (state_since, state_reason, url)
-      entries            entries in the frames stream (live streams are capped, file streams never); a
-                         camera's entry is one frame, a file producer's a pack of up to pack_frames (16)
+      entries            entries in the frames stream (live streams are capped; a file producer trims the
+                         processed ones when it reads the lag); a camera's entry is one frame, a file
+                         producer's a pack of up to pack_frames (16)
       lag, pending       entries not yet delivered to the `workers` group; delivered but not acked yet
       results, res/s     results stream length; results per second over the last ~10 s
       produced,
