@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
+import redis
 
 from common.broker import redact
-from common.errors import VigilError
+from common.errors import BrokerError, VigilError
 from common.log import setup_logging
 from common.settings import load_settings
 
@@ -33,6 +35,7 @@ RET_OK = 0
 RET_ERROR = 1
 RET_USAGE = 2
 RET_INTERRUPTED = 130
+log = logging.getLogger(__name__)
 
 
 class LazyGroup(click.Group):
@@ -56,6 +59,24 @@ class LazyGroup(click.Group):
         rows += [(n, c.get_short_help_str()) for n, c in sorted(self.commands.items())]
         with formatter.section("Commands"):
             formatter.write_dl(rows)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except redis.RedisError as exc:  # redis-py's retries gave up; here the settings still name the broker
+            log.debug("broker error", exc_info=True)
+            raise _broker_failed(ctx.obj, exc) from exc
+
+
+def _broker_failed(settings: Any, exc: redis.RedisError) -> BrokerError:
+    url = getattr(settings, "redis_url", None)
+    where = redact(url) if url else "(the embedded one)"
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+        hint = "Is the server up and reachable? Check REDIS_URL or --redis-url."
+    else:
+        hint = "Check the server's log and limits (maxmemory, ACL rules)."
+    return BrokerError(f"broker {where} failed: {type(exc).__name__}: {exc} {hint} "
+                       "(`vigil --log-level DEBUG ...` shows the traceback)")
 
 
 def _unavailable(name: str, exc: ModuleNotFoundError) -> click.Command:

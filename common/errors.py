@@ -43,3 +43,9 @@ class SourceError(VigilError):
     """A video source (file, camera) cannot be opened or read."""
 
     exit_code = 7
+
+
+class WorkerError(VigilError):
+    """Worker processes keep failing: a burst pool gave up instead of respawning them for ever."""
+
+    exit_code = 8

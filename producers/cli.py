@@ -38,8 +38,10 @@ def produce() -> None:
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--source", default=None,
               help="Source name (default: the file name without its extension). Only with one PATH.")
-@click.option("--every", type=click.IntRange(1), default=1, show_default=True, help="Keep every Nth frame.")
-@click.option("--fps", type=click.FloatRange(0, min_open=True), default=None, help="Sample to this media rate.")
+@click.option("--every", type=click.IntRange(1), default=None,
+              help="Keep every Nth frame [default: 1]. Not with --fps.")
+@click.option("--fps", type=click.FloatRange(0, min_open=True), default=None,
+              help="Sample to this media rate. Not with --every.")
 @click.option("--transport", type=click.Choice(["raw", "jpeg"]), default="raw", show_default=True)
 @click.option("--jpeg-quality", type=click.IntRange(1, 100), default=95, show_default=True)
 @click.option("--realtime", is_flag=True, help="Pace frames at media speed (simulate a camera).")
@@ -54,7 +56,7 @@ def produce() -> None:
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a TTY).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON report per source.")
 @click.pass_obj
-def produce_file_cmd(settings: Settings, paths: tuple[Path, ...], source: str | None, every: int,
+def produce_file_cmd(settings: Settings, paths: tuple[Path, ...], source: str | None, every: int | None,
                      fps: float | None, transport: str, jpeg_quality: int, realtime: bool, decoders: int | None,
                      pack: int | None, restart: bool, progress: bool | None, as_json: bool) -> None:
     """Send the frames of video files or image folders, lossless and resumable, then exit.
@@ -63,12 +65,15 @@ def produce_file_cmd(settings: Settings, paths: tuple[Path, ...], source: str | 
     """
     if source and len(paths) > 1:
         raise ConfigError("--source names one source; pass one PATH with it, or omit it.")
+    if every is not None and fps is not None:
+        raise click.UsageError("--every and --fps are mutually exclusive: --every N keeps every Nth frame, --fps R "
+                               "samples to R frames per second of media time; pass one of them.")
     spec = Bundle.load(settings.bundle, verify_hashes=False).spec.input
     show = sys.stderr.isatty() if progress is None else progress
     with broker_url(settings.redis_url) as url:
         client = connect(url)
         for path in paths:
-            job = FileJob(path, source or default_source_name(path), spec, Sampling(every, fps),
+            job = FileJob(path, source or default_source_name(path), spec, Sampling(every or 1, fps),
                           "jpeg" if transport == "jpeg" else "raw", jpeg_quality, restart, realtime,
                           settings.decoders if decoders is None else decoders, pack or settings.pack_frames)
             report = produce_file(client, settings.namespace, job, settings.high_water, show)

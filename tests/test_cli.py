@@ -27,3 +27,11 @@ def test_config_redacts_the_broker_password(monkeypatch, capsys) -> None:
     assert main(["config"]) == 0
     out = capsys.readouterr().out
     assert "s3cret" not in out and json.loads(out)["redis_url"] == "redis://***@10.0.0.5:6379/0"
+
+
+def test_every_and_fps_are_mutually_exclusive(tmp_path, capsys) -> None:
+    video = tmp_path / "v.avi"
+    video.write_bytes(b"")
+    assert main(["produce", "file", str(video), "--every", "5", "--fps", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "--every" in err and "--fps" in err

@@ -29,7 +29,8 @@ def worker_config(settings: Settings, url: str, burst: bool, burst_idle_s: float
 @click.option("--max-batch", type=click.IntRange(1, 1024), default=None, help="Frames per micro-batch.")
 @click.option("--max-wait-ms", type=click.IntRange(0, 10_000), default=None, help="Batch wait after 1st frame.")
 @click.option("--claim-idle-ms", type=click.IntRange(100), default=None, help="Reclaim entries idle this long.")
-@click.option("--burst", is_flag=True, help="Drain every ended source, then exit 0 (tests, demos, batch jobs).")
+@click.option("--burst", is_flag=True, help="Drain every ended source, then exit 0 (tests, demos, batch jobs); exit 8 "
+              "when a worker fails 5 times in a row (the broker is gone).")
 @click.option("--burst-idle", "burst_idle", type=click.FloatRange(0), default=None, metavar="SECONDS",
               help="With --burst: also exit once nothing was unread, pending or new for this long, even if a "
                    "source never sent its end-of-stream marker (its producer died) or none was ever registered; "

@@ -1,7 +1,10 @@
 """Supervisor of N spawned worker processes: respawns crashed children with backoff, forwards shutdown.
 
 First SIGTERM/SIGINT: children drain (finish the batch, ack) and the pool exits 0. Second: kill them, exit now.
-In burst mode a child that exits 0 has drained the streams and is not replaced.
+In burst mode a child that exits 0 has drained the streams and is not replaced, and a slot whose child fails
+BURST_MAX_FAILURES times in a row (no healthy run between) ends the run: the pool drains the other children and
+exits 8 (``WorkerError``), so that a batch job whose broker is gone ends. Outside burst mode a failing child is
+respawned for ever, with backoff, as a supervised service should be.
 
 With a metrics port the supervisor serves Prometheus metrics in multiprocess mode: children write their
 counters to files in a private directory, the supervisor sums them on each scrape, drops a dead child's live
@@ -22,7 +25,7 @@ import redis
 
 from common import metrics
 from common.broker import connect
-from common.errors import ConfigError
+from common.errors import ConfigError, WorkerError
 from common.streams import SourceKeys
 from workers.results import sources
 from workers.status import group_state
@@ -32,6 +35,7 @@ log = logging.getLogger(__name__)
 MAX_BACKOFF_S = 30.0
 HEALTHY_AFTER_S = 30.0
 GAUGES_EVERY_S = 5.0
+BURST_MAX_FAILURES = 5  # with backoff and redis-py's retries: ~40 s of a broker outage before a burst pool gives up
 
 
 @dataclass
@@ -52,6 +56,7 @@ class Pool:
     metrics_port: int | None = None
     stopping: bool = False
     killed: bool = False
+    gave_up: str | None = None  # burst: why the pool stopped respawning
     _gauges: BrokerGauges | None = field(default=None, init=False)
 
     def run(self) -> int:
@@ -71,6 +76,8 @@ class Pool:
                 signal.signal(sig, handler)
             if metrics_dir is not None:
                 metrics.cleanup_multiprocess(metrics_dir)
+        if self.gave_up is not None and not self.killed:
+            raise WorkerError(self.gave_up)
         return 130 if self.killed else 0
 
     def _serve_metrics(self) -> str:
@@ -117,9 +124,21 @@ class Pool:
             return
         lived = time.monotonic() - slot.started
         slot.failures = 1 if lived > HEALTHY_AFTER_S else slot.failures + 1
+        if self.config.burst and slot.failures >= BURST_MAX_FAILURES:
+            self._give_up(slot, code)
+            return
         delay = min(MAX_BACKOFF_S, 0.5 * 2 ** (slot.failures - 1))
         slot.respawn_at = time.monotonic() + delay
         log.error("worker %d exited with code %s after %.1fs; respawning in %.1fs", slot.index, code, lived, delay)
+
+    def _give_up(self, slot: Slot, code: int | None) -> None:
+        self.gave_up = (f"worker {slot.index} failed {slot.failures} times in a row (last exit code {code}) with no "
+                        f"run over {HEALTHY_AFTER_S:.0f}s between; --burst gives up instead of respawning it. "
+                        "The log above says why (is the broker up? REDIS_URL?).")
+        log.error("worker %d failed %d times in a row: giving up (--burst), draining the other workers", slot.index,
+                  slot.failures)
+        slot.done = True
+        self._drain()
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         if self.stopping:
@@ -129,6 +148,9 @@ class Pool:
                     slot.proc.kill()
             return
         log.info("signal %d: draining workers (send again to stop now)", signum)
+        self._drain()
+
+    def _drain(self) -> None:
         self.stopping = True
         for slot in self.slots:
             if slot.proc is not None and slot.proc.is_alive():

@@ -216,6 +216,22 @@ class BatchReader:
             self.sources[name] = keys
         self._by_stream = {k.frames.encode(): s for s, k in self.sources.items()}
 
+    def leave(self) -> None:
+        """At exit: delete this consumer from the group of every known source, so that `vigil status` lists live
+        workers only. XGROUP DELCONSUMER drops a consumer's pending entries, so where it still owns some it stays
+        (another worker's janitor reclaims them). Only this consumer adds entries to its own list (reads, claims),
+        so nothing can arrive between the check and the delete."""
+        for source, keys in self.sources.items():
+            try:
+                if self.client.xpending_range(keys.frames, GROUP, "-", "+", 1, consumername=self.consumer):
+                    log.warning("consumer %s still owns pending entries of %s: kept in the group", self.consumer,
+                                source)
+                    continue
+                self.client.xgroup_delconsumer(keys.frames, GROUP, self.consumer)
+            except redis.ResponseError as exc:  # NOGROUP: the source was deleted meanwhile, nothing to leave
+                if "NOGROUP" not in str(exc):
+                    raise
+
     def _reclaim_due(self) -> list[Entry]:
         """Janitor tick: claim entries idle past claim_idle_ms, continuing each source's cursor until 0-0."""
         every = max(self.policy.claim_idle_ms / 2, 100) / 1000

@@ -82,6 +82,7 @@ class Worker:
             elif self.config.burst and self.burst_done(quiet):
                 break
         self.process(self.reader.release())
+        self.reader.leave()
         log.info("worker %s stopping after %d frames", self.name, self.processed)
 
     def burst_done(self, quiet: QuietClock) -> bool:
