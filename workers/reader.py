@@ -23,6 +23,22 @@ POLL_S = 0.001  # while a batch fills (at most max_wait_ms), poll this often
 PACK_GUESS = float(DEFAULT_PACK_FRAMES)  # frames per entry assumed for a file source not read yet
 
 
+# KEYS: frames. ARGV: group, min idle ms, this consumer. Deletes the other consumers that own no pending entry and
+# were idle that long; returns how many.
+FORGET_CONSUMERS_LUA = """
+local gone = 0
+for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local f = {}
+  for i = 1, #c, 2 do f[c[i]] = c[i + 1] end
+  if f['name'] ~= ARGV[3] and f['pending'] == 0 and f['idle'] >= tonumber(ARGV[2]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], f['name'])
+    gone = gone + 1
+  end
+end
+return gone
+"""
+
+
 @dataclass(frozen=True)
 class Entry:
     """One stream entry: one frame, or a pack of ``frames`` frames (``common.schemas.decode_entry``)."""
@@ -87,6 +103,7 @@ class BatchReader:
         # Frames per entry last seen on each source (packs): COUNT is in entries, batches are in frames. A file
         # source not read yet is assumed to send full packs, so a first read fetches too little, not too much.
         self._per_entry: dict[str, float] = {}
+        self._forget = client.register_script(FORGET_CONSUMERS_LUA)
 
     def next_batch(self) -> list[Entry]:
         """Entries holding up to max_batch frames (at least one entry, even a bigger pack); waits at most
@@ -251,7 +268,24 @@ class BatchReader:
                     break
         if out:
             log.warning("janitor reclaimed %d entries idle > %d ms", len(out), self.policy.claim_idle_ms)
+        self._forget_gone_consumers()
         return out
+
+    def _forget_gone_consumers(self) -> None:
+        """Delete the group's consumers that own no pending entry and were idle past claim_idle_ms: workers that
+        were killed (SIGKILL, OOM) could not leave themselves and `vigil status` would list them for ever. The
+        check and the delete are one script, so an entry delivered meanwhile can never be dropped with its
+        consumer; a live one deleted by mistake is re-created by its next XREADGROUP."""
+        for keys in self.sources.values():
+            try:
+                gone = int(self._forget(keys=[keys.frames], args=[GROUP, self.policy.claim_idle_ms, self.consumer]))
+            except redis.ResponseError as exc:  # NOGROUP: the source was deleted meanwhile
+                if "NOGROUP" not in str(exc):
+                    raise
+                continue
+            if gone:
+                log.info("janitor removed %d consumers of %s that were gone (no pending entry, idle > %d ms)",
+                         gone, keys.source, self.policy.claim_idle_ms)
 
     def _with_deliveries(self, source: str, keys: SourceKeys, claimed: list[Any]) -> list[Entry]:
         if not claimed:
