@@ -16,10 +16,11 @@ import redis
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from common.bundle import InputSpec
+from common.errors import SourceError
 from common.schemas import Encoding, Frame
 from common.settings import DEFAULT_PACK_FRAMES
 from producers.publisher import SourcePublisher
-from producers.sources import Sampling, estimate_frames, iter_preprocessed
+from producers.sources import Sampling, estimate_frames, image_files, iter_preprocessed
 
 log = logging.getLogger(__name__)
 CHUNK = 32
@@ -94,19 +95,33 @@ def produce_file(client: redis.Redis, namespace: str, job: FileJob, high_water: 
 
 def identity(job: FileJob) -> dict[str, str]:
     """What a resumed run must share with the run it continues (``SourcePublisher.open``): the sampling, the
-    model input the frames are preprocessed to, and the file itself (size and modification time; for an image
-    folder, every entry's name, size and modification time)."""
+    model input the frames are preprocessed to, and the content (size and a hash of the first and last MiB of
+    the file, or of every image of a folder in order: a re-downloaded copy of the same bytes still resumes, a
+    file that changed does not; other files in a folder do not count)."""
     spec = job.spec
     sampling = f"fps={job.sampling.fps:g}" if job.sampling.fps else f"every={job.sampling.every}"
-    if job.path.is_dir():
-        entries = sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in os.scandir(job.path))
-        content = "folder:" + hashlib.sha256(repr(entries).encode()).hexdigest()[:16]
-    else:
-        stat = job.path.stat()
-        content = f"file:{stat.st_size}:{stat.st_mtime_ns}"
-    return {"sampling": sampling, "content": content,
+    try:
+        files = image_files(job.path) if job.path.is_dir() else [job.path]
+        digest = hashlib.sha256()
+        for file in files:
+            digest.update(f"{file.name}:{file.stat().st_size}:".encode())
+            digest.update(_ends(file))
+    except OSError as exc:
+        raise SourceError(f"{job.path} cannot be read: {exc}") from exc
+    return {"sampling": sampling, "content": digest.hexdigest()[:16],
             "input": f"{spec.height}x{spec.width}x{spec.channels} {spec.dtype} {spec.color} {spec.resize}"
                      f"{' inverted' if spec.invert else ''}"}
+
+
+def _ends(file: Path, size: int = 1 << 20) -> bytes:
+    """The first and last ``size`` bytes of ``file`` (all of it when smaller)."""
+    with file.open("rb") as f:
+        head = f.read(size)
+        f.seek(0, os.SEEK_END)
+        if f.tell() <= size:
+            return head
+        f.seek(max(size, f.tell() - size))
+        return head + f.read()
 
 
 @contextmanager

@@ -29,31 +29,39 @@ ENTRY_MS = 1
 PACK_BYTES = 1 << 20  # a pack closes at this much pixel data even when it holds fewer than ``pack`` frames
 
 
-# KEYS: frames. ARGV: group. The group's lag (entries not yet delivered) and how many entries were trimmed:
-# those up to the group's last-delivered-id and before its oldest pending entry, i.e. delivered and acked. A
-# pending entry (a worker holds it, or a dead worker did and the janitor will reclaim it) is never trimmed.
-# One script, so that no delivery can happen between reading the group and trimming.
+# KEYS: frames. ARGV: group. The group's lag (entries not yet delivered) and how many entries were trimmed: those
+# every group of the stream has delivered and acked (before each group's next undelivered entry and its oldest
+# pending one; another group, an archiver say, keeps what it has not read, and a group rewound with XGROUP SETID
+# keeps what became undelivered again). A pending entry (a worker holds it, or a dead worker did and the janitor
+# will reclaim it) is never trimmed. One script, so that no delivery can happen between reading and trimming.
 LAG_TRIM_LUA = """
-local last, lag, read = nil, false, 0
+local function split(id)
+  local dash = string.find(id, '-', 1, true)
+  return tonumber(string.sub(id, 1, dash - 1)), tonumber(string.sub(id, dash + 1))
+end
+local function lt(a, b)
+  local am, as = split(a)
+  local bm, bs = split(b)
+  return am < bm or (am == bm and as < bs)
+end
+local lag, ours, minid = false, nil, nil
 for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
   local f = {}
   for i = 1, #g, 2 do f[g[i]] = g[i + 1] end
-  if f['name'] == ARGV[1] then last, lag, read = f['last-delivered-id'], f['lag'], f['entries-read'] or 0 end
+  if f['name'] == ARGV[1] then lag, ours = f['lag'], f['last-delivered-id'] end
+  local ms, seq = split(f['last-delivered-id'])
+  local keep = string.format('%d-%d', ms, seq + 1)  -- the group's next undelivered entry
+  if f['pending'] > 0 then
+    local oldest = redis.call('XPENDING', KEYS[1], f['name'])[2]
+    if lt(oldest, keep) then keep = oldest end
+  end
+  if not minid or lt(keep, minid) then minid = keep end
 end
-if not last then return {0, 0} end
-if not lag then  -- the server could not tell (deletions past the group's position): count from the adds
-  local s = redis.call('XINFO', 'STREAM', KEYS[1])
-  for i = 1, #s, 2 do if s[i] == 'entries-added' then lag = s[i + 1] - read end end
+if not ours then return {0, 0} end
+if not lag then  -- the server could not tell (entries-read unknown): count the undelivered entries
+  lag = #redis.call('XRANGE', KEYS[1], '(' .. ours, '+')
 end
-local trimmed = 0
-if last ~= '0-0' then
-  local dash = string.find(last, '-', 1, true)
-  local minid = string.sub(last, 1, dash - 1) .. '-' .. string.format('%d', tonumber(string.sub(last, dash + 1)) + 1)
-  local pending = redis.call('XPENDING', KEYS[1], ARGV[1])
-  if pending[1] > 0 then minid = pending[2] end  -- the oldest pending entry is at or before last-delivered-id
-  trimmed = redis.call('XTRIM', KEYS[1], 'MINID', minid)
-end
-return {lag, trimmed}
+return {lag, redis.call('XTRIM', KEYS[1], 'MINID', minid)}
 """
 
 
@@ -177,11 +185,12 @@ class SourcePublisher:
         frames_sent = self.stats.sent
         self.send([Frame.end_of_stream(self.keys.source, seq, time.time())])
         self.stats.sent = frames_sent
-        last: Any = self.client.xrevrange(self.keys.frames, count=1)
-        if not last or last[0][0].decode() != entry_id(seq) or not decode_entry(last[0][1])[-1].eos:
-            found = last[0][0].decode() if last else "nothing"
-            raise BrokerError(f"source {self.keys.source!r}: the stream ends with {found}, not the end-of-stream "
-                              f"marker {entry_id(seq)}; it holds frames this run did not send. Pass --restart.")
+        # The stream's last id must be the marker's; the entry itself, if still there (an interrupted run may have
+        # sent it, and workers processed it and this run trimmed it since), must be the marker.
+        marker: Any = self.client.xrange(self.keys.frames, entry_id(seq), entry_id(seq))
+        if self.next_seq() != seq + 1 or (marker and not decode_entry(marker[0][1])[-1].eos):
+            raise BrokerError(f"source {self.keys.source!r}: the stream does not end with the end-of-stream marker "
+                              f"{entry_id(seq)}; it holds frames this run did not send. Pass --restart.")
         self.client.hset(self.keys.meta, mapping={"eos": 1, "total": seq})
 
     def lag(self) -> int:

@@ -70,7 +70,7 @@ def default_source_name(path: Path) -> str:
 
 def estimate_frames(path: Path, sampling: Sampling) -> int | None:
     if path.is_dir():
-        return len(_image_files(path)) // sampling.every if not sampling.fps else None
+        return len(image_files(path)) // sampling.every if not sampling.fps else None
     cap = cv2.VideoCapture(str(path))
     try:
         total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
@@ -280,12 +280,13 @@ def video_fps(cap: cv2.VideoCapture) -> float:
     return float(cap.get(cv2.CAP_PROP_FPS) or 25.0)
 
 
-def _image_files(folder: Path) -> list[Path]:
+def image_files(folder: Path) -> list[Path]:
+    """The images of ``folder`` that a producer sends, in the order it sends them."""
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def _iter_images(folder: Path) -> Iterator[tuple[float, np.ndarray]]:
-    files = _image_files(folder)
+    files = image_files(folder)
     if not files:
         raise SourceError(f"folder {folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}).")
     for index, file in enumerate(files):

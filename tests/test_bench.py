@@ -3,6 +3,7 @@ paired repeats (the ideal beside each pipeline run) against a real broker and wo
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 from common.bundle import Bundle
@@ -34,9 +35,10 @@ def test_paired_runs_measure_the_ideal_beside_each_pipeline_run_and_account_cpu(
         assert p.run.producer_cpu_s > 0.1  # at least its imports (cv2, numpy, redis)
         # psutil counts whole 10 ms ticks, too coarse for a 60-frame run's workers; INFO cpu is finer
         assert p.run.worker_cpu_s >= 0 and p.run.broker_cpu_s > 0 and p.run.harness_cpu_s > 0
-    report = video_report(pairs, naive=10.0, busy=1.0, cores=2)
+    report = video_report(pairs, naive=10.0, busy=1.5, cores=2)
     assert report["ratio_vs_ideal_runs"] == [round(p.ratio, 2) for p in pairs]
     assert min(report["ratio_vs_ideal_runs"]) <= report["ratio_vs_ideal"] <= max(report["ratio_vs_ideal_runs"])
     assert set(report["pipeline_cpu_ms_per_frame"]) == {"producer", "workers", "broker", "bench_harness"}
     assert report["ratio_vs_naive"] == round(report["pipeline_fps"] / 10.0, 2)
-    assert report["ratio_vs_ideal_all_cores_busy"] == report["ratio_vs_ideal"]  # a busy core costing the same
+    median_ratio = statistics.median(p.ratio for p in pairs)
+    assert report["ratio_vs_ideal_all_cores_busy"] == round(median_ratio * 1.5, 2)  # busy cores cost 1.5x

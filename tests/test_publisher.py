@@ -69,3 +69,38 @@ def test_reading_the_lag_trims_only_entries_delivered_and_acked(client: redis.Re
     client.xack(pub.keys.frames, GROUP, "1-3", "1-5")
     assert pub.lag() == 4 and ids() == list(range(6, 10))
     assert pub.next_seq() == 10  # resuming still continues after the last frame sent
+
+
+def test_end_accepts_a_marker_an_interrupted_run_sent_and_workers_processed(client: redis.Redis,
+                                                                            namespace: str) -> None:
+    """Killed between the marker's XADD and recording eos: workers process the marker and the next run's lag
+    reading trims it, so the re-sent XADD is refused and the marker is no longer on the stream."""
+    first = SourcePublisher(client, namespace, "cam", high_water=10**9, pack=4)
+    first.open("/videos/cam.mp4", restart=False)
+    first.send([Frame.from_pixels("cam", seq, np.zeros((4, 4, 1), np.uint8), seq / 25, time.time())
+                for seq in range(4)])
+    first.send([Frame.end_of_stream("cam", 4, time.time())])  # ... and killed before end() recorded it
+    [(_, entries)] = client.xreadgroup(GROUP, "w", {first.keys.frames: ">"})
+    client.xack(first.keys.frames, GROUP, *[eid for eid, _ in entries])
+    again = SourcePublisher(client, namespace, "cam", high_water=10**9, pack=4)
+    assert again.open("/videos/cam.mp4", restart=False) == 5
+    again.lag()  # trims everything: all of it was processed
+    again.end(4)
+    assert client.hget(again.keys.meta, "eos") == b"1"
+
+
+def test_trimming_keeps_what_another_group_has_not_read_or_a_rewound_group_must_read_again(
+        client: redis.Redis, namespace: str) -> None:
+    pub = SourcePublisher(client, namespace, "cam", high_water=10**9, pack=1)
+    pub.open("/videos/cam.mp4", restart=False)
+    pub.send([Frame.from_pixels("cam", seq, np.zeros((4, 4, 1), np.uint8), seq / 25, time.time())
+              for seq in range(6)])
+    client.xgroup_create(pub.keys.frames, "archive", id="1-2")  # an archiver that has read up to 1-2
+    [(_, entries)] = client.xreadgroup(GROUP, "w", {pub.keys.frames: ">"})
+    client.xack(pub.keys.frames, GROUP, *[eid for eid, _ in entries])  # the workers are done with all six
+    assert pub.lag() == 0
+    assert [eid for eid, _ in client.xrange(pub.keys.frames)] == [b"1-3", b"1-4", b"1-5"]
+    client.xgroup_setid(pub.keys.frames, GROUP, id="1-3")  # an operator rewinds the workers' group
+    client.xgroup_setid(pub.keys.frames, "archive", id="1-5")
+    assert pub.lag() == 2  # 1-4 and 1-5 are to be delivered again
+    assert [eid for eid, _ in client.xrange(pub.keys.frames)] == [b"1-4", b"1-5"]

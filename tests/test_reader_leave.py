@@ -37,7 +37,7 @@ def test_the_janitor_forgets_consumers_that_are_gone_but_never_one_with_pending_
     frames = SourceKeys(namespace, "cam").frames
     client.sadd(registry_key(namespace), "cam")
     client.xadd(frames, {"f": b"x"})
-    reader = BatchReader(client, namespace, "alive", ReadPolicy(max_batch=8, max_wait_ms=0, claim_idle_ms=200))
+    reader = BatchReader(client, namespace, "alive", ReadPolicy(max_batch=8, max_wait_ms=0, forget_idle_ms=200))
     reader._refresh_sources(force=True)  # creates the group
     for name in ("alive", "killed"):
         client.xgroup_createconsumer(frames, GROUP, name)  # both idle, neither owns an entry

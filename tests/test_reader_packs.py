@@ -124,3 +124,43 @@ def test_a_raw_pack_with_one_bad_frame_dead_letters_only_that_frame(redis_url: s
     dead = read_dead(client, namespace, "cam")
     assert [(d["frame_id"], "do not fit" in d["reason"]) for d in dead] == [("cam:2", True)]
     assert client.xpending(SourceKeys(namespace, "cam").frames, "workers")["pending"] == 0
+
+
+def test_an_unexpected_decode_error_leaves_the_entry_pending_once_then_dead_letters_it(
+        redis_url: str, client: redis.Redis, namespace: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failure no check foresaw (here a MemoryError injected into decoding one entry) may pass: the entry gets
+    one more try from the janitor instead of a dead letter on first sight; the rest of the batch flows."""
+    import dataclasses
+
+    import workers.worker
+    from tests.conftest import TINY_BUNDLE
+    from workers.results import read_dead, read_results
+    from workers.worker import Worker, WorkerConfig
+
+    pub = SourcePublisher(client, namespace, "cam", high_water=10**9, pack=4)
+    pub.open("/videos/cam.mp4", restart=False)
+    pub.send([Frame.from_pixels("cam", seq, np.zeros((28, 28, 1), np.uint8), seq / 25, time.time())
+              for seq in range(8)])  # entries 1-3 and 1-7
+    real = workers.worker.decode_entry
+
+    def failing(fields: dict[bytes, bytes] | None) -> list[Frame]:
+        frames = real(fields)
+        if frames[0].seq == 4:
+            raise MemoryError
+        return frames
+
+    monkeypatch.setattr(workers.worker, "decode_entry", failing)
+    worker = Worker(WorkerConfig(redis_url, namespace, TINY_BUNDLE, ReadPolicy(max_batch=8, max_wait_ms=5)))
+    try:
+        entries = worker.reader.next_batch()
+        worker.process(entries)
+        assert [r.seq for r in read_results(client, namespace, "cam")] == [0, 1, 2, 3]
+        assert read_dead(client, namespace, "cam") == []
+        assert client.xpending(SourceKeys(namespace, "cam").frames, "workers")["pending"] == 1
+        again = [dataclasses.replace(e, deliveries=2) for e in entries if e.entry_id == "1-7"]  # as the janitor would
+        worker.process(again)
+    finally:
+        worker.client.close()
+    dead = read_dead(client, namespace, "cam")
+    assert [(d["entry_id"], d["frames"], "MemoryError" in d["reason"]) for d in dead] == [("1-7", "4", True)]
+    assert client.xpending(SourceKeys(namespace, "cam").frames, "workers")["pending"] == 0

@@ -84,7 +84,6 @@ def test_summary_and_tail(monkeypatch, capsys, redis_url, namespace, published) 
     assert [json.loads(x)["seq"] for x in capsys.readouterr().out.splitlines()] == [3, 4]
 
 
-@pytest.mark.integration
 def _blocked_readers(client) -> int:
     return sum(1 for c in client.client_list() if c["cmd"] == "xread" and "b" in c["flags"])
 

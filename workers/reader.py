@@ -39,6 +39,14 @@ return gone
 """
 
 
+# KEYS: frames. ARGV: group, consumer. Deletes the consumer unless it owns a pending entry; 1 if deleted.
+LEAVE_LUA = """
+if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) > 0 then return 0 end
+redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
+
 @dataclass(frozen=True)
 class Entry:
     """One stream entry: one frame, or a pack of ``frames`` frames (``common.schemas.decode_entry``)."""
@@ -73,6 +81,10 @@ class ReadPolicy:
     per_source_cap: int = 32
     block_ms: int = 1000
     claim_idle_ms: int = 30_000
+    # The janitor deletes consumers idle this long that own no pending entry (killed workers cannot leave their
+    # group). Redis 7.0 counts idle from a consumer's last delivery, not its last read, so a live worker without
+    # work can go too; its next read re-creates it.
+    forget_idle_ms: int = 600_000
 
 
 @dataclass(frozen=True)
@@ -104,6 +116,7 @@ class BatchReader:
         # source not read yet is assumed to send full packs, so a first read fetches too little, not too much.
         self._per_entry: dict[str, float] = {}
         self._forget = client.register_script(FORGET_CONSUMERS_LUA)
+        self._leave = client.register_script(LEAVE_LUA)
 
     def next_batch(self) -> list[Entry]:
         """Entries holding up to max_batch frames (at least one entry, even a bigger pack); waits at most
@@ -236,18 +249,16 @@ class BatchReader:
     def leave(self) -> None:
         """At exit: delete this consumer from the group of every known source, so that `vigil status` lists live
         workers only. XGROUP DELCONSUMER drops a consumer's pending entries, so where it still owns some it stays
-        (another worker's janitor reclaims them). Only this consumer adds entries to its own list (reads, claims),
-        so nothing can arrive between the check and the delete."""
+        (another worker's janitor reclaims them); check and delete are one script (two workers that share a name,
+        hostname:pid in containers, cannot slip an entry in between). Best effort: a broker error is logged."""
         for source, keys in self.sources.items():
             try:
-                if self.client.xpending_range(keys.frames, GROUP, "-", "+", 1, consumername=self.consumer):
+                if not int(self._leave(keys=[keys.frames], args=[GROUP, self.consumer])):
                     log.warning("consumer %s still owns pending entries of %s: kept in the group", self.consumer,
                                 source)
-                    continue
-                self.client.xgroup_delconsumer(keys.frames, GROUP, self.consumer)
-            except redis.ResponseError as exc:  # NOGROUP: the source was deleted meanwhile, nothing to leave
+            except redis.RedisError as exc:  # NOGROUP: the source was deleted meanwhile, nothing to leave
                 if "NOGROUP" not in str(exc):
-                    raise
+                    log.warning("could not leave the group of %s: %s", source, exc)
 
     def _reclaim_due(self) -> list[Entry]:
         """Janitor tick: claim entries idle past claim_idle_ms, continuing each source's cursor until 0-0."""
@@ -272,20 +283,21 @@ class BatchReader:
         return out
 
     def _forget_gone_consumers(self) -> None:
-        """Delete the group's consumers that own no pending entry and were idle past claim_idle_ms: workers that
+        """Delete the group's consumers that own no pending entry and were idle past forget_idle_ms: workers that
         were killed (SIGKILL, OOM) could not leave themselves and `vigil status` would list them for ever. The
         check and the delete are one script, so an entry delivered meanwhile can never be dropped with its
         consumer; a live one deleted by mistake is re-created by its next XREADGROUP."""
         for keys in self.sources.values():
             try:
-                gone = int(self._forget(keys=[keys.frames], args=[GROUP, self.policy.claim_idle_ms, self.consumer]))
-            except redis.ResponseError as exc:  # NOGROUP: the source was deleted meanwhile
+                gone = int(self._forget(keys=[keys.frames], args=[GROUP, self.policy.forget_idle_ms, self.consumer]))
+            except redis.RedisError as exc:  # NOGROUP: the source was deleted meanwhile; NOPERM: an ACL user
                 if "NOGROUP" not in str(exc):
-                    raise
+                    log.warning("janitor could not list the consumers of %s: %s", keys.source, exc)
                 continue
             if gone:
-                log.info("janitor removed %d consumers of %s that were gone (no pending entry, idle > %d ms)",
-                         gone, keys.source, self.policy.claim_idle_ms)
+                log.info("janitor removed %d consumers of %s with no pending entry, idle > %d ms (gone, or idle "
+                         "on Redis 7.0, which re-creates them on their next delivery)", gone, keys.source,
+                         self.policy.forget_idle_ms)
 
     def _with_deliveries(self, source: str, keys: SourceKeys, claimed: list[Any]) -> list[Entry]:
         if not claimed:

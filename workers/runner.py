@@ -98,6 +98,9 @@ class PipelineRun:
                 if done != last_done:
                     progress_at, last_done = time.monotonic(), done
                 elif time.monotonic() - progress_at > STALL_S:
+                    if producer_cpu is None:
+                        producer.kill()
+                        producer.wait()
                     raise VigilError(f"{source}: no new result for {STALL_S:.0f} s ({done} of {frames} frames + the "
                                      "end of stream accounted for); the workers or the producer are stuck")
                 if producer_cpu is None:

@@ -119,8 +119,9 @@ class Worker:
 
     def decode(self, entries: list[Entry]) -> tuple[ToClassify, list[Outcome]]:
         """Split a batch into frames to classify and outcomes decided without the model (every frame of every
-        entry gets exactly one of the two). Nothing an entry holds can crash the batch: an input no check
-        foresaw is dead-lettered (and logged with its traceback) like an undecodable one."""
+        entry gets exactly one of the two, except an entry left pending for another try). Nothing an entry holds
+        can crash the batch: an error no check foresaw leaves the entry pending once (the janitor hands it out
+        again), then dead-letters it, logged with its traceback."""
         todo = ToClassify()
         outcomes: list[Outcome] = []
         policies = {source: self.policies.get(source) for source in {e.source for e in entries}}
@@ -129,6 +130,8 @@ class Worker:
             poison = entry.deliveries > self.config.max_deliveries
             reason = f"delivered {entry.deliveries} times (max_deliveries={self.config.max_deliveries})"
             decoded = self._frames_of(entry)
+            if decoded is None:  # left pending: the janitor hands it out again after claim_idle_ms
+                continue
             if isinstance(decoded, str):
                 outcomes.append(self.dead(entry, reason if poison else decoded, frames=entry.frames))
                 continue
@@ -152,16 +155,20 @@ class Worker:
                     todo.add(entry, [frame], one[None])
         return todo, outcomes
 
-    def _frames_of(self, entry: Entry) -> list[Frame] | str:
-        """The entry's frames, or why it cannot be decoded."""
+    def _frames_of(self, entry: Entry) -> list[Frame] | str | None:
+        """The entry's frames, why it cannot be decoded, or None: left pending for another try."""
         try:
             decoded = decode_entry(entry.fields)
             if decoded[0].source != entry.source:
                 raise DecodeError(f"frame of source {decoded[0].source!r} on the stream of {entry.source!r}")
         except DecodeError as exc:
             return str(exc)
-        except Exception as exc:  # a check missed it: dead-letter this entry, never crash the whole batch
-            log.exception("entry %s %s failed to decode", entry.source, entry.entry_id)
+        except Exception as exc:  # a check missed it, or a passing failure (MemoryError): never crash the batch
+            if entry.deliveries < 2:
+                log.exception("entry %s %s failed to decode; left pending for one more try", entry.source,
+                              entry.entry_id)
+                return None
+            log.exception("entry %s %s failed to decode again: dead-lettering it", entry.source, entry.entry_id)
             return _unexpected(exc)
         return decoded
 
