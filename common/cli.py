@@ -75,7 +75,7 @@ def _broker_failed(settings: Any, exc: redis.RedisError) -> BrokerError:
         hint = "Is the server up and reachable? Check REDIS_URL or --redis-url."
     else:
         hint = "Check the server's log and limits (maxmemory, ACL rules)."
-    return BrokerError(f"broker {where} failed: {type(exc).__name__}: {exc} {hint} "
+    return BrokerError(f"broker {where} failed: {type(exc).__name__}: {str(exc).rstrip('.')}. {hint} "
                        "(`vigil --log-level DEBUG ...` shows the traceback)")
 
 
