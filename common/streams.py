@@ -13,6 +13,23 @@ GROUP = "workers"
 SOURCE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 
 
+# Lua for scripts that compare stream entry ids ("ms-seq"): split(id) -> ms, seq; lt(a, b); le(a, b).
+LUA_ENTRY_IDS = """
+local function split(id)
+  local dash = string.find(id, '-', 1, true)
+  return tonumber(string.sub(id, 1, dash - 1)), tonumber(string.sub(id, dash + 1))
+end
+local function lt(a, b)
+  local am, as = split(a)
+  local bm, bs = split(b)
+  return am < bm or (am == bm and as < bs)
+end
+local function le(a, b)
+  return not lt(b, a)
+end
+"""
+
+
 def check_source(name: str) -> str:
     if not SOURCE_RE.match(name):
         raise ConfigError(f"source name {name!r} is invalid: use 1-128 of letters, digits, '_', '.', '-'.")

@@ -21,22 +21,13 @@ import redis
 from common.broker import ensure_group
 from common.errors import ConfigError
 from common.schemas import FRAME_FIELD, Frame
-from common.streams import GROUP, SourceKeys, check_source, events_key, registry_key
+from common.streams import GROUP, LUA_ENTRY_IDS, SourceKeys, check_source, events_key, registry_key
 
 log = logging.getLogger(__name__)
 EVENTS_MAXLEN = 10_000
 
 # KEYS: frames, meta, undelivered ids. ARGV: group, maxlen, frame field, frame payload. Returns {id, produced, trimmed}.
-LIVE_LUA = """
-local function split(id)
-  local dash = string.find(id, '-', 1, true)
-  return tonumber(string.sub(id, 1, dash - 1)), tonumber(string.sub(id, dash + 1))
-end
-local function le(a, b)
-  local am, as = split(a)
-  local bm, bs = split(b)
-  return am < bm or (am == bm and as <= bs)
-end
+LIVE_LUA = LUA_ENTRY_IDS + """
 local id = redis.call('XADD', KEYS[1], '*', ARGV[3], ARGV[4])
 local produced = redis.call('HINCRBY', KEYS[2], 'produced', 1)
 redis.call('RPUSH', KEYS[3], id)

@@ -22,7 +22,7 @@ import redis
 from common.broker import ensure_group
 from common.errors import BrokerError, ConfigError
 from common.schemas import MAX_PACK_FRAMES, Frame, decode_entry, encode_entry
-from common.streams import GROUP, SourceKeys, check_source, registry_key
+from common.streams import GROUP, LUA_ENTRY_IDS, SourceKeys, check_source, registry_key
 
 log = logging.getLogger(__name__)
 ENTRY_MS = 1
@@ -34,16 +34,7 @@ PACK_BYTES = 1 << 20  # a pack closes at this much pixel data even when it holds
 # pending one; another group, an archiver say, keeps what it has not read, and a group rewound with XGROUP SETID
 # keeps what became undelivered again). A pending entry (a worker holds it, or a dead worker did and the janitor
 # will reclaim it) is never trimmed. One script, so that no delivery can happen between reading and trimming.
-LAG_TRIM_LUA = """
-local function split(id)
-  local dash = string.find(id, '-', 1, true)
-  return tonumber(string.sub(id, 1, dash - 1)), tonumber(string.sub(id, dash + 1))
-end
-local function lt(a, b)
-  local am, as = split(a)
-  local bm, bs = split(b)
-  return am < bm or (am == bm and as < bs)
-end
+LAG_TRIM_LUA = LUA_ENTRY_IDS + """
 local lag, ours, minid = false, nil, nil
 for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
   local f = {}
