@@ -87,9 +87,9 @@ class SourcePublisher:
     def open(self, path: str, restart: bool, identity: dict[str, str] | None = None) -> int:
         """Register the source and its group; return the first seq still to send (resume point).
 
-        ``identity``: what must not change between a run and its resume (sampling, the file's size and mtime, the
-        model input); a stored value that differs refuses the resume, since frame seqs would no longer line up
-        with what is on the stream (gaps, a lost end-of-stream marker)."""
+        ``identity``: what must not change between a run and its resume (``file_producer.identity``: sampling,
+        model input, the file's content); a stored value that differs refuses the resume, since frame seqs would
+        no longer line up with what is on the stream (gaps, a lost end-of-stream marker)."""
         if self.client.hget(self.keys.meta, "mode") == b"live":
             raise ConfigError(
                 f"source {self.keys.source!r} is a live camera's stream; pass --source NAME to send this file "
@@ -171,8 +171,8 @@ class SourcePublisher:
         return out
 
     def end(self, seq: int) -> None:
-        """Append the end-of-stream marker and record it in the checkpoint (after checking that the stream's last
-        entry is that marker: a refused XADD is otherwise silent)."""
+        """Append the end-of-stream marker and record it in the checkpoint (after checking that the stream ends
+        with that marker: a refused XADD is otherwise silent)."""
         frames_sent = self.stats.sent
         self.send([Frame.end_of_stream(self.keys.source, seq, time.time())])
         self.stats.sent = frames_sent
