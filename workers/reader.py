@@ -92,7 +92,9 @@ class BurstState:
     any_source: bool
     settled: bool  # nothing undelivered or pending in any source
     not_ended: tuple[str, ...]  # sources without an end-of-stream marker
-    lengths: tuple[int, ...]  # frames stream lengths: a change means new entries came (and maybe went) since
+    # Entries the group has read from each frames stream (XINFO GROUPS entries-read; not XLEN, which file
+    # producers' trimming lowers): while settled, a change means new entries came since.
+    lengths: tuple[int, ...]
 
     @property
     def drained(self) -> bool:
@@ -312,12 +314,13 @@ class BatchReader:
     def burst_state(self) -> BurstState:
         """Where the registered sources stand, for burst mode."""
         self._refresh_sources(force=True)
-        settled, not_ended, lengths = True, [], []
+        settled, not_ended, counts = True, [], []
         for source, keys in sorted(self.sources.items()):
             if self.client.hget(keys.meta, "eos") != b"1":
                 not_ended.append(source)
-            lengths.append(int(self.client.xlen(keys.frames)))
             for group in self.client.xinfo_groups(keys.frames):
-                if group["name"].decode() == GROUP and (group.get("lag") or 0) + group["pending"] > 0:
-                    settled = False
-        return BurstState(bool(self.sources), settled, tuple(not_ended), tuple(lengths))
+                if group["name"].decode() == GROUP:
+                    settled = settled and (group.get("lag") or 0) + group["pending"] == 0
+                    read = group.get("entries-read")  # None when the server cannot tell: the length will do
+                    counts.append(int(read) if read is not None else int(self.client.xlen(keys.frames)))
+        return BurstState(bool(self.sources), settled, tuple(not_ended), tuple(counts))

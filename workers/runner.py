@@ -89,9 +89,10 @@ class PipelineRun:
             classified = bar.add_task("classified", total=frames)
             while True:  # one round trip per look; the dead letters are read only when there are some
                 pipe = self.client.pipeline(transaction=False)
-                for key in (keys.results, keys.dead, keys.frames):
-                    pipe.xlen(key)
-                n_results, n_dead, n_frames = (int(x) for x in pipe.execute())
+                pipe.xlen(keys.results)
+                pipe.xlen(keys.dead)
+                pipe.hget(keys.meta, "produced")  # not XLEN of the frames: the producer trims processed entries
+                n_results, n_dead, n_produced = (int(x or 0) for x in pipe.execute())
                 done = n_results + (dead_frames(read_dead(self.client, self.namespace, source)) if n_dead else 0)
                 if done >= frames + 1:
                     break
@@ -107,7 +108,7 @@ class PipelineRun:
                     producer_cpu = _reap(producer)
                     if producer.returncode not in (None, 0):
                         raise VigilError(f"producer for {video} failed with exit code {producer.returncode}")
-                bar.update(produced, completed=min(frames, n_frames))
+                bar.update(produced, completed=min(frames, n_produced))
                 bar.update(classified, completed=n_results)
                 time.sleep(0.05)
             bar.update(produced, completed=frames)
