@@ -25,7 +25,6 @@ from common.schemas import MAX_PACK_FRAMES, Frame, decode_entry, encode_entry
 from common.streams import GROUP, LUA_ENTRY_IDS, SourceKeys, check_source, registry_key
 
 log = logging.getLogger(__name__)
-ENTRY_MS = 1
 PACK_BYTES = 1 << 20  # a pack closes at this much pixel data even when it holds fewer than ``pack`` frames
 
 
@@ -56,8 +55,12 @@ return {lag, redis.call('XTRIM', KEYS[1], 'MINID', minid)}
 """
 
 
-def entry_id(seq: int) -> str:
-    return f"{ENTRY_MS}-{seq}"
+def entry_id(epoch: int, seq: int) -> str:
+    """A file source's entry id: ``<epoch>-<seq of the entry's last frame>``. Deterministic within one run of
+    the stream, so a resumed producer continues after the stream's last id and a re-sent XADD is refused, never
+    duplicated; the epoch (the server's clock in ms when the stream began) differs from run to run, so after a
+    ``--restart`` no id of the old run names an entry of the new one."""
+    return f"{epoch}-{seq}"
 
 
 @dataclass
@@ -83,6 +86,7 @@ class SourcePublisher:
         self.stats = PublishStats()
         self._room = 0  # entries that can be sent before the lag must be read again (XINFO GROUPS)
         self._lag_trim = client.register_script(LAG_TRIM_LUA)
+        self.epoch = 0  # set by open()
 
     def open(self, path: str, restart: bool, identity: dict[str, str] | None = None) -> int:
         """Register the source and its group; return the first seq still to send (resume point).
@@ -106,6 +110,11 @@ class SourcePublisher:
             )
         self._check_identity(identity or {})
         ensure_group(self.client, self.keys.frames, GROUP)
+        # A stream with entries keeps its epoch (a resume); a new one (or one --restart deleted) takes the server's
+        # clock, which has moved on since any earlier run began. A worker still holding a batch of the run before a
+        # --restart then finds its ids absent: its XACK removes nothing, so it neither acks the new run's entry
+        # with the same seq nor writes its old result for it (ids used to be 1-<seq> in every run).
+        self.epoch = self._last_id()[0] or _server_ms(self.client)
         self.client.sadd(registry_key(self.namespace), self.keys.source)
         meta: dict[Any, Any] = {"path": path, "started_at": time.time(), **(identity or {})}
         self.client.hset(self.keys.meta, mapping=meta)
@@ -127,9 +136,16 @@ class SourcePublisher:
         return self.client.hget(self.keys.meta, "eos") == b"1"
 
     def next_seq(self) -> int:
+        ms, seq = self._last_id()
+        return seq + 1 if ms else 0
+
+    def entry_id(self, seq: int) -> str:
+        return entry_id(self.epoch, seq)
+
+    def _last_id(self) -> tuple[int, int]:
         info = self.client.xinfo_stream(self.keys.frames)
         ms, seq = (int(x) for x in info["last-generated-id"].decode().split("-"))
-        return seq + 1 if ms == ENTRY_MS else 0
+        return ms, seq
 
     def send(self, frames: list[Frame]) -> None:
         """XADD a chunk as packs with explicit ids in one round trip, after waiting for the group to catch up."""
@@ -140,7 +156,7 @@ class SourcePublisher:
         pipe = self.client.pipeline(transaction=False)
         for pack in packs:
             fields: dict[Any, Any] = encode_entry(pack)  # redis-py's dict type is invariant in bytes vs str
-            pipe.xadd(self.keys.frames, fields, id=entry_id(pack[-1].seq))
+            pipe.xadd(self.keys.frames, fields, id=self.entry_id(pack[-1].seq))
         pipe.hset(self.keys.meta, "produced", frames[-1].seq + 1)
         for pack, reply in zip(packs, pipe.execute(raise_on_error=False), strict=False):
             if isinstance(reply, redis.ResponseError):
@@ -178,10 +194,10 @@ class SourcePublisher:
         self.stats.sent = frames_sent
         # The stream's last id must be the marker's; the entry itself, if still there (an interrupted run may have
         # sent it, and workers processed it and this run trimmed it since), must be the marker.
-        marker: Any = self.client.xrange(self.keys.frames, entry_id(seq), entry_id(seq))
+        marker: Any = self.client.xrange(self.keys.frames, self.entry_id(seq), self.entry_id(seq))
         if self.next_seq() != seq + 1 or (marker and not decode_entry(marker[0][1])[-1].eos):
             raise BrokerError(f"source {self.keys.source!r}: the stream does not end with the end-of-stream marker "
-                              f"{entry_id(seq)}; it holds frames this run did not send. Pass --restart.")
+                              f"{self.entry_id(seq)}; it holds frames this run did not send. Pass --restart.")
         self.client.hset(self.keys.meta, mapping={"eos": 1, "total": seq})
 
     def lag(self) -> int:
@@ -203,3 +219,8 @@ class SourcePublisher:
             time.sleep(0.02)
         self._room = int((self.high_water - lag) * self._entries / self._frames)
         self.stats.paused_s += time.monotonic() - start
+
+
+def _server_ms(client: redis.Redis) -> int:
+    seconds, micros = client.time()
+    return int(seconds) * 1000 + int(micros) // 1000

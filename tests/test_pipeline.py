@@ -24,6 +24,7 @@ from workers.results import read_dead, read_results
 
 pytestmark = pytest.mark.integration
 VIGIL = [sys.executable, "-m", "common.cli"]
+AFTER = 9_999_999_999_999  # entry ids <AFTER>-n come after a producer's (<server ms when it began>-<seq>)
 
 
 def produce(env: dict[str, str], video: Path, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -136,12 +137,12 @@ def wait_for_pending_consumer(client: redis.Redis, key: str, timeout: float = 20
 
 def test_undecodable_frame_is_dead_lettered_and_the_rest_flow(pipeline_env, client, namespace, small_video) -> None:
     produce(pipeline_env, small_video)
-    client.xadd(SourceKeys(namespace, "cam").frames, {b"f": b"\xc1not msgpack"}, id="2-0")
+    client.xadd(SourceKeys(namespace, "cam").frames, {b"f": b"\xc1not msgpack"}, id=f"{AFTER}-0")
     proc = start_workers(pipeline_env, "--burst")
     assert proc.wait(60) == 0
     assert_exactly_once(client, namespace, 60)
     dead = read_dead(client, namespace, "cam")
-    assert [(d["entry_id"], "msgpack" in d["reason"]) for d in dead] == [("2-0", True)]
+    assert [(d["entry_id"], "msgpack" in d["reason"]) for d in dead] == [(f"{AFTER}-0", True)]
 
 
 def test_a_bad_frame_in_a_pack_is_dead_lettered_alone(pipeline_env, client, namespace, small_video) -> None:
@@ -150,12 +151,13 @@ def test_a_bad_frame_in_a_pack_is_dead_lettered_alone(pipeline_env, client, name
     pixels = np.zeros((28, 28, 1), np.uint8)
     pack = [Frame.from_pixels("cam", seq, pixels, 0.0, time.time(), encoding="jpeg") for seq in (100, 101, 102)]
     pack[1] = dataclasses.replace(pack[1], data=b"not a jpeg")
-    client.xadd(keys.frames, encode_entry(pack), id="2-0")  # type: ignore[arg-type]
-    client.xadd(keys.frames, {b"p": b"\xc1garbage", b"n": b"5"}, id="2-1")  # a pack that does not decode
+    client.xadd(keys.frames, encode_entry(pack), id=f"{AFTER}-0")  # type: ignore[arg-type]
+    client.xadd(keys.frames, {b"p": b"\xc1garbage", b"n": b"5"}, id=f"{AFTER}-1")  # a pack that does not decode
     proc = start_workers(pipeline_env, "--burst")
     assert proc.wait(60) == 0
     dead = read_dead(client, namespace, "cam")
-    assert [(d["entry_id"], d["frame_id"], d["frames"]) for d in dead] == [("2-0", "cam:101", "1"), ("2-1", "", "5")]
+    assert [(d["entry_id"], d["frame_id"], d["frames"]) for d in dead] == [(f"{AFTER}-0", "cam:101", "1"),
+                                                                          (f"{AFTER}-1", "", "5")]
     assert "JPEG" in dead[0]["reason"] and "msgpack" in dead[1]["reason"]
     seqs = sorted(r.seq for r in read_results(client, namespace, "cam"))
     assert seqs == [*range(60), 100, 102]
@@ -175,9 +177,9 @@ def test_frames_with_fields_of_the_wrong_type_are_dead_lettered_not_a_crash_loop
     janitor then handed the same batch to the next worker, for ever."""
     produce(pipeline_env, small_video)
     keys = SourceKeys(namespace, "cam")
-    bad = {"2-0": frame_payload(seq="16"), "2-1": frame_payload(captured_at="0.0"),
-           "2-2": frame_payload(encoding="jpeg", data=b""), "2-3": frame_payload(source=7),
-           "2-4": frame_payload(produced_at=None), "2-5": frame_payload(eos="yes")}
+    bad = {f"{AFTER}-0": frame_payload(seq="16"), f"{AFTER}-1": frame_payload(captured_at="0.0"),
+           f"{AFTER}-2": frame_payload(encoding="jpeg", data=b""), f"{AFTER}-3": frame_payload(source=7),
+           f"{AFTER}-4": frame_payload(produced_at=None), f"{AFTER}-5": frame_payload(eos="yes")}
     for entry_id, fields in bad.items():
         client.xadd(keys.frames, fields, id=entry_id)  # type: ignore[arg-type]
     proc = start_workers(pipeline_env, "--burst")
@@ -188,9 +190,10 @@ def test_frames_with_fields_of_the_wrong_type_are_dead_lettered_not_a_crash_loop
     dead = {d["entry_id"]: d for d in read_dead(client, namespace, "cam")}
     assert sorted(dead) == sorted(bad)
     assert all(d["deliveries"] == "1" for d in dead.values()), "dead-lettered on first sight, not after crashes"
-    assert "seq" in dead["2-0"]["reason"] and "captured_at" in dead["2-1"]["reason"]
-    assert "JPEG" in dead["2-2"]["reason"] and "source" in dead["2-3"]["reason"]
-    assert "produced_at" in dead["2-4"]["reason"] and "eos" in dead["2-5"]["reason"]  # not a bogus eos result
+    assert "seq" in dead[f"{AFTER}-0"]["reason"] and "captured_at" in dead[f"{AFTER}-1"]["reason"]
+    assert "JPEG" in dead[f"{AFTER}-2"]["reason"] and "source" in dead[f"{AFTER}-3"]["reason"]
+    assert "produced_at" in dead[f"{AFTER}-4"]["reason"]
+    assert "eos" in dead[f"{AFTER}-5"]["reason"]  # not a bogus eos result
 
 
 def kill_paused_producer(client: redis.Redis, env: dict[str, str], cmd: list[str], key: str, entries: int) -> None:

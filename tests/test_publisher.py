@@ -12,6 +12,7 @@ from common.errors import BrokerError, ConfigError
 from common.schemas import Frame
 from common.streams import GROUP
 from producers.publisher import SourcePublisher
+from workers.publish import Outcome, ResultWriter, Tally
 
 pytestmark = pytest.mark.integration
 
@@ -24,7 +25,7 @@ def test_a_dtype_change_starts_a_new_pack(client: redis.Redis, namespace: str) -
               for seq, dtype in enumerate(dtypes)]
     assert [[f.seq for f in pack] for pack in pub.packs(frames)] == [[0, 1], [2], [3]]
     pub.send(frames)  # encode_entry refuses a pack of mixed dtypes
-    assert [entry_id for entry_id, _ in client.xrange(pub.keys.frames)] == [b"1-1", b"1-2", b"1-3"]
+    assert [entry_id for entry_id, _ in client.xrange(pub.keys.frames)] == [pub.entry_id(s).encode() for s in (1, 2, 3)]
 
 
 def test_end_refuses_a_stream_that_does_not_end_with_its_marker(client: redis.Redis, namespace: str) -> None:
@@ -34,7 +35,7 @@ def test_end_refuses_a_stream_that_does_not_end_with_its_marker(client: redis.Re
     pub.open("/videos/cam.mp4", restart=False)
     pub.send([Frame.from_pixels("cam", seq, np.zeros((4, 4, 1), np.uint8), seq / 25, time.time())
               for seq in range(4)])
-    client.xadd(pub.keys.frames, {b"f": b"from an earlier run"}, id="1-20")
+    client.xadd(pub.keys.frames, {b"f": b"from an earlier run"}, id=pub.entry_id(20))
     with pytest.raises(BrokerError, match="end-of-stream"):
         pub.end(4)
     assert client.hget(pub.keys.meta, "eos") is None
@@ -56,17 +57,17 @@ def test_reading_the_lag_trims_only_entries_delivered_and_acked(client: redis.Re
     pub.open("/videos/cam.mp4", restart=False)
     pub.send([Frame.from_pixels("cam", seq, np.zeros((4, 4, 1), np.uint8), seq / 25, time.time())
               for seq in range(10)])
-    client.xreadgroup(GROUP, "w", {pub.keys.frames: ">"}, count=6)  # 1-0 .. 1-5 delivered, pending
-    client.xack(pub.keys.frames, GROUP, "1-0", "1-1", "1-2")
+    client.xreadgroup(GROUP, "w", {pub.keys.frames: ">"}, count=6)  # 0 .. 5 delivered, pending
+    client.xack(pub.keys.frames, GROUP, *map(pub.entry_id, (0, 1, 2)))
 
     def ids() -> list[int]:
         return [int(eid.split(b"-")[1]) for eid, _ in client.xrange(pub.keys.frames)]
 
-    assert pub.lag() == 4  # 1-6 .. 1-9 not delivered yet
-    assert ids() == list(range(3, 10))  # acked ones gone; pending 1-3 .. 1-5 and undelivered ones kept
-    client.xack(pub.keys.frames, GROUP, "1-4")  # acked, but after the oldest pending one (1-3): kept
+    assert pub.lag() == 4  # 6 .. 9 not delivered yet
+    assert ids() == list(range(3, 10))  # acked ones gone; pending 3 .. 5 and undelivered ones kept
+    client.xack(pub.keys.frames, GROUP, pub.entry_id(4))  # acked, but after the oldest pending one (3): kept
     assert pub.lag() == 4 and ids() == list(range(3, 10))
-    client.xack(pub.keys.frames, GROUP, "1-3", "1-5")
+    client.xack(pub.keys.frames, GROUP, pub.entry_id(3), pub.entry_id(5))
     assert pub.lag() == 4 and ids() == list(range(6, 10))
     assert pub.next_seq() == 10  # resuming still continues after the last frame sent
 
@@ -95,12 +96,37 @@ def test_trimming_keeps_what_another_group_has_not_read_or_a_rewound_group_must_
     pub.open("/videos/cam.mp4", restart=False)
     pub.send([Frame.from_pixels("cam", seq, np.zeros((4, 4, 1), np.uint8), seq / 25, time.time())
               for seq in range(6)])
-    client.xgroup_create(pub.keys.frames, "archive", id="1-2")  # an archiver that has read up to 1-2
+    client.xgroup_create(pub.keys.frames, "archive", id=pub.entry_id(2))  # an archiver that has read up to 2
     [(_, entries)] = client.xreadgroup(GROUP, "w", {pub.keys.frames: ">"})
     client.xack(pub.keys.frames, GROUP, *[eid for eid, _ in entries])  # the workers are done with all six
     assert pub.lag() == 0
-    assert [eid for eid, _ in client.xrange(pub.keys.frames)] == [b"1-3", b"1-4", b"1-5"]
-    client.xgroup_setid(pub.keys.frames, GROUP, id="1-3")  # an operator rewinds the workers' group
-    client.xgroup_setid(pub.keys.frames, "archive", id="1-5")
-    assert pub.lag() == 2  # 1-4 and 1-5 are to be delivered again
-    assert [eid for eid, _ in client.xrange(pub.keys.frames)] == [b"1-4", b"1-5"]
+    assert [eid for eid, _ in client.xrange(pub.keys.frames)] == [pub.entry_id(s).encode() for s in (3, 4, 5)]
+    client.xgroup_setid(pub.keys.frames, GROUP, id=pub.entry_id(3))  # an operator rewinds the workers' group
+    client.xgroup_setid(pub.keys.frames, "archive", id=pub.entry_id(5))
+    assert pub.lag() == 2  # 4 and 5 are to be delivered again
+    assert [eid for eid, _ in client.xrange(pub.keys.frames)] == [pub.entry_id(s).encode() for s in (4, 5)]
+
+
+def test_a_batch_held_across_a_restart_neither_acks_nor_answers_for_the_new_run(client: redis.Redis,
+                                                                              namespace: str) -> None:
+    """``--restart`` while a worker still holds a batch of the run before: its XACK used to remove the new run's
+    entry with the same seq (ids were 1-<seq> in every run) and its result stood for the new run's frames."""
+    def frames(value: int) -> list[Frame]:
+        return [Frame.from_pixels("cam", seq, np.full((4, 4, 1), value, np.uint8), seq / 25, time.time())
+                for seq in range(4)]
+
+    def outcomes(entry_id: bytes, label: str) -> list[Outcome]:
+        return [Outcome("cam", entry_id.decode(), "r", {"seq": str(seq), "label": label}) for seq in range(4)]
+
+    old = SourcePublisher(client, namespace, "cam", high_water=10**9, pack=4)
+    old.open("/videos/old.mp4", restart=False)
+    old.send(frames(1))
+    [(_, [(old_id, _)])] = client.xreadgroup(GROUP, "slow", {old.keys.frames: ">"})
+    new = SourcePublisher(client, namespace, "cam", high_water=10**9, pack=4)
+    new.open("/videos/new.mp4", restart=True)
+    new.send(frames(2))
+    [(_, [(new_id, _)])] = client.xreadgroup(GROUP, "fresh", {new.keys.frames: ">"})
+    writer = ResultWriter(client, namespace)
+    assert writer.publish(outcomes(old_id, "old")) == {"cam": Tally()}  # the old batch finishes late
+    assert writer.publish(outcomes(new_id, "new")) == {"cam": Tally(results=4)}
+    assert [fields[b"label"] for _, fields in client.xrange(new.keys.results)] == [b"new"] * 4

@@ -140,7 +140,7 @@ def test_an_unexpected_decode_error_leaves_the_entry_pending_once_then_dead_lett
     pub = SourcePublisher(client, namespace, "cam", high_water=10**9, pack=4)
     pub.open("/videos/cam.mp4", restart=False)
     pub.send([Frame.from_pixels("cam", seq, np.zeros((28, 28, 1), np.uint8), seq / 25, time.time())
-              for seq in range(8)])  # entries 1-3 and 1-7
+              for seq in range(8)])  # two entries, ids <epoch>-3 and <epoch>-7
     real = workers.worker.decode_entry
 
     def failing(fields: dict[bytes, bytes] | None) -> list[Frame]:
@@ -157,10 +157,11 @@ def test_an_unexpected_decode_error_leaves_the_entry_pending_once_then_dead_lett
         assert [r.seq for r in read_results(client, namespace, "cam")] == [0, 1, 2, 3]
         assert read_dead(client, namespace, "cam") == []
         assert client.xpending(SourceKeys(namespace, "cam").frames, "workers")["pending"] == 1
-        again = [dataclasses.replace(e, deliveries=2) for e in entries if e.entry_id == "1-7"]  # as the janitor would
+        # delivered again, as the janitor would
+        again = [dataclasses.replace(e, deliveries=2) for e in entries if e.entry_id == pub.entry_id(7)]
         worker.process(again)
     finally:
         worker.client.close()
     dead = read_dead(client, namespace, "cam")
-    assert [(d["entry_id"], d["frames"], "MemoryError" in d["reason"]) for d in dead] == [("1-7", "4", True)]
+    assert [(d["entry_id"], d["frames"], "MemoryError" in d["reason"]) for d in dead] == [(pub.entry_id(7), "4", True)]
     assert client.xpending(SourceKeys(namespace, "cam").frames, "workers")["pending"] == 0

@@ -95,7 +95,8 @@ def test_stale_live_frames_are_acked_without_result_and_counted(pipeline_env, cl
 def test_file_source_counts_processed_and_dead_but_not_eos(pipeline_env, client, namespace, small_video) -> None:
     produce(pipeline_env, small_video, "--every", "3")  # 20 frames + end of stream
     keys = SourceKeys(namespace, "cam")
-    client.xadd(keys.frames, {b"f": b"\xc1not msgpack"}, id="2-0")
+    # an id after the producer's (<server ms when it began>-<seq>)
+    client.xadd(keys.frames, {b"f": b"\xc1not msgpack"}, id="9999999999999-0")
     proc = start_workers(pipeline_env, "--burst")
     assert proc.wait(60) == 0
     assert meta_int(client, keys, "processed") == len(read_results(client, namespace, "cam")) == 20
