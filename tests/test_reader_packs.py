@@ -157,9 +157,11 @@ def test_an_unexpected_decode_error_leaves_the_entry_pending_once_then_dead_lett
         assert [r.seq for r in read_results(client, namespace, "cam")] == [0, 1, 2, 3]
         assert read_dead(client, namespace, "cam") == []
         assert client.xpending(SourceKeys(namespace, "cam").frames, "workers")["pending"] == 1
+        assert worker.processed == 4  # the entry left pending is not counted as done
         # delivered again, as the janitor would
         again = [dataclasses.replace(e, deliveries=2) for e in entries if e.entry_id == pub.entry_id(7)]
         worker.process(again)
+        assert worker.processed == 8
     finally:
         worker.client.close()
     dead = read_dead(client, namespace, "cam")

@@ -83,7 +83,7 @@ class Worker:
                 break
         self.process(self.reader.release())
         self.reader.leave()
-        log.info("worker %s stopping after %d frames", self.name, self.processed)
+        log.info("worker %s stopping after %d frames answered", self.name, self.processed)
 
     def burst_done(self, quiet: QuietClock) -> bool:
         """Burst mode: every source ended and is drained; or, with ``burst_idle_s``, the streams stayed settled
@@ -113,7 +113,8 @@ class Worker:
         outcomes += self.infer(todo)
         infer_s = time.perf_counter() - started
         tallies = self.writer.publish(outcomes)
-        self.processed += sum(e.frames for e in entries)
+        # what this call acked: not an entry left pending for another try, nor one another worker already did
+        self.processed += sum(t.results + t.dead + t.stale + t.eos for t in tallies.values())
         if self.metrics is not None:
             self.metrics.record(entries, tallies, infer_s, self.origins(todo))
 
