@@ -2,7 +2,8 @@
 
 The socket timeout is kept well above any ``XREADGROUP BLOCK`` (redis-py #2807: a BLOCK at or past the
 socket timeout raises ``TimeoutError``). Retries re-send commands after a connection error, so every write
-Vigil makes is idempotent: explicit stream ids for frames, a ``done`` hash checked inside the result script.
+Vigil makes is idempotent: explicit stream ids for frames; the result script writes a result only when its XACK
+removed the entry from the group's pending list (``workers/publish.py``).
 """
 
 from __future__ import annotations
@@ -71,9 +72,24 @@ def ping(url: str) -> None:
     try:
         client.ping()
     except (redis.ConnectionError, redis.TimeoutError, redis.AuthenticationError) as exc:
-        raise BrokerError(f"broker {redact(url)} is unreachable: {exc}. Start it or fix REDIS_URL.") from exc
+        reason = str(exc).rstrip(".")
+        raise BrokerError(f"broker {redact(url)} is unreachable: {reason}. {_hint(url, reason)}") from exc
     finally:
         client.close()
+
+
+def _hint(url: str, reason: str) -> str:
+    """What to do about a failed connection, for the usual causes."""
+    if "CERTIFICATE_VERIFY_FAILED" in reason:
+        return ("Name the CA that signed the server's certificate in the URL: rediss://HOST:PORT/0?ssl_ca_certs="
+                "/path/ca.pem (a client certificate: &ssl_certfile=...&ssl_keyfile=...).")
+    if url.startswith("rediss://") and ("WRONG_VERSION_NUMBER" in reason or "Timeout" in reason):
+        return "Is the server speaking TLS on that port? For a plain one use redis://."
+    if url.startswith("redis://") and "closed by server" in reason:
+        return "If the server expects TLS, use rediss://."
+    if "password" in reason.lower() or "auth" in reason.lower():
+        return "Check the user and password in REDIS_URL (redis://USER:PASSWORD@HOST:PORT/DB)."
+    return "Start it or fix REDIS_URL."
 
 
 def redact(url: str) -> str:
