@@ -78,6 +78,19 @@ def ping(url: str) -> None:
         client.close()
 
 
+def refused(exc: Exception) -> bool:
+    """The broker refused a command for lack of permission (an ACL rule), which no retry fixes. Called directly:
+    NOPERM; inside a script, Valkey and Redis >= 7.2 say "no permissions to run", Redis 7.0 "can't run this
+    command"."""
+    text = str(exc).lower()
+    return (isinstance(exc, redis.exceptions.NoPermissionError)
+            or (isinstance(exc, redis.RedisError)
+                and any(words in text for words in ("noperm", "no permissions", "can't run this command"))))
+
+
+ACL_HINT = "Give the Redis user the rule in deploy/redis/acl.md."
+
+
 def _hint(url: str, reason: str) -> str:
     """What to do about a failed connection, for the usual causes."""
     if "CERTIFICATE_VERIFY_FAILED" in reason:

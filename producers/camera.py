@@ -25,8 +25,9 @@ import cv2
 import numpy as np
 import redis
 
+from common.broker import ACL_HINT, refused
 from common.bundle import InputSpec
-from common.errors import SourceError
+from common.errors import BrokerError, SourceError
 from common.metrics import metrics
 from common.preprocess import preprocess
 from common.schemas import Frame
@@ -122,6 +123,7 @@ class Camera:
         self._next_seq = 0
         self._threads: list[threading.Thread] = []
         self._broker_ok = True
+        self.fatal: BrokerError | None = None  # set when the broker refuses the camera for good: the process exits
         self._m = metrics()
 
     @property
@@ -217,11 +219,21 @@ class Camera:
 
     def _publish(self, img: np.ndarray, captured_at: float) -> None:
         pixels = preprocess(crop(img, self.config.roi), self.spec)
-        frame = Frame.from_pixels(self.name, self._next_seq, pixels, captured_at, time.time(),
-                                  self.config.transport, self.config.jpeg_quality)
         try:
+            if not self._broker_ok:  # the publish that failed may have added its frame before its reply was lost
+                seq = self.publisher.next_seq()
+                self.produced += max(0, seq - self._next_seq)
+                self._next_seq = seq
+            frame = Frame.from_pixels(self.name, self._next_seq, pixels, captured_at, time.time(),
+                                      self.config.transport, self.config.jpeg_quality)
             self._next_seq, trimmed = self.publisher.publish(frame)
         except redis.RedisError as exc:
+            if refused(exc):  # a rule, not an outage: waiting for the broker to come back would drop every frame
+                self.fatal = BrokerError(
+                    f"camera {self.name}: the broker refuses a command the camera needs ({exc}). {ACL_HINT}")
+                log.error("%s; stopping", self.fatal)
+                self.stop.set()
+                return
             if self._broker_ok:
                 log.error("camera %s: cannot publish to the broker (%s); dropping frames until it is back",
                           self.name, exc)
@@ -303,4 +315,8 @@ def run_cameras(client: redis.Redis, namespace: str, cameras: list[CameraConfig]
         if not camera.join(join_deadline):
             log.warning("camera %s: still blocked in OpenCV; leaving its daemon thread behind", camera.name)
         camera.close("producer stopped")
+    for camera in running:
+        if camera.fatal is not None:
+            raise camera.fatal
     return [camera.report() for camera in running]
+

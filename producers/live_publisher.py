@@ -26,8 +26,12 @@ from common.streams import GROUP, LUA_ENTRY_IDS, SourceKeys, check_source, event
 log = logging.getLogger(__name__)
 EVENTS_MAXLEN = 10_000
 
-# KEYS: frames, meta, undelivered ids. ARGV: group, maxlen, frame field, frame payload. Returns {id, produced, trimmed}.
+# KEYS: frames, meta, undelivered ids. ARGV: group, maxlen, frame field, frame payload, frame seq.
+# Returns {id, produced, trimmed}. A frame whose seq is below ``produced`` is already on the stream: redis-py re-sent
+# the script after a reply was lost (a timeout, a dropped connection), so it adds nothing (id '') the second time.
 LIVE_LUA = LUA_ENTRY_IDS + """
+local before = tonumber(redis.call('HGET', KEYS[2], 'produced') or '0')
+if tonumber(ARGV[5]) < before then return {'', before, 0} end
 local id = redis.call('XADD', KEYS[1], '*', ARGV[3], ARGV[4])
 local produced = redis.call('HINCRBY', KEYS[2], 'produced', 1)
 redis.call('RPUSH', KEYS[3], id)
@@ -86,14 +90,19 @@ class LivePublisher:
         fields: dict[Any, Any] = {k: str(v) for k, v in meta.items()}
         fields.update(mode="live", started_at=f"{time.time():.6f}")
         self.client.hset(self.keys.meta, mapping=fields)
-        produced = self.client.hget(self.keys.meta, "produced")
-        return int(produced or 0)
+        return self.next_seq()
 
     def publish(self, frame: Frame) -> tuple[int, int]:
-        """XADD one frame under the live cap; returns (next seq, entries trimmed by this call)."""
+        """XADD one frame under the live cap; returns (next seq, entries trimmed by this call). Idempotent: the
+        same frame sent again adds nothing."""
         reply = self._script(keys=[self.keys.frames, self.keys.meta, self.undelivered],
-                             args=[GROUP, self.maxlen, FRAME_FIELD, frame.encode()])
+                             args=[GROUP, self.maxlen, FRAME_FIELD, frame.encode(), frame.seq])
         return int(reply[1]), int(reply[2])
+
+    def next_seq(self) -> int:
+        """The seq of the next frame: how many this source has produced (a publish whose reply was lost may have
+        added its frame)."""
+        return int(self.client.hget(self.keys.meta, "produced") or 0)
 
     def count(self, counters: dict[str, int]) -> None:
         """HINCRBY the producer's counters (captured, dropped_superseded, reconnects) in one round trip."""

@@ -66,6 +66,18 @@ def test_pending_entries_are_never_deleted_and_done_ones_are(client: redis.Redis
     assert counters["produced"] == 211 and counters["dropped_trimmed"] == 200 - 16 + 1
 
 
+def test_a_frame_sent_again_after_a_lost_reply_is_not_added_twice(client: redis.Redis, namespace: str) -> None:
+    """redis-py re-sends the script when the connection drops after the server ran it: the frame used to be
+    XADDed twice, under two ids, and got two results."""
+    pub = LivePublisher(client, namespace, "cam", maxlen=4)
+    pub.open({})
+    assert pub.publish(frame(0)) == (1, 0)
+    assert pub.publish(frame(0)) == (1, 0)
+    assert [Frame.decode(f[b"f"]).seq for _, f in client.xrange(pub.keys.frames)] == [0]
+    assert pub.next_seq() == 1 and meta_int(client, pub.keys, "produced") == 1
+    assert pub.publish(frame(1)) == (2, 0)
+
+
 def test_producer_restart_continues_seq(client: redis.Redis, namespace: str) -> None:
     pub = LivePublisher(client, namespace, "cam", maxlen=4)
     pub.open({})

@@ -4,7 +4,9 @@ First SIGTERM/SIGINT: children drain (finish the batch, ack) and the pool exits 
 In burst mode a child that exits 0 has drained the streams and is not replaced, and a slot whose child fails
 BURST_MAX_FAILURES times in a row (no healthy run between) ends the run: the pool drains the other children and
 exits 8 (``WorkerError``), so that a batch job whose broker is gone ends. Outside burst mode a failing child is
-respawned for ever, with backoff, as a supervised service should be.
+respawned for ever, with backoff, as a supervised service should be; but a child the broker refuses a command
+(an ACL rule lacks it: exit code ``REFUSED_EXIT``) stops the pool, which exits 5 (``BrokerError``): every respawn
+would be refused the same way.
 
 With a metrics port the supervisor serves Prometheus metrics in multiprocess mode: children write their
 counters to files in a private directory, the supervisor sums them on each scrape, drops a dead child's live
@@ -24,12 +26,12 @@ from types import FrameType
 import redis
 
 from common import metrics
-from common.broker import connect
-from common.errors import ConfigError, WorkerError
+from common.broker import ACL_HINT, connect
+from common.errors import BrokerError, ConfigError, WorkerError
 from common.streams import SourceKeys
 from workers.results import sources
 from workers.status import group_state
-from workers.worker import WorkerConfig, child_main
+from workers.worker import REFUSED_EXIT, WorkerConfig, child_main
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF_S = 30.0
@@ -57,6 +59,7 @@ class Pool:
     stopping: bool = False
     killed: bool = False
     gave_up: str | None = None  # burst: why the pool stopped respawning
+    fatal: BrokerError | None = None  # a child was refused a command: the pool stopped, the CLI exits 5
     _gauges: BrokerGauges | None = field(default=None, init=False)
 
     def run(self) -> int:
@@ -76,6 +79,8 @@ class Pool:
                 signal.signal(sig, handler)
             if metrics_dir is not None:
                 metrics.cleanup_multiprocess(metrics_dir)
+        if self.fatal is not None:
+            raise self.fatal
         if self.gave_up is not None and not self.killed:
             raise WorkerError(self.gave_up)
         return 130 if self.killed else 0
@@ -123,6 +128,13 @@ class Pool:
             slot.done = True
             return
         lived = time.monotonic() - slot.started
+        if code == REFUSED_EXIT:  # an ACL rule, not an outage: every respawn would be refused the same way
+            self.fatal = BrokerError(f"worker {slot.index}: the broker refuses a command the workers need (the log "
+                                     f"above names it). {ACL_HINT}")
+            log.error("worker %d was refused a command by the broker: stopping the pool", slot.index)
+            slot.done = True
+            self._drain()
+            return
         slot.failures = 1 if lived > HEALTHY_AFTER_S else slot.failures + 1
         if self.config.burst and slot.failures >= BURST_MAX_FAILURES:
             self._give_up(slot, code)

@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ import numpy as np
 import prometheus_client as prom
 import redis
 
-from common.broker import connect
+from common.broker import ACL_HINT, connect, refused
 from common.bundle import Bundle
 from common.errors import DecodeError
 from common.inference import Classifier
@@ -34,6 +35,7 @@ from workers.reader import BatchReader, BurstState, Entry, ReadPolicy
 log = logging.getLogger(__name__)
 TOPK = 3
 SAME_REQUEST_S = 1.0  # child_main: a second SIGTERM sooner than this is the same request
+REFUSED_EXIT = 78  # a child's exit code when the broker refuses it a command (sysexits' EX_CONFIG): not respawned
 
 
 @dataclass(frozen=True)
@@ -326,6 +328,16 @@ def child_main(config: WorkerConfig) -> None:
     the unit, then the supervisor forwards its own)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     setup_logging(config.log_level, config.log_json)
+    try:
+        _serve(config)
+    except redis.RedisError as exc:
+        if not refused(exc):
+            raise  # an outage or a bug: the traceback, and the supervisor respawns this process with backoff
+        log.error("worker %d: the broker refuses a command the workers need (%s). %s", os.getpid(), exc, ACL_HINT)
+        sys.exit(REFUSED_EXIT)
+
+
+def _serve(config: WorkerConfig) -> None:
     worker = Worker(config)
     first: list[float] = []
 
