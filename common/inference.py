@@ -9,12 +9,20 @@ prepared interpreters and never spends compute on padding frames.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from common.bundle import Bundle
 from common.errors import BundleError
+
+
+class Model(Protocol):
+    """What a worker calls: ``Classifier`` (INT8, LiteRT) and ``workers.float_model.SavedModelClassifier``."""
+
+    input_shape: tuple[int, ...]
+
+    def predict_bucketed(self, batch: np.ndarray, max_bucket: int = 1024) -> np.ndarray: ...
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

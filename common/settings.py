@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     # Workers
     workers: int = Field(default=max(1, os.cpu_count() or 1), ge=1, le=256)
     threads_per_worker: int = Field(default=1, ge=1, le=64)
+    runtime: Literal["litert", "savedmodel"] = Field(
+        default="litert", description="Worker inference: litert (the INT8 model on CPU, no TensorFlow) or savedmodel "
+                                      "(the bundle's float SavedModel through TensorFlow: GPU workers).")
     max_batch: int = Field(default=32, ge=1, le=1024)
     max_wait_ms: int = Field(default=20, ge=0, le=10_000)
     per_source_cap: int = Field(default=32, ge=1, le=1024)

@@ -20,12 +20,17 @@ def worker_config(settings: Settings, url: str, burst: bool, burst_idle_s: float
                         settings.claim_idle_ms)
     return WorkerConfig(url, settings.namespace, settings.bundle, policy, settings.threads_per_worker,
                         settings.max_deliveries, burst, settings.log_level, settings.log_json,
-                        settings.max_age_ms, metrics=settings.metrics_port is not None, burst_idle_s=burst_idle_s)
+                        settings.max_age_ms, metrics=settings.metrics_port is not None, burst_idle_s=burst_idle_s,
+                        runtime=settings.runtime)
 
 
 @click.command("work")
 @click.option("-n", "--workers", type=click.IntRange(1, 256), default=None, help="Processes (default: cores).")
-@click.option("--threads", type=click.IntRange(1, 64), default=None, help="LiteRT threads per process.")
+@click.option("--threads", type=click.IntRange(1, 64), default=None, help="Inference threads per process.")
+@click.option("--runtime", type=click.Choice(["litert", "savedmodel"]), default=None,
+              help="litert (default): the bundle's INT8 model on the CPU, no TensorFlow. savedmodel: its float "
+                   "SavedModel through TensorFlow, on a GPU when TensorFlow sees one (GPU workers; results carry "
+                   "model_version <bundle version>.float). Also VIGIL_RUNTIME.")
 @click.option("--max-batch", type=click.IntRange(1, 1024), default=None, help="Frames per micro-batch.")
 @click.option("--max-wait-ms", type=click.IntRange(0, 10_000), default=None, help="Batch wait after 1st frame.")
 @click.option("--claim-idle-ms", type=click.IntRange(100), default=None, help="Reclaim entries idle this long.")
@@ -38,7 +43,7 @@ def worker_config(settings: Settings, url: str, burst: bool, burst_idle_s: float
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
               help="Serve Prometheus /metrics of all workers on this port (0: a free one). Also VIGIL_METRICS_PORT.")
 @click.pass_obj
-def work(settings: Settings, workers: int | None, threads: int | None, max_batch: int | None,
+def work(settings: Settings, workers: int | None, threads: int | None, runtime: str | None, max_batch: int | None,
          max_wait_ms: int | None, claim_idle_ms: int | None, burst: bool, burst_idle: float | None,
          metrics_port: int | None) -> None:
     """Classify frames from every registered source: N processes, micro-batches, atomic result+ack.
@@ -52,12 +57,16 @@ def work(settings: Settings, workers: int | None, threads: int | None, max_batch
     With --metrics-port the pool serves vigil_worker_* counters, batch size, inference and capture-to-result
     latency histograms summed over its processes, plus lag and pending per source (docs/pipeline.md).
     """
-    overrides = {"workers": workers, "threads_per_worker": threads, "max_batch": max_batch,
+    overrides = {"workers": workers, "threads_per_worker": threads, "runtime": runtime, "max_batch": max_batch,
                  "max_wait_ms": max_wait_ms, "claim_idle_ms": claim_idle_ms, "metrics_port": metrics_port}
     settings = settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     if burst_idle is not None and not burst:
         raise ConfigError("--burst-idle only applies with --burst; add --burst or drop --burst-idle.")
-    Bundle.load(settings.bundle)  # fail here, with the reason, rather than in N respawning children
+    bundle = Bundle.load(settings.bundle)  # fail here, with the reason, rather than in N respawning children
+    if settings.runtime == "savedmodel":
+        from workers.float_model import check_available
+
+        check_available(bundle)
     with broker_url(settings.redis_url) as url:
         config = worker_config(settings, url, burst, burst_idle)
         code = Pool(config, settings.workers, metrics_port=settings.metrics_port).run()

@@ -24,7 +24,7 @@ import redis
 from common.broker import ACL_HINT, connect, refused
 from common.bundle import Bundle
 from common.errors import DecodeError
-from common.inference import Classifier
+from common.inference import Classifier, Model
 from common.log import setup_logging
 from common.metrics import metrics, observe_many
 from common.schemas import Frame, Result, ResultJSON, decode_entry, pack_pixels
@@ -54,6 +54,7 @@ class WorkerConfig:
     max_age_ms: int = 500  # stale threshold of a live source whose meta hash does not say (settings.max_age_ms)
     metrics: bool = False  # record Prometheus metrics (the pool serves them in multiprocess mode)
     burst_idle_s: float | None = None  # burst: also exit after this long with nothing to do, ended or not
+    runtime: str = "litert"  # or "savedmodel": the bundle's float model through TensorFlow (workers/float_model.py)
 
 
 class Worker:
@@ -62,7 +63,8 @@ class Worker:
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.client = connect(config.redis_url)
         self.bundle = Bundle.load(config.bundle, verify_hashes=False)
-        self.classifier = Classifier.from_bundle(self.bundle, config.threads)
+        self.classifier = load_classifier(self.bundle, config.runtime, config.threads)
+        self.model_version = self.bundle.version + (".float" if config.runtime == "savedmodel" else "")
         with contextlib.suppress(redis.ResponseError):  # an ACL user may lack CLIENT; the name is only a label
             self.client.client_setname(f"{config.namespace}:worker:{os.getpid()}")  # seen in CLIENT LIST
         self.reader = BatchReader(self.client, config.namespace, self.name, config.policy)
@@ -74,7 +76,8 @@ class Worker:
         self._encoders: dict[str, ResultJSON] = {}
 
     def run(self) -> None:
-        log.info("worker %s ready (bundle %s, %d threads)", self.name, self.bundle.version, self.config.threads)
+        log.info("worker %s ready (model %s, %s, %d threads)", self.name, self.model_version, self.config.runtime,
+                 self.config.threads)
         quiet = QuietClock()
         while not self.stopping:
             entries = self.reader.next_batch()
@@ -205,7 +208,7 @@ class Worker:
     def _encoder(self, source: str) -> ResultJSON:
         encoder = self._encoders.get(source)
         if encoder is None:
-            encoder = self._encoders[source] = ResultJSON(source, self.bundle.version, self.name, self.bundle.labels)
+            encoder = self._encoders[source] = ResultJSON(source, self.model_version, self.name, self.bundle.labels)
         return encoder
 
     def origins(self, todo: ToClassify) -> dict[str, np.ndarray]:
@@ -218,7 +221,7 @@ class Worker:
 
     def eos(self, entry: Entry, frame: Frame) -> Outcome:
         res = Result(frame.source, frame.frame_id, frame.seq, produced_at=frame.produced_at,
-                     inferred_at=time.time(), model_version=self.bundle.version, worker=self.name, type="eos")
+                     inferred_at=time.time(), model_version=self.model_version, worker=self.name, type="eos")
         return Outcome(entry.source, entry.entry_id, "e", res.encode())
 
     def dead(self, entry: Entry, reason: str, frame: Frame | None = None, frames: int = 1) -> Outcome:
@@ -316,6 +319,16 @@ class SourceMetrics:
     dead_letters: prom.Counter
     stale: prom.Counter
     latency: prom.Histogram
+
+
+def load_classifier(bundle: Bundle, runtime: str, threads: int) -> Model:
+    """The INT8 LiteRT classifier, or with ``runtime="savedmodel"`` the float one (the only import of TensorFlow
+    a worker can make)."""
+    if runtime == "savedmodel":
+        from workers.float_model import SavedModelClassifier
+
+        return SavedModelClassifier(bundle, threads)
+    return Classifier.from_bundle(bundle, threads)
 
 
 def child_main(config: WorkerConfig) -> None:
