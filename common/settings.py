@@ -4,6 +4,7 @@ then CLI flags on top (the CLI passes them as keyword overrides)."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -81,17 +82,56 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
 def _read_config_file(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist. Pass an existing file or unset {CONFIG_FILE_ENV}.")
-    text = path.read_text()
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} cannot be read ({exc}). Pass a readable UTF-8 text file.") from exc
     if path.suffix == ".toml":
-        import tomllib
-
-        data: Any = tomllib.loads(text)
+        data: Any = _parse_toml(path, text)
     elif path.suffix in (".yaml", ".yml"):
-        import yaml
-
-        data = yaml.safe_load(text) or {}
+        data = _parse_yaml(path, text)
     else:
         raise ConfigError(f"config file {path}: unsupported type {path.suffix!r}; use .toml or .yaml.")
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a table of settings, got {type(data).__name__}.")
     return data.get("vigil", data)
+
+
+FIX_SYNTAX = "Fix the syntax there (unclosed brackets or quotes, a missing value, indentation) and retry."
+# tomllib (3.11-3.13) puts the position only in the message: "Invalid value (at line 1, column 11)".
+TOML_AT = re.compile(r"^(?P<msg>.*) \(at (?:line (?P<line>\d+), column (?P<col>\d+)|end of document)\)$")
+
+
+def _parse_toml(path: Path, text: str) -> Any:
+    import tomllib
+
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        match = TOML_AT.match(str(exc))
+        if match is None:
+            where, msg = "", str(exc)
+        elif match["line"]:
+            where, msg = f" at line {match['line']}, column {match['col']}", match["msg"]
+        else:
+            where, msg = f" at line {max(1, len(text.splitlines()))} (end of file)", match["msg"]
+        raise ConfigError(f"config file {path} is not valid TOML{where}: {msg}. {FIX_SYNTAX}") from None
+
+
+def _parse_yaml(path: Path, text: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(text) or {}
+    except yaml.MarkedYAMLError as exc:
+        where = f" at {_yaml_mark(exc.problem_mark)}" if exc.problem_mark else ""
+        what = exc.problem or "syntax error"
+        if exc.context and exc.context_mark:  # e.g. "while parsing a flow sequence", where the "[" was opened
+            what += f" ({exc.context} at {_yaml_mark(exc.context_mark)})"
+        raise ConfigError(f"config file {path} is not valid YAML{where}: {what}. {FIX_SYNTAX}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}. {FIX_SYNTAX}") from None
+
+
+def _yaml_mark(mark: Any) -> str:
+    return f"line {mark.line + 1}, column {mark.column + 1}"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -10,7 +12,10 @@ from typing import Any
 
 import click
 
+from common.errors import ConfigError
+
 DATA_HELP = "'fashion-mnist' or a folder with one subfolder of images per class."
+POSITIVE = click.IntRange(min=1)
 
 
 def _command_line() -> str:
@@ -36,8 +41,8 @@ def train_options(fn: Any) -> Any:
         click.option("--lr", default=2e-3, show_default=True, help="Peak learning rate (cosine decay)."),
         click.option("--patience", default=4, show_default=True, help="Early-stopping patience (epochs)."),
         click.option("--no-augment", is_flag=True, help="Disable random shift + horizontal flip."),
-        click.option("--limit", type=int, default=None, help="Train on the first N images only (smoke runs)."),
-        click.option("--threads", default=2, show_default=True),
+        click.option("--limit", type=POSITIVE, default=None, help="Train on the first N images only (smoke runs)."),
+        click.option("--threads", type=POSITIVE, default=2, show_default=True),
         click.option("--seed", default=0, show_default=True),
     ]):
         fn = opt(fn)
@@ -154,7 +159,7 @@ def qat(data: str, data_path: Path | None, model_path: Path, no_preserve_sparsit
 @data_options
 @click.option("--model", "model_path", type=click.Path(exists=True, path_type=Path), required=True)
 @click.option("--samples", default=300, show_default=True, help="Calibration images (from the training split).")
-@click.option("--threads", default=2, show_default=True)
+@click.option("--threads", type=POSITIVE, default=2, show_default=True)
 def quantize(data: str, data_path: Path | None, model_path: Path, samples: int, threads: int) -> None:
     """Write model.float.tflite and model.int8.tflite (full-integer, uint8 input) beside --model, and evaluate."""
     from model.pipeline import quantize_run
@@ -172,7 +177,7 @@ def quantize(data: str, data_path: Path | None, model_path: Path, samples: int, 
 @click.option("--samples", default=300, show_default=True, help="Calibration images.")
 @click.option("--int8", "int8_path", type=click.Path(exists=True, path_type=Path), default=None,
               help="Ship this INT8 .tflite (e.g. from `vigil model qat`) instead of converting --model.")
-@click.option("--threads", default=2, show_default=True)
+@click.option("--threads", type=POSITIVE, default=2, show_default=True)
 def bundle(data: str, data_path: Path | None, model_path: Path, out: Path, name: str, human_version: str,
            samples: int, int8_path: Path | None, threads: int) -> None:
     """Quantize a float model to INT8, evaluate it on the test split and write a versioned bundle."""
@@ -187,19 +192,47 @@ def bundle(data: str, data_path: Path | None, model_path: Path, out: Path, name:
 @click.option("--bundle", "bundle_dir", type=click.Path(path_type=Path), default=None,
               help="Bundle directory (default: the configured bundle, bundles/fashion-mnist).")
 @click.option("--data-path", type=click.Path(path_type=Path), default=None, help="Fashion-MNIST idx directory.")
-@click.option("--threads", default=2, show_default=True, help="LiteRT interpreter threads.")
-@click.option("--limit", type=int, default=None, help="Evaluate on the first N test images only.")
-@click.option("--confusion", type=click.Path(path_type=Path), default=None, help="Write a confusion-matrix PNG.")
+@click.option("--threads", type=POSITIVE, default=2, show_default=True, help="LiteRT interpreter threads.")
+@click.option("--limit", type=POSITIVE, default=None, help="Evaluate on the first N test images only.")
+@click.option("--confusion", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write a confusion-matrix PNG (needs matplotlib, the [train] extra).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
 def evaluate(settings: Any, bundle_dir: Path | None, data_path: Path | None, threads: int, limit: int | None,
              confusion: Path | None, as_json: bool) -> None:
-    """Evaluate a bundle's INT8 model on the Fashion-MNIST test set with LiteRT (no TensorFlow)."""
+    """Evaluate a bundle's INT8 model on the Fashion-MNIST test set with LiteRT (no TensorFlow).
+
+    \b
+    Examples:
+      vigil model evaluate
+      vigil model evaluate --bundle bundles/fashion-mnist --limit 1000 --json
+      vigil model evaluate --confusion reports/confusion.png
+    """
     from model.bundle_eval import evaluate_bundle, render_metrics
 
+    if confusion is not None:
+        _check_plot_path(confusion, "--confusion")
     path = bundle_dir or (settings.bundle if settings is not None else None)
     metrics = evaluate_bundle(path, data_path, threads=threads, limit=limit, confusion_png=confusion)
     click.echo(json.dumps(metrics, indent=2) if as_json else render_metrics(metrics))
+
+
+def _check_plot_path(path: Path, option: str) -> None:
+    """Before a long evaluation, not after it: the directory exists and is writable, matplotlib can write the
+    format. Like curl -o, no directories are made behind the user's back."""
+    if not path.parent.is_dir():
+        raise ConfigError(f"{option} {path}: directory {path.parent} does not exist. Create it first "
+                          f"(mkdir -p {path.parent}) or pick another path.")
+    if not os.access(path.parent, os.W_OK):
+        raise ConfigError(f"{option} {path}: directory {path.parent} is not writable. Pick another path.")
+    if importlib.util.find_spec("matplotlib") is None:
+        raise ConfigError(f"{option} needs matplotlib: pip install 'vigil[train]', or leave {option} out.")
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if path.suffix and path.suffix[1:].lower() not in formats:
+        raise ConfigError(f"{option} {path}: matplotlib cannot write {path.suffix!r} files. Use .png (or one of "
+                          f"{', '.join('.' + f for f in sorted(formats))}).")
 
 
 @model.command()
@@ -208,7 +241,7 @@ def evaluate(settings: Any, bundle_dir: Path | None, data_path: Path | None, thr
               show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=Path("reports/fashion-mnist.md"), show_default=True)
 @click.option("--data-path", type=click.Path(path_type=Path), default=None)
-@click.option("--threads", default=2, show_default=True)
+@click.option("--threads", type=POSITIVE, default=2, show_default=True)
 def report(runs: Path, bundle_dir: Path, out: Path, data_path: Path | None, threads: int) -> None:
     """Re-measure every run's LiteRT models on the test set and regenerate the markdown report."""
     from model.report import write_report

@@ -56,7 +56,7 @@ def find_fashion_dir(path: Path | None = None) -> Path:
     raise DataError(
         f"Fashion-MNIST idx files not found in {where}. Install them with "
         "`apt-get install dataset-fashion-mnist` (files land in /usr/share/datasets/fashion-mnist), "
-        "or pass --data DIR holding train/t10k-*-ubyte.gz."
+        "or pass --data-path DIR holding train/t10k-*-ubyte.gz."
     )
 
 

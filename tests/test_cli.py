@@ -35,3 +35,12 @@ def test_every_and_fps_are_mutually_exclusive(tmp_path, capsys) -> None:
     assert main(["produce", "file", str(video), "--every", "5", "--fps", "2"]) == 2
     err = capsys.readouterr().err
     assert "--every" in err and "--fps" in err
+
+
+def test_malformed_config_file_exits_with_config_code(tmp_path, capsys) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("workers = [\n")
+    assert main(["--config", str(cfg), "config"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: config file") and "bad.toml is not valid TOML at line 1" in err
+    assert "Traceback" not in err

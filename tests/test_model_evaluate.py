@@ -1,12 +1,15 @@
 import json
+import re
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
+from common.cli import main
 from common.settings import DEFAULT_BUNDLE
 from model.evaluate import classification_metrics
+from tests.conftest import TINY_BUNDLE
 
 REQUIRED = {"accuracy", "precision", "recall", "f1", "size_bytes", "gzip_bytes", "latency_ms_b1", "throughput_b8"}
 needs_bundle = pytest.mark.skipif(not (DEFAULT_BUNDLE / "spec.json").is_file(), reason="no shipped bundle")
@@ -34,3 +37,31 @@ def test_evaluate_cli_prints_json_without_importing_tensorflow() -> None:
     metrics = json.loads(out[: out.rindex("{")])
     assert set(metrics) >= REQUIRED
     assert metrics["num_images"] == 300 and metrics["accuracy"] > 0.5
+
+
+@pytest.mark.parametrize(("args", "bad"), [(["--limit", "0"], "--limit"), (["--limit", "-5"], "--limit"),
+                                           (["--threads", "0"], "--threads")])
+def test_evaluate_rejects_out_of_range_options(capsys, args, bad) -> None:
+    assert main(["model", "evaluate", "--bundle", str(TINY_BUNDLE), *args]) == 2
+    err = capsys.readouterr().err
+    assert f"Invalid value for '{bad}'" in err and "x>=1" in err
+
+
+@pytest.mark.parametrize(("name", "problem"), [("no/such/dir/c.png", "directory .* does not exist"),
+                                               ("c.txt", "matplotlib cannot write '.txt' files")])
+def test_confusion_path_is_checked_before_evaluating(tmp_path, capsys, name, problem) -> None:
+    # A missing bundle would be exit 4: exit 2 shows the path was checked before anything was loaded.
+    target = tmp_path / name
+    assert main(["model", "evaluate", "--bundle", str(tmp_path / "no-bundle"), "--confusion", str(target)]) == 2
+    assert re.search(f"--confusion {re.escape(str(target))}: {problem}", capsys.readouterr().err)
+
+
+def test_missing_dataset_names_the_data_path_option(tmp_path, capsys) -> None:
+    assert main(["model", "evaluate", "--bundle", str(TINY_BUNDLE), "--data-path", str(tmp_path)]) == 3
+    err = capsys.readouterr().err
+    assert f"not found in {tmp_path}" in err and "pass --data-path DIR" in err
+
+
+def test_evaluate_help_shows_examples(capsys) -> None:
+    assert main(["model", "evaluate", "--help"]) == 0
+    assert re.search(r"Examples:\n +vigil model evaluate\n", capsys.readouterr().out)

@@ -1,4 +1,5 @@
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from common.broker import ensure_group
 from common.cli import main
 from common.schemas import Result
 from common.streams import GROUP, SourceKeys, registry_key
+from tests.conftest import TINY_BUNDLE
 from workers.publish import Outcome, ResultWriter
 from workers.results import read_results, segments
 
@@ -82,6 +84,80 @@ def test_summary_and_tail(monkeypatch, capsys, redis_url, namespace, published) 
     assert [s["label"] for s in json.loads(capsys.readouterr().out)["cam"]] == ["coat", "bag"]
     assert main(["results", "tail", "--from-start", "--label", "bag", "--max", "2", "--json"]) == 0
     assert [json.loads(x)["seq"] for x in capsys.readouterr().out.splitlines()] == [3, 4]
+
+
+@pytest.fixture
+def cli_env(monkeypatch, redis_url, namespace) -> None:
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    monkeypatch.setenv("VIGIL_NAMESPACE", namespace)
+    monkeypatch.setenv("VIGIL_BUNDLE", str(TINY_BUNDLE))
+
+
+@pytest.mark.integration
+def test_export_to_a_missing_directory_is_a_clear_error(cli_env, capsys, tmp_path, published) -> None:
+    target = tmp_path / "no" / "such" / "x.csv"
+    assert main(["results", "export", "-o", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert f"directory {target.parent} does not exist" in err and "mkdir -p" in err and "Traceback" not in err
+    assert main(["results", "export", "-o", str(tmp_path)]) == 2
+    assert "is a directory" in capsys.readouterr().err
+    assert main(["results", "export", "-o", str(tmp_path / "x.jsonl")]) == 0
+    assert len((tmp_path / "x.jsonl").read_text().splitlines()) == 5
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("command", ["export", "summary"])
+def test_unknown_source_is_an_error_naming_the_known_ones(cli_env, capsys, tmp_path, published, command) -> None:
+    out = tmp_path / "keep.jsonl"
+    out.write_text("old\n")
+    extra = ["-o", str(out)] if command == "export" else []
+    assert main(["results", command, "--source", "nosuch", *extra]) == 2
+    captured = capsys.readouterr()
+    assert "source 'nosuch' is not registered" in captured.err and "known sources: cam" in captured.err
+    assert captured.out == "" and out.read_text() == "old\n"  # the error came before the file was truncated
+
+
+@pytest.mark.integration
+def test_tail_warns_about_an_unknown_source_and_waits_for_it(client, namespace, pipeline_env) -> None:
+    client.sadd(registry_key(namespace), "cam")
+    tail = subprocess.Popen([sys.executable, "-m", "common.cli", "results", "tail", "--source", "later", "--max",
+                             "1", "--json"], env=pipeline_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        assert tail.stderr is not None
+        warning = tail.stderr.readline()
+        assert "source 'later' is not registered" in warning and "known sources: cam" in warning
+        assert "waiting for it to appear" in warning
+        client.sadd(registry_key(namespace), "later")
+        client.xadd(SourceKeys(namespace, "later").results, {**_res(0, "class1", 0.0).encode(), "source": "later"})
+        out, _ = tail.communicate(timeout=20)
+    finally:
+        tail.kill()
+        tail.wait()
+    assert tail.returncode == 0 and json.loads(out)["source"] == "later"
+
+
+def test_tail_unknown_label_is_an_error_naming_the_valid_ones(monkeypatch, capsys) -> None:
+    monkeypatch.setenv("VIGIL_BUNDLE", str(TINY_BUNDLE))
+    assert main(["results", "tail", "--label", "nosuchlabel"]) == 2
+    err = capsys.readouterr().err
+    assert "--label 'nosuchlabel' is not a label" in err and "valid labels: class0, class1," in err
+
+
+@pytest.mark.parametrize(("args", "bad"), [(["--min-score", "2"], "--min-score"),
+                                           (["--min-score", "-0.1"], "--min-score"),
+                                           (["--max", "0"], "--max"), (["--max", "-1"], "--max")])
+def test_tail_rejects_out_of_range_options(capsys, args, bad) -> None:
+    assert main(["results", "tail", *args]) == 2
+    err = capsys.readouterr().err
+    assert f"Invalid value for '{bad}'" in err and "range" in err
+
+
+def test_results_help_shows_examples() -> None:
+    for command in ("tail", "export", "summary"):
+        out = subprocess.run([sys.executable, "-m", "common.cli", "results", command, "--help"], capture_output=True,
+                             text=True, check=True).stdout
+        assert re.search(rf"Examples:\n +vigil results {command}\b", out), out
 
 
 def _blocked_readers(client) -> int:

@@ -35,3 +35,20 @@ def test_unknown_key_in_file_is_rejected(tmp_path: Path) -> None:
     cfg.write_text("max_bach: 3\n")
     with pytest.raises(ConfigError, match="max_bach"):
         load_settings(cfg)
+
+
+def test_malformed_toml_names_the_file_and_line(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("max_batch = 4\nworkers = [\n")
+    with pytest.raises(ConfigError, match=r"bad\.toml is not valid TOML at line 2 .*Fix the syntax"):
+        load_settings(cfg)
+    cfg.write_text("max_batch = = 4\n")
+    with pytest.raises(ConfigError, match=r"not valid TOML at line 1, column 13: Invalid value"):
+        load_settings(cfg)
+
+
+def test_malformed_yaml_names_the_file_and_line(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("max_batch: 4\nworkers: [2\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml is not valid YAML at line 3, column 1: .*Fix the syntax"):
+        load_settings(cfg)

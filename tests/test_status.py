@@ -56,8 +56,21 @@ def test_status_json_reports_live_state_backlog_throughput_counters(env, camera,
     assert [(c["name"], c["pending"]) for c in cam["consumers"]] == [("host:1", 4)]
     assert 0 <= cam["consumers"][0]["idle_ms"] < 60_000
     clip = rows["clip"]
-    assert (clip["mode"], clip["ended"], clip["state"], clip["url"]) == ("file", True, None, "/videos/clip.mp4")
+    assert (clip["mode"], clip["ended"], clip["state"], clip["url"]) == ("file", True, "ended", "/videos/clip.mp4")
     assert clip["lag"] is None and clip["consumers"] == [] and clip["results_per_s"] == 0
+
+
+def test_status_json_state_agrees_with_the_table(env, client, namespace, capsys) -> None:
+    client.sadd(registry_key(namespace), "done", "running")
+    client.hset(SourceKeys(namespace, "done").meta, mapping={"path": "/v/done.mp4", "eos": 1})
+    client.hset(SourceKeys(namespace, "running").meta, mapping={"path": "/v/running.mp4", "produced": 3})
+    assert main(["status", "--json"]) == 0
+    states = {r["source"]: r["state"] for r in json.loads(capsys.readouterr().out)}
+    assert states == {"done": "ended", "running": None}
+    assert main(["status"]) == 0
+    table = {line.split()[0]: line.split()[2] for line in capsys.readouterr().out.splitlines()
+             if line.split()[:1] in (["done"], ["running"])}
+    assert table == {"done": "ended", "running": "-"}
 
 
 def test_status_table_shows_camera_and_consumers(env, camera, capsys) -> None:

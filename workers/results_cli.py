@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import sys
 import time
 from collections import Counter
@@ -15,13 +16,16 @@ import click
 import redis
 
 from common.broker import broker_url, connect
+from common.bundle import Bundle
+from common.errors import BundleError, ConfigError
 from common.schemas import Result
 from common.settings import Settings
-from common.streams import SourceKeys
+from common.streams import SourceKeys, check_source
 from workers.results import decode_known, read_results, segments, sources, warn_unknown
 
 CSV_FIELDS = ["source", "frame_id", "seq", "label", "score", "captured_at", "produced_at", "inferred_at",
               "model_version", "worker", "topk"]
+log = logging.getLogger(__name__)
 
 
 @click.group("results")
@@ -33,19 +37,67 @@ def _sources(client: redis.Redis, settings: Settings, source: str | None) -> lis
     return [source] if source else sources(client, settings.namespace)
 
 
+def _unknown_source(client: redis.Redis, settings: Settings, source: str) -> str | None:
+    """Why ``source`` is not one of the namespace's registered sources, or None when it is."""
+    known = sources(client, settings.namespace)
+    if check_source(source) in known:
+        return None
+    listed = f"known sources: {', '.join(known)}" if known else "no source is registered there yet"
+    return f"source {source!r} is not registered under namespace {settings.namespace!r} ({listed})"
+
+
+def _known_sources(client: redis.Redis, settings: Settings, source: str | None) -> list[str]:
+    """--source checked against the registry (or every registered source); a typo is an error, not silence."""
+    if source and (problem := _unknown_source(client, settings, source)):
+        raise ConfigError(f"{problem}. Pass a registered source to --source (`vigil status` lists them) "
+                          "or check VIGIL_NAMESPACE.")
+    return _sources(client, settings, source)
+
+
+def _note_if_none(names: list[str], settings: Settings) -> None:
+    if not names:
+        click.echo(f"no sources under namespace {settings.namespace!r} (VIGIL_NAMESPACE); "
+                   "`vigil produce` registers one.", err=True)
+
+
+def _check_label(settings: Settings, label: str) -> None:
+    try:
+        labels = Bundle.load(settings.bundle, verify_hashes=False).labels
+    except BundleError as exc:  # tail needs no model: without a readable bundle the label cannot be checked
+        log.warning("cannot check --label %r against the bundle's labels: %s", label, exc)
+        return
+    if label not in labels:
+        raise ConfigError(f"--label {label!r} is not a label of the bundle {settings.bundle}; valid labels: "
+                          f"{', '.join(labels)}. (If the workers run another bundle, set VIGIL_BUNDLE to it.)")
+
+
 @results.command("tail")
-@click.option("--source", default=None, help="Only this source.")
-@click.option("--label", default=None, help="Only this label.")
-@click.option("--min-score", type=float, default=0.0, help="Only results at least this confident.")
+@click.option("--source", default=None,
+              help="Only this source. One not registered yet gets a warning and is waited for: a producer "
+                   "registers its source when it starts.")
+@click.option("--label", default=None, help="Only this label (one of the bundle's labels).")
+@click.option("--min-score", type=click.FloatRange(0.0, 1.0), default=0.0,
+              help="Only results at least this confident.")
 @click.option("--from-start", is_flag=True, help="Replay existing results first (default: new ones only).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-@click.option("--max", "limit", type=int, default=None, help="Exit after this many lines.")
+@click.option("--max", "limit", type=click.IntRange(min=1), default=None, help="Exit after this many lines.")
 @click.pass_obj
 def tail(settings: Settings, source: str | None, label: str | None, min_score: float, from_start: bool,
          as_json: bool, limit: int | None) -> None:
-    """Follow results as workers publish them (Ctrl-C stops)."""
+    """Follow results as workers publish them (Ctrl-C stops).
+
+    \b
+    Examples:
+      vigil results tail
+      vigil results tail --source gate --label bag --min-score 0.8
+      vigil results tail --from-start --max 100 --json | jq -r .label
+    """
+    if label:
+        _check_label(settings, label)
     with broker_url(settings.redis_url) as url:
         client = connect(url)
+        if source and (problem := _unknown_source(client, settings, source)):
+            log.warning("results tail: %s; waiting for it to appear.", problem)
         shown = 0
         # Concrete ids, never "$": "$" on every XREAD loses what is added between two calls, and a client blocked
         # on several streams is woken with one stream's entries. Sources that appear later are read from 0-0.
@@ -95,18 +147,30 @@ def _line(res: Result, as_json: bool) -> str:
 @results.command("export")
 @click.option("--source", default=None, help="Only this source (default: all).")
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True)
-@click.option("-o", "--output", type=click.Path(path_type=Path), default=None, help="File (default: stdout).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="File (default: stdout). Its directory must exist.")
 @click.pass_obj
 def export(settings: Settings, source: str | None, fmt: str, output: Path | None) -> None:
-    """Write every result, in frame order per source, as JSON lines or CSV."""
+    """Write every result, in frame order per source, as JSON lines or CSV.
+
+    \b
+    Examples:
+      vigil results export -o results.jsonl
+      vigil results export --source gate --format csv -o gate.csv
+    """
+    if output and not output.parent.is_dir():  # like curl -o and sort -o: no directories made behind the user's back
+        raise ConfigError(f"--output {output}: directory {output.parent} does not exist. Create it first "
+                          f"(mkdir -p {output.parent}) or pick another path.")
     with broker_url(settings.redis_url) as url:
         client = connect(url)
-        out: TextIO = output.open("w", newline="") if output else sys.stdout
+        names = _known_sources(client, settings, source)
+        out: TextIO = _open_output(output) if output else sys.stdout
+        _note_if_none(names, settings)
         try:
             writer = csv.DictWriter(out, CSV_FIELDS, extrasaction="ignore") if fmt == "csv" else None
             if writer:
                 writer.writeheader()
-            for name in _sources(client, settings, source):
+            for name in names:
                 for res in sorted(read_results(client, settings.namespace, name), key=lambda r: r.seq):
                     if writer:
                         writer.writerow(res.encode())
@@ -117,16 +181,30 @@ def export(settings: Settings, source: str | None, fmt: str, output: Path | None
                 out.close()
 
 
+def _open_output(path: Path) -> TextIO:
+    try:
+        return path.open("w", newline="")
+    except OSError as exc:
+        raise ConfigError(f"--output {path}: cannot write it ({exc.strerror}). Pick a writable path.") from exc
+
+
 @results.command("summary")
 @click.option("--source", default=None, help="Only this source (default: all).")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object: source -> list of segments.")
 @click.pass_obj
 def summary(settings: Settings, source: str | None, as_json: bool) -> None:
-    """Per video: label segments over media time (consecutive frames with the same label)."""
+    """Per video: label segments over media time (consecutive frames with the same label).
+
+    \b
+    Examples:
+      vigil results summary
+      vigil results summary --source gate --json | jq '.gate[] | select(.label == "bag")'
+    """
     with broker_url(settings.redis_url) as url:
         client = connect(url)
         report = {name: [asdict(s) for s in segments(read_results(client, settings.namespace, name))]
-                  for name in _sources(client, settings, source)}
+                  for name in _known_sources(client, settings, source)}
+    _note_if_none(list(report), settings)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return

@@ -79,13 +79,16 @@ def source_status(client: redis.Redis, namespace: str, source: str, now_ms: int 
     meta: Any = client.hgetall(keys.meta)
     live = meta.get(b"mode") == b"live"
     since = meta.get(b"state_since")
+    ended = meta.get(b"eos") == b"1"
+    # Cameras write their state; a file source has none, only eos once its producer reached the end.
+    state = (meta.get(b"state") or b"").decode() or ("ended" if ended else None)
     row: dict[str, Any] = {
         "source": source, "mode": "live" if live else "file",
-        "state": (meta.get(b"state") or b"").decode() or None,
+        "state": state,
         "state_since": float(since) if since else None,
         "state_reason": (meta.get(b"state_reason") or b"").decode() or None,
         "url": (meta.get(b"url") or meta.get(b"path") or b"").decode() or None,
-        "ended": meta.get(b"eos") == b"1",
+        "ended": ended,
         "entries": int(client.xlen(keys.frames)), **group_state(client, keys.frames),
         "results": int(client.xlen(keys.results)), "results_per_s": round(results_per_s(client, keys.results,
                                                                                          now_ms), 2),
@@ -125,7 +128,7 @@ def render(rows: list[dict[str, Any]]) -> Table:
         text = name in ("source", "state", "dropped", "consumers (idle)")
         table.add_column(name, justify="left" if text or name == "mode" else "right", no_wrap=not text)
     for r in rows:
-        state = r["state"] or ("ended" if r["ended"] else "-")
+        state = r["state"] or "-"
         if r["state_since"] is not None:
             state += f" {_ago(r['state_since'], now)}"
         dropped = " ".join(f"{k} {v}" for k, v in r["dropped"].items() if v) or "0"
@@ -151,7 +154,8 @@ def status(settings: Settings, as_json: bool, watch: float | None) -> None:
     \b
     Columns (and --json keys):
       mode, state        live (camera) or file; camera state (connecting|online|offline) and for how long
-                         (state_since, state_reason, url)
+                         (state_since, state_reason, url); a file source: ended once its producer read
+                         the whole file (ended: true), else - (null)
       entries            entries in the frames stream (live streams are capped; a file producer trims the
                          processed ones when it reads the lag); a camera's entry is one frame, a file
                          producer's a pack of up to pack_frames (16)
