@@ -8,8 +8,9 @@ Per camera, two daemon threads meet at a one-frame mailbox (``LatestFrame``):
            -> publish under the live cap (``LivePublisher``).
 Reading continuously is what keeps frames fresh: OpenCV's FFmpeg backend buffers, and a reader that only read
 at the sampling rate would fall further behind the camera every second. ``run_cameras`` supervises them all
-from the main thread: it flushes counters, runs the stall watchdog and stops within ~1.5 s on SIGTERM, even
-while a camera is stuck connecting (its thread is a daemon and is not joined forever).
+from the main thread: it flushes counters, runs the stall watchdog and stops within ~1 s on SIGTERM, even
+while a camera is stuck connecting (a reader inside an open holds nothing to release and is not waited for; its
+thread is a daemon and is left behind).
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ log = logging.getLogger(__name__)
 FFMPEG_OPTIONS_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
 OPEN_TIMEOUT_MIN_S = 3.0  # RTSP needs ~1 s to DESCRIBE, SETUP and probe the stream on loopback
 WATCHDOG_GRACE_S = 2.0  # beyond the read timeout: the reader is stuck inside the decoder
-JOIN_BUDGET_S = 1.5
+JOIN_BUDGET_S = 1.0  # for readers of live streams to release them (an RTSP TEARDOWN frees the camera's session)
+THREAD_ROLES = ("reader", "sampler")
 SAMPLER_POLL_S = 0.2  # how long the sampler waits for a new frame before checking for stop again
 
 
@@ -101,6 +103,7 @@ class CameraReport:
     dropped_superseded: int
     dropped_trimmed: int
     reconnects: int
+    last_error: str  # why the camera last failed or was lost ("" if it never did)
 
 
 class Camera:
@@ -116,7 +119,9 @@ class Camera:
         self.produced = 0
         self.trimmed = 0
         self.reconnects = 0
+        self.last_error = ""
         self.state = "connecting"
+        self._opening = False
         self._state_lock = threading.Lock()
         self._offline_since = time.monotonic()
         self._flushed = {"captured": 0, "dropped_superseded": 0, "reconnects": 0}
@@ -141,14 +146,18 @@ class Camera:
 
     def start(self) -> None:
         self._set_state("connecting", f"opening {self.config.safe_url}")
-        for role, target in (("reader", self._read_forever), ("sampler", self._sample_forever)):
+        for role, target in zip(THREAD_ROLES, (self._read_forever, self._sample_forever), strict=True):
             thread = threading.Thread(target=target, name=f"{role}-{self.name}", daemon=True)
             thread.start()
             self._threads.append(thread)
 
     def join(self, deadline: float) -> bool:
-        for thread in self._threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
+        """Wait for the threads until ``deadline``; True when they all ended. A reader inside an open holds no
+        stream to release and may be blocked for the whole open timeout: it is not waited for."""
+        reader, sampler = self._threads
+        sampler.join(max(0.0, deadline - time.monotonic()))
+        if not self._opening:
+            reader.join(max(0.0, deadline - time.monotonic()))
         return not any(t.is_alive() for t in self._threads)
 
     # --- reader --------------------------------------------------------------------------------------
@@ -158,22 +167,32 @@ class Camera:
             if attempt or self.state == "offline":
                 self.reconnects += 1
                 self._m.reconnects.labels(self.name).inc()
-            try:
-                cap = open_capture(self.config.url, self.config.device, self.timing.open_timeout_s,
-                                   self.timing.stall_timeout_s)
-            except SourceError as exc:
-                reason = str(exc)
+            opened = self._open_capture()
+            if isinstance(opened, str):
+                reason = opened
             else:
-                frames, reason = self._read_until_lost(cap)
-                cap.release()
+                frames, reason = self._read_until_lost(opened)
+                opened.release()
                 attempt = 0 if frames else attempt
             if self.stop.is_set():
                 return
+            self.last_error = reason
             delay = backoff_delay(attempt, self.timing.reconnect_min_s, self.timing.reconnect_max_s, self.rng)
             attempt += 1
             self._set_state("offline", reason)
             log.warning("camera %s: %s; reconnecting in %.1f s", self.name, reason, delay)
             self.stop.wait(delay)
+
+    def _open_capture(self) -> Capture | str:
+        """The opened camera, or why it cannot be opened now."""
+        self._opening = True
+        try:
+            return open_capture(self.config.url, self.config.device, self.timing.open_timeout_s,
+                                self.timing.stall_timeout_s)
+        except SourceError as exc:
+            return str(exc)
+        finally:
+            self._opening = False
 
     def _read_until_lost(self, cap: Capture) -> tuple[int, str]:
         """Read until the stream fails, stalls or the process stops; returns (frames read, why it ended)."""
@@ -283,7 +302,7 @@ class Camera:
 
     def report(self) -> CameraReport:
         return CameraReport(self.name, self.config.safe_url, self.state, self.mailbox.captured, self.produced,
-                            self.mailbox.superseded, self.trimmed, self.reconnects)
+                            self.mailbox.superseded, self.trimmed, self.reconnects, self.last_error)
 
     def close(self, reason: str) -> None:
         self.flush()
@@ -313,10 +332,16 @@ def run_cameras(client: redis.Redis, namespace: str, cameras: list[CameraConfig]
     join_deadline = time.monotonic() + JOIN_BUDGET_S
     for camera in running:
         if not camera.join(join_deadline):
-            log.warning("camera %s: still blocked in OpenCV; leaving its daemon thread behind", camera.name)
+            log.warning("camera %s: still blocked opening or reading the camera; leaving its daemon thread behind",
+                        camera.name)
         camera.close("producer stopped")
     for camera in running:
         if camera.fatal is not None:
             raise camera.fatal
     return [camera.report() for camera in running]
+
+
+def left_behind() -> list[str]:
+    """Camera threads still alive after ``run_cameras`` returned: blocked in an open or a read (in C for OpenCV)."""
+    return [t.name for t in threading.enumerate() if t.name.startswith(tuple(f"{r}-" for r in THREAD_ROLES))]
 

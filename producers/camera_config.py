@@ -12,6 +12,8 @@ One camera comes from ``vigil produce camera`` flags; many from a cameras file (
         url: 0                    # /dev/video0
         fps: 2
 
+A camera's ``url`` is one of ``URL_FORMS``; anything else is refused when the config is read, not retried.
+
 Per-camera keys left out take the command's flags (which default to the settings).
 """
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+import urllib.parse
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,13 +32,18 @@ from common.errors import ConfigError
 from common.streams import SOURCE_RE
 
 Transport = Literal["raw", "jpeg"]
+URL_SCHEMES = ("rtsp", "rtsps", "http", "https")
+URL_FORMS = ("rtsp://HOST/PATH or rtsps://, http(s)://HOST/PATH (MJPEG; HLS or MP4 are read by FFmpeg), "
+             "a USB device number (0) or /dev/videoN, or the path of an existing video file (replayed, for tests)")
+_DEVICE_RE = re.compile(r"(?:/dev/video)?(\d+)")
 
 
 class CameraConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: str = Field(pattern=SOURCE_RE.pattern, description="Source name: its stream is ns:{id}:frames.")
-    url: str = Field(min_length=1, description="rtsp://, http(s):// MJPEG, a file, or a USB device number.")
+    url: str = Field(min_length=1, description="rtsp(s)://, http(s):// MJPEG, a USB device number or /dev/videoN, "
+                                               "or a video file.")
     fps: float = Field(gt=0, le=240, description="Frames per second sent to the workers.")
     roi: tuple[int, int, int, int] | None = Field(default=None, description="Crop x, y, w, h before resizing.")
     transport: Transport = "raw"
@@ -49,6 +57,12 @@ class CameraConfig(BaseModel):
     def _device_number(cls, value: Any) -> Any:
         return str(value) if isinstance(value, int) else value
 
+    @field_validator("url")
+    @classmethod
+    def _readable_url(cls, value: str) -> str:
+        check_camera_url(value)
+        return value
+
     @field_validator("roi", mode="before")
     @classmethod
     def _roi(cls, value: Any) -> Any:
@@ -58,13 +72,14 @@ class CameraConfig(BaseModel):
     @classmethod
     def _roi_positive(cls, value: tuple[int, int, int, int] | None) -> tuple[int, int, int, int] | None:
         if value is not None and (value[0] < 0 or value[1] < 0 or value[2] <= 0 or value[3] <= 0):
-            raise ValueError("roi is x, y, w, h with x, y >= 0 and w, h > 0")
+            raise ValueError("must be x, y, w, h with x, y >= 0 and w, h > 0")
         return value
 
     @property
     def device(self) -> int | None:
-        """The USB device number (``/dev/videoN``) when ``url`` is an integer."""
-        return int(self.url) if self.url.isdigit() else None
+        """The USB device number N when ``url`` is ``N`` or ``/dev/videoN``."""
+        match = _DEVICE_RE.fullmatch(self.url)
+        return int(match.group(1)) if match else None
 
     @property
     def safe_url(self) -> str:
@@ -72,10 +87,27 @@ class CameraConfig(BaseModel):
         return f"/dev/video{self.device}" if self.device is not None else redact_password(self.url)
 
 
+def check_camera_url(url: str) -> None:
+    """``ValueError`` naming the accepted forms unless ``url`` is one Vigil can read (see ``URL_FORMS``).
+    A scheme FFmpeg might also take (ftp, udp, ...) is refused: nothing else is tested or documented."""
+    if _DEVICE_RE.fullmatch(url):
+        return
+    if "://" in url:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme.lower() not in URL_SCHEMES:
+            raise ValueError(f"{redact_password(url)!r}: Vigil cannot read {parts.scheme or 'this'}:// cameras; "
+                             f"use {URL_FORMS}")
+        if not parts.hostname:
+            raise ValueError(f"{redact_password(url)!r} names no host; use {URL_FORMS}")
+        return
+    if not Path(url).is_file():
+        raise ValueError(f"{url!r} is neither a camera URL, a device nor an existing file; use {URL_FORMS}")
+
+
 def parse_roi(text: str) -> tuple[int, int, int, int]:
     parts = [p.strip() for p in text.split(",")]
     if len(parts) != 4 or not all(re.fullmatch(r"\d+", p) for p in parts):
-        raise ValueError(f"roi {text!r} must be four integers x,y,w,h (pixels), e.g. 100,50,640,480")
+        raise ValueError(f"{text!r} must be four integers x,y,w,h (pixels), e.g. 100,50,640,480")
     x, y, w, h = (int(p) for p in parts)
     return x, y, w, h
 

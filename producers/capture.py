@@ -5,7 +5,8 @@ OpenCV 5.0: a healthy camera's open waited 2.7 s for a dead one's 3 s open timeo
 would delay every other camera's (re)connect. So:
   - HTTP multipart MJPEG is read here, in Python (``MjpegHttpCapture``): socket timeouts, no shared lock,
     JPEG decoding by ``cv2.imdecode``. Other HTTP content (HLS, MP4) falls back to OpenCV.
-  - RTSP is probed with an ``OPTIONS`` request first; OpenCV opens only a server that answers.
+  - RTSP is probed with an ``OPTIONS`` request first; OpenCV opens only a server that answers. The probe also
+    tells a refused connection from one that timed out, which OpenCV's open does not.
   - USB devices go through V4L2, which does not take the FFmpeg mutex.
 """
 
@@ -44,37 +45,59 @@ def open_capture(url: str, device: int | None, open_timeout_s: float, read_timeo
             pass  # e.g. HLS or MP4 over HTTP: FFmpeg reads those
         except (OSError, ValueError, http.client.HTTPException) as exc:
             raise SourceError(f"cannot open {safe}: {exc or type(exc).__name__}") from exc
-    if scheme in ("rtsp", "rtsps") and not rtsp_answers(url, open_timeout_s):
-        raise SourceError(f"cannot open {safe}: no RTSP answer within {open_timeout_s:.1f} s")
+    hint = ""
+    if scheme in ("rtsp", "rtsps"):
+        if problem := rtsp_probe(url, open_timeout_s):
+            raise SourceError(f"cannot open {safe}: {problem}")
+        hint = (": the RTSP server answers, but FFmpeg opened no stream (wrong path or credentials, an unsupported "
+                f"codec, or no stream within {open_timeout_s:.1f} s)")
     timeouts = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(open_timeout_s * 1000),
                 cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(read_timeout_s * 1000)]
-    return _opencv(cv2.VideoCapture(url, cv2.CAP_FFMPEG, timeouts), safe)
+    return _opencv(cv2.VideoCapture(url, cv2.CAP_FFMPEG, timeouts), safe, hint)
 
 
-def _opencv(cap: cv2.VideoCapture, name: str) -> Capture:
+def _opencv(cap: cv2.VideoCapture, name: str, hint: str = "") -> Capture:
     if cap.isOpened():
         return cap
     cap.release()
-    raise SourceError(f"cannot open {name} (OpenCV)")
+    raise SourceError(f"cannot open {name} (OpenCV){hint}")
 
 
-def rtsp_answers(url: str, timeout: float) -> bool:
-    """True when the RTSP server answers an ``OPTIONS`` request (any status: 401 still means it is alive).
-    For ``rtsps://`` (TLS) only the TCP connection is checked."""
+def rtsp_probe(url: str, timeout: float) -> str | None:
+    """None when the RTSP server answers an ``OPTIONS`` request (any status: 401 still means it is alive),
+    otherwise what happened: refused, no connection or no answer in time, an unknown host. For ``rtsps://``
+    (TLS) only the TCP connection is checked."""
     parts = urllib.parse.urlsplit(url)
     if not parts.hostname:
-        return False
+        return "no host in the URL"
     tls = parts.scheme.lower() == "rtsps"
+    address = (parts.hostname, parts.port or (322 if tls else 554))
+    where = f"[{address[0]}]:{address[1]}" if ":" in address[0] else f"{address[0]}:{address[1]}"
     target = urllib.parse.urlunsplit((parts.scheme, _netloc_without_credentials(parts), parts.path, "", ""))
     request = f"OPTIONS {target} RTSP/1.0\r\nCSeq: 1\r\nUser-Agent: vigil\r\n\r\n".encode()
     try:
-        with socket.create_connection((parts.hostname, parts.port or (322 if tls else 554)), timeout=timeout) as sock:
-            if tls:
-                return True
+        sock = socket.create_connection(address, timeout=timeout)
+    except socket.gaierror as exc:
+        return f"cannot resolve {parts.hostname} ({exc.strerror})"
+    except ConnectionRefusedError:
+        return f"connection refused by {where} (no RTSP server on that port?)"
+    except TimeoutError:
+        return f"no TCP connection to {where} within {timeout:.1f} s"
+    except OSError as exc:
+        return f"no TCP connection to {where}: {exc.strerror or exc}"
+    with sock:
+        if tls:
+            return None
+        try:
             sock.sendall(request)
-            return sock.recv(16).startswith(b"RTSP/")
-    except OSError:
-        return False
+            answer = sock.recv(16)
+        except TimeoutError:
+            return f"{where} accepted the connection but sent no RTSP answer within {timeout:.1f} s"
+        except OSError as exc:
+            return f"{where} dropped the connection: {exc.strerror or exc}"
+    if not answer:
+        return f"{where} closed the connection without an RTSP answer"
+    return None if answer.startswith(b"RTSP/") else f"{where} answered, but not as an RTSP server"
 
 
 class NotMjpeg(Exception):

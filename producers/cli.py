@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -18,10 +19,10 @@ import click
 
 from common.broker import broker_url, connect
 from common.bundle import Bundle
-from common.errors import ConfigError
+from common.errors import ConfigError, SourceError
 from common.metrics import serve
 from common.settings import Settings
-from producers.camera import LiveTiming, run_cameras
+from producers.camera import CameraReport, LiveTiming, left_behind, run_cameras
 from producers.camera_config import CameraConfig, build_camera, load_cameras_file
 from producers.file_producer import FileJob, produce_file
 from producers.sources import Sampling, default_source_name
@@ -62,6 +63,12 @@ def produce_file_cmd(settings: Settings, paths: tuple[Path, ...], source: str | 
     """Send the frames of video files or image folders, lossless and resumable, then exit.
 
     A crashed or killed run continues where it stopped when started again with the same arguments.
+
+    \b
+    Examples:
+      vigil produce file clip.mp4 --fps 5                  # source "clip", 5 frames per media second
+      vigil produce file a.mp4 b.mp4 --every 10 --json     # sources "a" and "b", every 10th frame
+      vigil produce file shots/ --source shots --restart   # an image folder, from frame 0 again
     """
     if source and len(paths) > 1:
         raise ConfigError("--source names one source; pass one PATH with it, or omit it.")
@@ -99,7 +106,8 @@ def _camera_options(command: Callable[..., None]) -> Callable[..., None]:
         click.option("--maxlen", type=click.IntRange(1), default=None,
                      help="Undelivered frames kept per camera; older ones are dropped [settings.live_maxlen]."),
         click.option("--duration", type=click.FloatRange(0, min_open=True), default=None,
-                     help="Stop after this many seconds and print a report (default: run until SIGTERM)."),
+                     help="Stop after this many seconds and print a report; exit 7 if a camera sent no frame in "
+                          "that time (default: run until SIGTERM, retrying)."),
         click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
                      help="Serve Prometheus metrics on this port [settings.metrics_port]."),
         click.option("--json", "as_json", is_flag=True, help="Print the final report as JSON."),
@@ -125,6 +133,10 @@ def produce_camera_cmd(settings: Settings, url: str, source: str, **flags: Any) 
     The freshest frame is sampled at --fps; frames the workers cannot take in time are dropped and counted
     (superseded at the producer, trimmed from the stream, stale at the workers). A lost camera is retried
     with exponential backoff; its state (connecting/online/offline) is in `vigil status`.
+
+    URL: rtsp:// or rtsps://, http(s):// (MJPEG; HLS/MP4 via FFmpeg), a USB device number or /dev/videoN, or a
+    video file (replayed, for tests); anything else exits 2 at once. Exit 7: --duration passed and the camera
+    sent no frame in that time (one that was online and dropped is retried and counted, exit 0).
     """
     camera = build_camera({**_camera_defaults(settings, flags), "id": source, "url": url}, f"camera {source}")
     _serve(settings, [camera], flags)
@@ -149,6 +161,8 @@ def produce_cameras_cmd(settings: Settings, file: Path, **flags: Any) -> None:
     """Stream every camera of a cameras file from this one process until SIGTERM.
 
     Flags are defaults for keys a camera leaves out. A camera that never connects blocks no other one.
+    A bad file or camera URL exits 2 before any camera starts; with --duration, exit 7 names the cameras that
+    sent no frame in that time.
     """
     _serve(settings, load_cameras_file(file, _camera_defaults(settings, flags)), flags)
 
@@ -178,6 +192,37 @@ def _serve(settings: Settings, cameras: list[CameraConfig], flags: dict[str, Any
             click.echo(f"{report.id}: {report.state}, captured {report.captured}, produced {report.produced}, "
                        f"dropped superseded {report.dropped_superseded}, trimmed {report.dropped_trimmed}, "
                        f"reconnects {report.reconnects}")
+    error = never_online(reports, flags["duration"])
+    if left_behind():
+        _exit_before_finalizing(error.exit_code if error else 0)
+    if error is not None:
+        raise error
+
+
+def never_online(reports: list[CameraReport], duration: float | None) -> SourceError | None:
+    """For a bounded run: the error naming the cameras that sent no frame at all (a camera that was online and
+    then dropped is not one: it was retried and its drops are counted). None for an unbounded run."""
+    silent = [r for r in reports if r.captured == 0]
+    if duration is None or not silent:
+        return None
+    why = "; ".join(f"{r.id} ({r.last_error or 'still connecting'})" for r in silent)
+    return SourceError(f"no frame in {duration:g} s from {len(silent)} of {len(reports)} camera(s): {why}. "
+                       "Check the URL, the network and the credentials (or give the camera a longer --duration).")
+
+
+def _exit_before_finalizing(code: int) -> None:
+    """A camera thread is still blocked in an open or a read. CPython < 3.14 ends a daemon thread that wakes up
+    during interpreter finalization with pthread_exit, and unwinding that through OpenCV's C++ frames aborts the
+    process ("terminate called without an active exception", exit 134 after a clean stop; fixed upstream by
+    gh-87135). So the process ends from atexit, after the output is flushed and before that stage."""
+
+    def exit_now() -> None:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+    atexit.register(exit_now)
 
 
 @contextmanager

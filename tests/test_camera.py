@@ -6,7 +6,8 @@ import time
 
 import numpy as np
 
-from producers.camera import LatestFrame, backoff_delay
+from producers.camera import CameraReport, LatestFrame, backoff_delay
+from producers.cli import never_online
 
 
 def test_backoff_is_exponential_jittered_and_capped() -> None:
@@ -37,3 +38,18 @@ def test_take_waits_for_the_next_frame() -> None:
     assert item is not None and item[1] == 7.0
     assert time.monotonic() - started < 1.0  # woken by the put, not by the timeout
     assert box.take(timeout=0.05) is None
+
+
+def report(camera_id: str, captured: int, last_error: str = "") -> CameraReport:
+    return CameraReport(camera_id, f"rtsp://h/{camera_id}", "offline", captured, captured, 0, 0, 1, last_error)
+
+
+def test_a_bounded_run_names_the_cameras_that_sent_no_frame() -> None:
+    dropped = report("gate", 40, "connection lost")  # was online, then dropped: retried and counted, not an error
+    dead = report("desk", 0, "cannot open rtsp://h/desk: connection refused by h:554")
+    error = never_online([dropped, dead, report("yard", 0)], 3.0)
+    assert error is not None and error.exit_code == 7
+    assert str(error).startswith("no frame in 3 s from 2 of 3 camera(s): desk (cannot open rtsp://h/desk: "
+                                 "connection refused by h:554); yard (still connecting).")
+    assert never_online([dropped], 3.0) is None
+    assert never_online([dead], None) is None  # an unbounded run keeps retrying

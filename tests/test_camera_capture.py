@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -15,7 +16,7 @@ import pytest
 
 from common.broker import free_port
 from common.errors import SourceError
-from producers.capture import MjpegHttpCapture, open_capture, rtsp_answers
+from producers.capture import MjpegHttpCapture, open_capture, rtsp_probe
 
 SHADES = (40, 120, 200)
 
@@ -63,10 +64,25 @@ def test_mjpeg_without_content_length_and_with_basic_auth(http_camera: int) -> N
 def test_failed_opens_say_why(http_camera: int) -> None:
     with pytest.raises(SourceError, match=r"cannot open http://admin:\*\*\*@127.0.0.1:\d+/video: HTTP 401"):
         open_capture(f"http://admin:wrong@127.0.0.1:{http_camera}/video", None, 1.0, 1.0)
-    with pytest.raises(SourceError, match=r"no RTSP answer within 0\.5 s"):
-        open_capture(f"rtsp://127.0.0.1:{free_port()}/cam", None, 0.5, 0.5)
     with pytest.raises(SourceError, match="Connection refused"):
         open_capture(f"http://127.0.0.1:{free_port()}/cam.mjpg", None, 0.5, 0.5)
+
+
+def test_rtsp_open_says_refused_or_timed_out() -> None:
+    port = free_port()
+    started = time.monotonic()
+    with pytest.raises(SourceError, match=rf"cannot open rtsp://127.0.0.1:{port}/cam: connection refused by "
+                                          rf"127.0.0.1:{port}"):
+        open_capture(f"rtsp://127.0.0.1:{port}/cam", None, 5.0, 5.0)
+    assert time.monotonic() - started < 1.0  # refused at once, not after the open timeout
+    with socket.socket() as silent:  # accepts (backlog), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        url = f"rtsp://127.0.0.1:{silent.getsockname()[1]}/cam"
+        with pytest.raises(SourceError, match=r"accepted the connection but sent no RTSP answer within 0\.5 s"):
+            open_capture(url, None, 0.5, 0.5)
+    with pytest.raises(SourceError, match=r"cannot resolve no-such-camera\.invalid"):
+        open_capture("rtsp://no-such-camera.invalid/cam", None, 0.5, 0.5)
 
 
 def test_rtsp_probe() -> None:
@@ -83,7 +99,7 @@ def test_rtsp_probe() -> None:
 
         thread = threading.Thread(target=answer, daemon=True)
         thread.start()
-        assert rtsp_answers(f"rtsp://admin:pw@127.0.0.1:{port}/stream", 2.0)  # 401: alive, OpenCV may open
+        assert rtsp_probe(f"rtsp://admin:pw@127.0.0.1:{port}/stream", 2.0) is None  # 401: alive, OpenCV may open
         thread.join(2)
-        assert not rtsp_answers(f"rtsp://127.0.0.1:{port}/stream", 0.5)  # accepts (backlog), never answers
-    assert not rtsp_answers(f"rtsp://127.0.0.1:{port}/stream", 0.5)  # closed port
+        assert "no RTSP answer" in (rtsp_probe(f"rtsp://127.0.0.1:{port}/stream", 0.5) or "")  # never answers
+    assert "connection refused" in (rtsp_probe(f"rtsp://127.0.0.1:{port}/stream", 0.5) or "")  # closed port

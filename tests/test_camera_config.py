@@ -1,5 +1,6 @@
 """Pure unit tests of what a camera is: cameras files, flags, ROI, URL redaction."""
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -7,7 +8,8 @@ import pytest
 
 from common.cli import main
 from common.errors import ConfigError
-from producers.camera_config import crop, load_cameras_file, parse_roi, redact_password
+from producers.camera_config import build_camera, crop, load_cameras_file, parse_roi, redact_password
+from producers.cli import produce
 
 DEFAULTS = {"max_age_ms": 500, "maxlen": 8}
 
@@ -37,12 +39,14 @@ def test_toml_cameras_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("text", "expected"), [
-    ("cameras:\n  - {id: a, url: x}\n", r"camera #1 \('a'\): fps is required"),
-    ("cameras:\n  - {id: a, url: x, fps: 1}\n  - {id: b, url: y, fps: 1, roi: [1, 2, 0, 4]}\n",
-     r"camera #2 \('b'\): roi roi is x, y, w, h"),
-    ("cameras:\n  - {id: a, url: x, fps: 1, rtsp: tcp}\n", r"rtsp is not a camera key \(known: id, url"),
-    ("cameras:\n  - {id: a, url: x, fps: 1}\n  - {id: a, url: y, fps: 1}\n", "'a' is used twice"),
-    ("cameras:\n  - {id: 'bad name', url: x, fps: 1}\n", r"camera #1 \('bad name'\): id "),
+    ("cameras:\n  - {id: a, url: 0}\n", r"camera #1 \('a'\): fps is required"),
+    ("cameras:\n  - {id: a, url: 0, fps: 1}\n  - {id: b, url: 1, fps: 1, roi: [1, 2, 0, 4]}\n",
+     r"camera #2 \('b'\): roi must be x, y, w, h"),
+    ("cameras:\n  - {id: a, url: 0, fps: 1, rtsp: tcp}\n", r"rtsp is not a camera key \(known: id, url"),
+    ("cameras:\n  - {id: a, url: 0, fps: 1}\n  - {id: a, url: 1, fps: 1}\n", "'a' is used twice"),
+    ("cameras:\n  - {id: 'bad name', url: 0, fps: 1}\n", r"camera #1 \('bad name'\): id "),
+    ("cameras:\n  - {id: a, url: 0, fps: 1}\n  - {id: b, url: 'ftp://h/x', fps: 1}\n",
+     r"camera #2 \('b'\): url 'ftp://h/x': Vigil cannot read ftp:// cameras; use rtsp://"),
     ("cameras: []\n", "non-empty list `cameras`"),
     ("cameras: [\n", "does not parse"),
 ])
@@ -52,7 +56,7 @@ def test_bad_cameras_file_names_camera_and_field(tmp_path: Path, text: str, expe
 
 
 def test_bad_cameras_file_exits_2_with_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    path = write(tmp_path, "cams.yml", "cameras:\n  - {id: gate, url: x, fps: -3}\n")
+    path = write(tmp_path, "cams.yml", "cameras:\n  - {id: gate, url: 0, fps: -3}\n")
     assert main(["produce", "cameras", str(path)]) == 2
     err = capsys.readouterr().err
     assert "camera #1 ('gate'): fps" in err and "Fix it" in err
@@ -60,7 +64,38 @@ def test_bad_cameras_file_exits_2_with_message(tmp_path: Path, capsys: pytest.Ca
 
 def test_camera_flags_are_validated(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["produce", "camera", "http://h/x", "--source", "a", "--fps", "2", "--roi", "1,2,3"]) == 2
-    assert "four integers" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "roi '1,2,3' must be four integers" in err and "roi roi" not in err
+
+
+@pytest.mark.parametrize("url", ["ftp://example.com/x", "notaurl", "udp://0.0.0.0:1234", "rtsp:///stream",
+                                 "http://", "/dev/videoX"])
+def test_unreadable_camera_url_is_refused_at_once(url: str) -> None:
+    with pytest.raises(ConfigError, match=r"camera c2: url .* use rtsp://HOST/PATH or rtsps://, http\(s\)://"):
+        build_camera({"id": "c2", "url": url, "fps": 2}, "camera c2")
+
+
+def test_readable_camera_urls(tmp_path: Path) -> None:
+    video = write(tmp_path, "clip.mp4", "")
+    for url in ["rtsp://u:p@10.0.0.5/s", "RTSPS://cam:322/s", "http://h/x.mjpg", "https://[::1]:8443/x", str(video)]:
+        assert build_camera({"id": "c", "url": url, "fps": 2}, "camera c").device is None
+    assert build_camera({"id": "c", "url": 3, "fps": 2}, "camera c").device == 3
+    usb = build_camera({"id": "c", "url": "/dev/video2", "fps": 2}, "camera c")
+    assert (usb.device, usb.safe_url) == (2, "/dev/video2")
+
+
+@pytest.mark.parametrize("url", ["ftp://example.com/x", "notaurl"])
+def test_camera_command_exits_2_on_an_unreadable_url(url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["produce", "camera", url, "--source", "c2", "--fps", "2", "--duration", "3", "--json"]) == 2
+    err = capsys.readouterr().err
+    assert f"url '{url}'" in err and "rtsp://" in err and "/dev/videoN" in err
+
+
+@pytest.mark.parametrize("name", sorted(produce.commands))
+def test_every_produce_command_shows_examples(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["produce", name, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "Example" in out and re.search(rf"\n +vigil produce {name} ", out)  # \b kept its line breaks
 
 
 def test_unknown_file_type(tmp_path: Path) -> None:
