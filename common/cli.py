@@ -14,7 +14,7 @@ import click
 import redis
 
 from common.broker import redact
-from common.errors import BrokerError, VigilError
+from common.errors import BrokerError, Interrupted, VigilError
 from common.log import setup_logging
 from common.settings import load_settings
 
@@ -132,6 +132,9 @@ def config_cmd(settings: Any) -> None:
 def main(argv: list[str] | None = None) -> int:
     try:
         cli.main(args=argv, prog_name="vigil", standalone_mode=False)
+    except Interrupted as exc:
+        click.echo(f"interrupted: {exc}", err=True)
+        return exc.exit_code
     except VigilError as exc:
         click.secho(f"error: {exc}", fg="red", err=True)
         return exc.exit_code

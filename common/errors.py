@@ -49,3 +49,9 @@ class WorkerError(VigilError):
     """Worker processes keep failing: a burst pool gave up instead of respawning them for ever."""
 
     exit_code = 8
+
+
+class Interrupted(VigilError):
+    """Stopped by a signal (Ctrl-C, SIGTERM) after a clean stop: what was done is kept; running again resumes."""
+
+    exit_code = 130

@@ -77,13 +77,14 @@ def produce_file_cmd(settings: Settings, paths: tuple[Path, ...], source: str | 
                                "samples to R frames per second of media time; pass one of them.")
     spec = Bundle.load(settings.bundle, verify_hashes=False).spec.input
     show = sys.stderr.isatty() if progress is None else progress
-    with broker_url(settings.redis_url) as url:
+    stop = threading.Event()
+    with broker_url(settings.redis_url) as url, _stop_on_signals(stop, "stopping after the frames decoded so far"):
         client = connect(url)
         for path in paths:
             job = FileJob(path, source or default_source_name(path), spec, Sampling(every or 1, fps),
                           "jpeg" if transport == "jpeg" else "raw", jpeg_quality, restart, realtime,
                           settings.decoders if decoders is None else decoders, pack or settings.pack_frames)
-            report = produce_file(client, settings.namespace, job, settings.high_water, show)
+            report = produce_file(client, settings.namespace, job, settings.high_water, show, stop)
             if as_json:
                 click.echo(json.dumps(asdict(report)))
             else:
@@ -226,13 +227,13 @@ def _exit_before_finalizing(code: int) -> None:
 
 
 @contextmanager
-def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """First SIGTERM/SIGINT: stop cleanly (exit 0). Second: exit now."""
+def _stop_on_signals(stop: threading.Event, what: str = "stopping cameras") -> Iterator[None]:
+    """First SIGTERM/SIGINT: set ``stop``, for a clean stop. Second: exit now."""
 
     def handle(signum: int, _frame: object) -> None:
         if stop.is_set():
             os._exit(128 + signum)
-        log.info("%s: stopping cameras", signal.Signals(signum).name)
+        log.warning("%s: %s (send it again to exit at once)", signal.Signals(signum).name, what)
         stop.set()
 
     previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}

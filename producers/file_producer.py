@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import redis
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from common.bundle import InputSpec
-from common.errors import SourceError
+from common.errors import Interrupted, SourceError
 from common.schemas import Encoding, Frame
 from common.settings import DEFAULT_PACK_FRAMES
 from producers.publisher import SourcePublisher
@@ -52,8 +53,13 @@ class FileReport:
 
 
 def produce_file(client: redis.Redis, namespace: str, job: FileJob, high_water: int,
-                 progress: bool = False) -> FileReport:
+                 progress: bool = False, stop: threading.Event | None = None) -> FileReport:
     """Send every sampled frame not yet on the stream, then the end-of-stream marker.
+
+    ``stop`` (set by a signal handler, ``producers.cli``): stop between two frames, raising ``Interrupted``; what
+    was sent stays on the stream and the next run resumes after it. A flag, not KeyboardInterrupt: an exception
+    raised at any bytecode could leave a lock of the decoder threads held (a ``with lock:`` entered but not yet
+    protected, bpo-29988), and the producer then hung in its exit for good.
 
     OpenCV's own thread pool is set to one thread: resizing one frame is too small a job to split (splitting
     it cost ~30% more CPU on 720p, CPU the workers need). One decode thread runs ahead while this thread
@@ -61,7 +67,7 @@ def produce_file(client: redis.Redis, namespace: str, job: FileJob, high_water: 
     threads decode and preprocess chunks of GOPs (``producers/gop.py``) and this thread only publishes.
     """
     cv2.setNumThreads(1)
-    pub = SourcePublisher(client, namespace, job.source, high_water, 1 if job.realtime else job.pack)
+    pub = SourcePublisher(client, namespace, job.source, high_water, 1 if job.realtime else job.pack, stop)
     start_seq = pub.open(str(job.path.resolve()), job.restart, identity(job))
     started = time.monotonic()
     if pub.finished():
@@ -73,9 +79,17 @@ def produce_file(client: redis.Redis, namespace: str, job: FileJob, high_water: 
     paced_from: tuple[float, float] | None = None  # (clock, media ts) of the first frame this run sends
     chunk: list[Frame] = []
     chunk_size = 1 if job.realtime else min(max(CHUNK, job.pack), high_water)
-    with _progress_bar(progress, job.source, estimate_frames(job.path, job.sampling)) as advance:
-        frames = iter_preprocessed(job.path, job.sampling, job.spec, job.decoders, skip=start_seq)
+    # closing(): on Ctrl-C (or any error) the decoder threads are stopped and joined before the exception goes on.
+    # Left running into interpreter shutdown, a thread inside OpenCV was killed there ("FATAL: exception not
+    # rethrown", exit 134) instead of the clean exit 130.
+    frames = iter_preprocessed(job.path, job.sampling, job.spec, job.decoders, skip=start_seq)
+    with _progress_bar(progress, job.source, estimate_frames(job.path, job.sampling)) as advance, \
+            closing(frames):
         for seq, (ts, pixels) in enumerate(frames):
+            if stop is not None and stop.is_set():
+                pub.send(chunk)  # the frames decoded so far go out: the next run starts after them
+                raise Interrupted(f"source {job.source}: stopped at frame {seq}; this run sent {pub.stats.sent} "
+                                  "frames. Run the same command again to resume after the last one.")
             advance()
             total = seq + 1
             if pixels is None:  # sent before the resume point

@@ -54,6 +54,10 @@ FFPROBE_TIMEOUT_S = 300.0
 Frames = list[tuple[float, np.ndarray | None]]
 
 
+class _Closed(Exception):
+    """The pool closed while a decoder was in a chunk."""
+
+
 class ChunkMismatch(SourceError):
     """A decoder did not find a chunk's frames where the keyframe map put them."""
 
@@ -230,6 +234,11 @@ class _ChunkPool:
         for cap in self.handed.values():  # never claimed (closed early)
             cap.release()
 
+    def _emit(self, buf: _Buffer, item: tuple[float, np.ndarray | None]) -> None:
+        if self.closed:  # the reader is gone (Ctrl-C, an error): stop mid-chunk, so that close() joins at once
+            raise _Closed
+        buf.emit(item)
+
     def _claim(self) -> int | None:
         with self.cond:
             self.cond.wait_for(lambda: self.closed or self.claimed >= len(self.chunks)
@@ -255,7 +264,9 @@ class _ChunkPool:
                 try:
                     if cap is None:
                         cap = open_single_threaded(self.path)
-                    _decode_chunk(cap, self.chunks[index], self.fps, self.spec, buf.emit)
+                    _decode_chunk(cap, self.chunks[index], self.fps, self.spec, partial(self._emit, buf))
+                except _Closed:
+                    return
                 except Exception as exc:  # raised again in the caller's thread by take(), after the good frames
                     error = exc
                 buf.finish(error)

@@ -13,6 +13,7 @@ last-generated-id survives trimming).
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -20,11 +21,13 @@ from typing import Any
 import redis
 
 from common.broker import ensure_group
-from common.errors import BrokerError, ConfigError
+from common.errors import BrokerError, ConfigError, Interrupted
 from common.schemas import MAX_PACK_FRAMES, Frame, decode_entry, encode_entry
 from common.streams import GROUP, LUA_ENTRY_IDS, SourceKeys, check_source, registry_key
 
 log = logging.getLogger(__name__)
+PAUSE_WARN_S = 10.0  # a producer paused this long says why, then every PAUSE_REWARN_S
+PAUSE_REWARN_S = 60.0
 PACK_BYTES = 1 << 20  # a pack closes at this much pixel data even when it holds fewer than ``pack`` frames
 
 
@@ -71,7 +74,8 @@ class PublishStats:
 
 
 class SourcePublisher:
-    def __init__(self, client: redis.Redis, namespace: str, source: str, high_water: int, pack: int = 1) -> None:
+    def __init__(self, client: redis.Redis, namespace: str, source: str, high_water: int, pack: int = 1,
+                 stop: threading.Event | None = None) -> None:
         if not 1 <= pack <= MAX_PACK_FRAMES:
             raise ConfigError(f"pack must be 1..{MAX_PACK_FRAMES} frames per entry, not {pack}")
         self.client = client
@@ -87,6 +91,7 @@ class SourcePublisher:
         self._room = 0  # entries that can be sent before the lag must be read again (XINFO GROUPS)
         self._lag_trim = client.register_script(LAG_TRIM_LUA)
         self.epoch = 0  # set by open()
+        self.stop = stop  # set: a paused send gives up (Interrupted) instead of waiting for the workers
 
     def open(self, path: str, restart: bool, identity: dict[str, str] | None = None) -> int:
         """Register the source and its group; return the first seq still to send (resume point).
@@ -215,10 +220,27 @@ class SourcePublisher:
         if self._room > 0:
             return
         start = time.monotonic()
+        warn_at = start + PAUSE_WARN_S
         while (lag := self.lag() * self._frames / self._entries) > self.high_water:
+            if self.stop is not None and self.stop.is_set():
+                raise Interrupted(f"source {self.keys.source}: stopped while paused for the workers; this run sent "
+                                  f"{self.stats.sent} frames. Run the same command again to resume.")
+            if time.monotonic() >= warn_at:
+                self._warn_paused(time.monotonic() - start, lag)
+                warn_at = time.monotonic() + PAUSE_REWARN_S
             time.sleep(0.02)
         self._room = int((self.high_water - lag) * self._entries / self._frames)
         self.stats.paused_s += time.monotonic() - start
+
+    def _warn_paused(self, paused_s: float, lag: float) -> None:
+        """A producer waiting on workers that never come looked hung: say what it waits for."""
+        groups: Any = self.client.xinfo_groups(self.keys.frames)
+        consumers = next((int(g["consumers"]) for g in groups if g["name"] in (GROUP, GROUP.encode())), 0)
+        who = (f"no worker has joined group {GROUP!r}: is `vigil work` running against this broker and namespace "
+               f"({self.namespace!r})?" if consumers == 0 else
+               f"{consumers} worker(s) in group {GROUP!r} are behind (`vigil status` shows their progress)")
+        log.warning("source %s: paused for %.0f s: %.0f frames not yet read by a worker, above the high-water mark "
+                    "of %d; %s", self.keys.source, paused_s, lag, self.high_water, who)
 
 
 def _server_ms(client: redis.Redis) -> int:

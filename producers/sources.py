@@ -10,7 +10,7 @@ import os
 import queue
 import re
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,7 +92,7 @@ def iter_frames(path: Path, sampling: Sampling) -> Iterator[tuple[float, np.ndar
 
 
 def iter_preprocessed(path: Path, sampling: Sampling, spec: InputSpec, decoders: int = 1,
-                      skip: int = 0) -> Iterator[tuple[float, np.ndarray | None]]:
+                      skip: int = 0) -> Generator[tuple[float, np.ndarray | None], None, None]:
     """Yield ``(media_ts_seconds, preprocess(image))`` for the sampled frames, in order, with ``None`` instead
     of pixels for the first ``skip`` of them (a resumed producer already sent those; they are not preprocessed,
     and a GOP-parallel decode does not even decode them).

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -10,10 +16,13 @@ import numpy as np
 import pytest
 import redis
 
+import producers.publisher
 from common.bundle import InputSpec
+from common.errors import Interrupted
 from common.schemas import decode_entry
 from common.streams import SourceKeys
 from producers.file_producer import FileJob, produce_file
+from tests.conftest import TINY_BUNDLE
 
 pytestmark = pytest.mark.integration
 SPEC = InputSpec(height=28, width=28, channels=1, color="gray")
@@ -45,3 +54,66 @@ def test_resumed_realtime_run_does_not_wait_for_the_media_time_already_sent(clie
            for f in decode_entry(fields)]
     assert new[0].produced_at - started < 1.0
     assert new[-1].produced_at - new[0].produced_at >= 9 / 25 - 0.02  # still paced at media speed
+
+
+@pytest.fixture(scope="module")
+def long_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """1,500 frames of 160x120 H.264: long enough for a signal to land while frames are being decoded."""
+    out = tmp_path_factory.mktemp("long") / "long.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=size=160x120:rate=25", "-t", "60",
+                    "-pix_fmt", "yuv420p", "-g", "50", str(out)], check=True, timeout=120)
+    return out
+
+
+def test_ctrl_c_stops_cleanly_and_the_next_run_resumes(redis_url: str, client: redis.Redis, namespace: str,
+                                                       long_video: Path) -> None:
+    """SIGINT while the decoder threads run: KeyboardInterrupt used to leave a lock of theirs held (the producer
+    then hung in its exit for good) or a thread inside OpenCV at interpreter shutdown ("FATAL: exception not
+    rethrown", exit 134). Now: exit 130, and a second run sends the rest, no gap, no duplicate."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VIGIL_")}
+    env.update(REDIS_URL=redis_url, VIGIL_NAMESPACE=namespace, VIGIL_BUNDLE=str(TINY_BUNDLE),
+               VIGIL_HIGH_WATER="100000", VIGIL_PACK_FRAMES="4")
+    cmd = [sys.executable, "-m", "common.cli", "produce", "file", str(long_video), "--source", "long", "--no-progress"]
+    keys = SourceKeys(namespace, "long")
+    for attempt in range(3):  # each lands at a different point of the decode
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while int(client.hget(keys.meta, "produced") or 0) < 200 * (attempt + 1) and proc.poll() is None:
+            assert time.monotonic() < deadline, "the producer sent nothing"
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)  # hung here for good before the fix
+        if proc.returncode == 0:
+            break  # it had finished before the signal: nothing left to interrupt
+        assert proc.returncode == 130 and "interrupted: source long: stopped at frame" in err, err[-2000:]
+        assert "Traceback" not in err and "FATAL" not in err
+    assert subprocess.run(cmd, env=env, capture_output=True, timeout=120).returncode == 0
+    seqs = [f.seq for _, fields in client.xrange(keys.frames) for f in decode_entry(fields)]
+    assert seqs == list(range(1501))  # 1,500 frames and the end-of-stream marker, each once
+
+
+def test_a_producer_paused_with_no_worker_says_why_and_stops_on_request(
+        client: redis.Redis, namespace: str, small_video: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Paused above the high-water mark with no worker, it used to wait without a word, for ever."""
+    monkeypatch.setattr(producers.publisher, "PAUSE_WARN_S", 0.3)
+    stop, outcome = threading.Event(), []
+
+    def run() -> None:
+        try:
+            produce_file(client, namespace, FileJob(small_video, "idle", SPEC, pack=4), high_water=8, stop=stop)
+        except Interrupted as exc:
+            outcome.append(exc)
+
+    with caplog.at_level(logging.WARNING, logger="producers.publisher"):
+        thread = threading.Thread(target=run)
+        thread.start()
+        deadline = time.monotonic() + 20
+        while "no worker has joined" not in caplog.text:
+            assert time.monotonic() < deadline and thread.is_alive(), caplog.text
+            time.sleep(0.05)
+        stop.set()
+        thread.join(10)
+    assert not thread.is_alive() and len(outcome) == 1
+    assert "paused for" in caplog.text and "above the high-water mark of 8" in caplog.text
+    assert "stopped while paused" in str(outcome[0])
