@@ -25,6 +25,7 @@ from producers.sources import Sampling, estimate_frames, image_files, iter_prepr
 
 log = logging.getLogger(__name__)
 CHUNK = 32
+TRUNCATED_BELOW = 0.9  # fewer frames than this share of what the container announces: a warning
 
 
 @dataclass
@@ -50,6 +51,7 @@ class FileReport:
     seconds: float
     paused_s: float
     already_done: bool = False
+    expected_frames: int | None = None  # what the container announces (sampled); None when it does not say
 
 
 def produce_file(client: redis.Redis, namespace: str, job: FileJob, high_water: int,
@@ -83,7 +85,8 @@ def produce_file(client: redis.Redis, namespace: str, job: FileJob, high_water: 
     # Left running into interpreter shutdown, a thread inside OpenCV was killed there ("FATAL: exception not
     # rethrown", exit 134) instead of the clean exit 130.
     frames = iter_preprocessed(job.path, job.sampling, job.spec, job.decoders, skip=start_seq)
-    with _progress_bar(progress, job.source, estimate_frames(job.path, job.sampling)) as advance, \
+    expected = estimate_frames(job.path, job.sampling)
+    with _progress_bar(progress, job.source, expected) as advance, \
             closing(frames):
         for seq, (ts, pixels) in enumerate(frames):
             if stop is not None and stop.is_set():
@@ -104,7 +107,13 @@ def produce_file(client: redis.Redis, namespace: str, job: FileJob, high_water: 
                 chunk = []
         pub.send(chunk)
     pub.end(total)
-    return FileReport(job.source, total, pub.stats.sent, start_seq, time.monotonic() - started, pub.stats.paused_s)
+    if expected and total < TRUNCATED_BELOW * expected:
+        log.warning("source %s: %s ended after %d frames, but its container announces about %d: the file may be "
+                    "truncated or damaged (FFmpeg's messages above may say where). All frames it holds were sent, "
+                    "then the end-of-stream marker; for the rest, get the complete file and run again with "
+                    "--restart.", job.source, job.path.name, total, expected)
+    return FileReport(job.source, total, pub.stats.sent, start_seq, time.monotonic() - started, pub.stats.paused_s,
+                      expected_frames=expected)
 
 
 def identity(job: FileJob) -> dict[str, str]:

@@ -117,3 +117,20 @@ def test_a_producer_paused_with_no_worker_says_why_and_stops_on_request(
     assert not thread.is_alive() and len(outcome) == 1
     assert "paused for" in caplog.text and "above the high-water mark of 8" in caplog.text
     assert "stopped while paused" in str(outcome[0])
+
+
+def test_a_truncated_video_is_sent_with_a_warning_naming_what_is_missing(
+        client: redis.Redis, namespace: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An mp4 cut at 60% (its index still announces 600 frames) used to end early without a word from Vigil."""
+    whole, cut = tmp_path / "whole.mp4", tmp_path / "cut.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=size=160x120:rate=25", "-t", "24",
+                    "-pix_fmt", "yuv420p", "-movflags", "+faststart", str(whole)], check=True, timeout=120)
+    cut.write_bytes(whole.read_bytes()[:int(whole.stat().st_size * 0.6)])
+    with caplog.at_level(logging.WARNING, logger="producers.file_producer"):
+        report = produce_file(client, namespace, FileJob(cut, "cut", SPEC), high_water=10_000)
+    assert report.expected_frames == 600 and 100 < report.frames < 540 and report.sent == report.frames
+    assert f"ended after {report.frames} frames, but its container announces about 600" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="producers.file_producer"):
+        produce_file(client, namespace, FileJob(whole, "whole", SPEC), high_water=10_000)
+    assert "container announces" not in caplog.text
