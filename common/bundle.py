@@ -104,8 +104,9 @@ class Bundle:
         root = Path(root)
         if not root.is_dir():
             raise BundleError(
-                f"bundle directory {root} does not exist. Pass --bundle PATH to a directory made by "
-                "`vigil model bundle`, or use the shipped one in bundles/fashion-mnist."
+                f"bundle {root} {'is a file, not a directory' if root.is_file() else 'does not exist'}. Pass a "
+                "directory made by `vigil model bundle` (`vigil --bundle PATH ...` or VIGIL_BUNDLE), or use the "
+                "shipped one in bundles/fashion-mnist."
             )
         spec = _read_spec(root)
         for rel, digest in spec.files.items():

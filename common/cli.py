@@ -93,12 +93,16 @@ def _unavailable(name: str, exc: ModuleNotFoundError) -> click.Command:
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
               help="Settings file (.toml or .yaml). Also VIGIL_CONFIG.")
-@click.option("--redis-url", default=None, help="Broker URL. Unset: an embedded server is started. Also REDIS_URL.")
+@click.option("--redis-url", default=None,
+              help="Broker URL. Unset: a `vigil broker` on its default port, else an embedded server of the command's "
+                   "own. Also REDIS_URL.")
+@click.option("--bundle", type=click.Path(path_type=Path), default=None,
+              help="Model bundle directory (workers, producers, results). Also VIGIL_BUNDLE.")
 @click.option("--log-level", default=None, type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
 @click.option("--log-json", is_flag=True, default=None, help="One JSON object per log line.")
 @click.pass_context
-def cli(ctx: click.Context, config_file: Path | None, redis_url: str | None, log_level: str | None,
-        log_json: bool | None) -> None:
+def cli(ctx: click.Context, config_file: Path | None, redis_url: str | None, bundle: Path | None,
+        log_level: str | None, log_json: bool | None) -> None:
     """Vigil: streaming video classification on Redis streams.
 
     \b
@@ -114,7 +118,7 @@ def cli(ctx: click.Context, config_file: Path | None, redis_url: str | None, log
     import os
 
     url = redis_url or os.environ.get("REDIS_URL") or None
-    settings = load_settings(config_file, redis_url=url, log_level=log_level, log_json=log_json)
+    settings = load_settings(config_file, redis_url=url, bundle=bundle, log_level=log_level, log_json=log_json)
     setup_logging(settings.log_level, settings.log_json)
     ctx.obj = settings
 

@@ -87,3 +87,38 @@ def test_broker_command_prints_url_and_stops_on_sigterm() -> None:
     assert proc.wait(10) == 0
     with pytest.raises(redis.ConnectionError):
         redis.Redis.from_url(url, socket_connect_timeout=0.5).ping()
+
+
+def test_without_a_url_commands_find_a_vigil_broker_on_its_port(monkeypatch: pytest.MonkeyPatch,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    """Each command used to start its own private broker: a producer's frames were gone when it exited, and
+    `vigil work` waited on another, empty one."""
+    import common.broker
+
+    with EmbeddedBroker() as shared:
+        monkeypatch.setattr(common.broker, "SHARED_PORT", shared.port)
+        with broker_url(None) as url:
+            assert url == shared.url
+        with broker_url(None, private=True) as url:  # the demo and the benches keep their own
+            assert url != shared.url
+    with caplog.at_level("WARNING", logger="common.broker"), broker_url(None) as url:
+        assert url != shared.url and connect(url).ping()
+    assert "runs a private broker, and what it holds is gone when the command exits" in caplog.text
+
+
+def test_vigil_broker_refuses_a_port_in_use_and_keeps_data_in_dir(embedded_broker, tmp_path) -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "common.cli", "broker", "--port", str(embedded_broker.port)],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 5 and f"port {embedded_broker.port} on 127.0.0.1 is in use" in out.stderr, out.stderr
+    assert "export REDIS_URL" not in out.stdout  # it used to print the other server's URL and exit 0
+    bad = subprocess.run([sys.executable, "-m", "common.cli", "broker", "--port", "99999"], capture_output=True,
+                         text=True, timeout=30)
+    assert bad.returncode == 2 and "99999" in bad.stderr and "Traceback" not in bad.stderr
+    with EmbeddedBroker(appendonly=True, data_dir=tmp_path / "data") as broker:
+        connect(broker.url).set("kept", "yes")
+    assert (tmp_path / "data").is_dir()
+    with EmbeddedBroker(appendonly=True, data_dir=tmp_path / "data") as broker:
+        assert connect(broker.url).get("kept") == b"yes"

@@ -44,3 +44,13 @@ def test_malformed_config_file_exits_with_config_code(tmp_path, capsys) -> None:
     err = capsys.readouterr().err
     assert err.startswith("error: config file") and "bad.toml is not valid TOML at line 1" in err
     assert "Traceback" not in err
+
+
+def test_bundle_is_a_global_option(tmp_path, capsys) -> None:
+    """README and the errors told users to pass --bundle, which no command had."""
+    assert main(["--bundle", str(tmp_path), "config"]) == 0
+    assert json.loads(capsys.readouterr().out)["bundle"] == str(tmp_path)
+    not_a_dir = tmp_path / "model.tflite"
+    not_a_dir.write_bytes(b"")
+    assert main(["--bundle", str(not_a_dir), "work", "--burst"]) == 4
+    assert "is a file, not a directory" in capsys.readouterr().err

@@ -277,7 +277,7 @@ def pipeline(settings: Settings, workers: int | None, only: tuple[str, ...], rep
     with tempfile.TemporaryDirectory(prefix="vigil-bench-") as tmp:
         videos = {name: path for name, path in bench_videos(Path(tmp), bundle).items() if not only or name in only}
         busy = {name: busy_factor(path, bundle, cores) for name, path in videos.items()}
-        with broker_url(settings.redis_url) as url, \
+        with broker_url(settings.redis_url, private=True) as url, \
                 PipelineRun(url, f"{settings.namespace}-bench-{uuid.uuid4().hex[:6]}", bundle.root, n) as run:
             pairs = {name: paired_runs(run, path, bundle, cores, repeat) for name, path in videos.items()}
         naive = {name: naive_fps(path, bundle) for name, path in videos.items()}

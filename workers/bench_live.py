@@ -296,7 +296,7 @@ def live(settings: Settings, bundle_path: Path, cameras: int, fps: float, durati
                               "max_age_ms": max_age_ms, "max_batch": max_batch,
                               "load_avg_1m_at_start": round(os.getloadavg()[0], 2)}
     progress = sys.stderr.isatty() and not as_json
-    with broker_url(settings.redis_url) as url, \
+    with broker_url(settings.redis_url, private=True) as url, \
             PipelineRun(url, f"{settings.namespace}-live-{uuid.uuid4().hex[:6]}", bundle.root, n,
                         max_batch=max_batch) as run:
         bench = LiveBench(run, video, bundle, maxlen, max_age_ms)

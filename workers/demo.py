@@ -38,7 +38,7 @@ def demo(settings: Settings, items: int, hold: int, workers: int | None, data_di
         conveyor = build_conveyor(Path(tmp) / "conveyor.avi", bundle.spec.input, items, hold, data_dir=data_dir)
         offline = _offline_accuracy(bundle, conveyor.items, conveyor.labels)
         namespace = f"{settings.namespace}-demo-{uuid.uuid4().hex[:6]}"
-        with broker_url(settings.redis_url) as url, \
+        with broker_url(settings.redis_url, private=True) as url, \
                 PipelineRun(url, namespace, bundle.root, workers or settings.workers) as run:
             stats = run.feed(conveyor.path, "conveyor", conveyor.frames, progress=not as_json and sys.stderr.isatty())
     truth = [bundle.labels[conveyor.label_of_frame(r.seq)] for r in stats.results]
