@@ -39,6 +39,10 @@ SOCKET_TIMEOUT_S = MAX_BLOCK_MS / 1000 + 8
 def connect(url: str, *, decode: bool = False, retries: int = 6) -> redis.Redis:
     """A client for ``redis://``, ``rediss://`` or ``unix://`` URLs (ACL user and password in the URL)."""
     retry = Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=retries)
+    db = re.fullmatch(r"rediss?://[^/?#]*/([^?#]*)(?:[?#].*)?", url)
+    if db and db[1] and not db[1].isdigit():  # redis-py falls back to db 0 for "/abc"
+        raise BrokerError(f"invalid broker URL {redact(url)!r}: the database after the port must be a number "
+                          f"(redis://HOST:PORT/0), not {db[1]!r}.")
     try:
         client: redis.Redis = redis.Redis.from_url(
             url,

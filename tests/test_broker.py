@@ -122,3 +122,10 @@ def test_vigil_broker_refuses_a_port_in_use_and_keeps_data_in_dir(embedded_broke
     assert (tmp_path / "data").is_dir()
     with EmbeddedBroker(appendonly=True, data_dir=tmp_path / "data") as broker:
         assert connect(broker.url).get("kept") == b"yes"
+
+
+def test_a_database_that_is_not_a_number_is_refused() -> None:
+    with pytest.raises(BrokerError, match="must be a number"):
+        connect("redis://127.0.0.1:6379/abc")
+    assert connect("redis://127.0.0.1:6379/3").connection_pool.connection_kwargs["db"] == 3
+    assert connect("redis://127.0.0.1:6379").connection_pool.connection_kwargs.get("db", 0) == 0
