@@ -8,7 +8,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,6 +71,15 @@ def produce_file(client: redis.Redis, namespace: str, job: FileJob, high_water: 
     cv2.setNumThreads(1)
     pub = SourcePublisher(client, namespace, job.source, high_water, 1 if job.realtime else job.pack, stop)
     start_seq = pub.open(str(job.path.resolve()), job.restart, identity(job))
+    try:
+        return _send_file(pub, job, start_seq, progress, stop)
+    finally:
+        with suppress(redis.RedisError):  # the broker may be what failed; the mark lapses on its own then
+            pub.release()
+
+
+def _send_file(pub: SourcePublisher, job: FileJob, start_seq: int, progress: bool,
+               stop: threading.Event | None) -> FileReport:
     started = time.monotonic()
     if pub.finished():
         log.info("source %s already complete (%d frames); nothing to do", job.source, start_seq - 1)
@@ -80,7 +89,7 @@ def produce_file(client: redis.Redis, namespace: str, job: FileJob, high_water: 
     total = 0
     paced_from: tuple[float, float] | None = None  # (clock, media ts) of the first frame this run sends
     chunk: list[Frame] = []
-    chunk_size = 1 if job.realtime else min(max(CHUNK, job.pack), high_water)
+    chunk_size = 1 if job.realtime else min(max(CHUNK, job.pack), pub.high_water)
     # closing(): on Ctrl-C (or any error) the decoder threads are stopped and joined before the exception goes on.
     # Left running into interpreter shutdown, a thread inside OpenCV was killed there ("FATAL: exception not
     # rethrown", exit 134) instead of the clean exit 130.

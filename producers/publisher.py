@@ -13,6 +13,8 @@ last-generated-id survives trimming).
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -28,6 +30,7 @@ from common.streams import GROUP, LUA_ENTRY_IDS, SourceKeys, check_source, regis
 log = logging.getLogger(__name__)
 PAUSE_WARN_S = 10.0  # a producer paused this long says why, then every PAUSE_REWARN_S
 PAUSE_REWARN_S = 60.0
+PRODUCER_STALE_S = 15.0  # a producer that has not written for this long is taken for gone
 PACK_BYTES = 1 << 20  # a pack closes at this much pixel data even when it holds fewer than ``pack`` frames
 
 
@@ -66,6 +69,19 @@ def entry_id(epoch: int, seq: int) -> str:
     return f"{epoch}-{seq}"
 
 
+# KEYS: meta. ARGV: owner (host:pid), now (s), stale_s, gone (an owner this call may take over, or '').
+# Returns {} when ARGV[1] now owns the source, else {owner, seconds since it last wrote}.
+CLAIM_LUA = """
+local cur = redis.call('HGET', KEYS[1], 'producer')
+local age = tonumber(ARGV[2]) - tonumber(redis.call('HGET', KEYS[1], 'producer_seen') or '0')
+if cur and cur ~= ARGV[1] and cur ~= ARGV[4] and age <= tonumber(ARGV[3]) then
+  return {cur, tostring(age)}
+end
+redis.call('HSET', KEYS[1], 'producer', ARGV[1], 'producer_seen', ARGV[2])
+return {}
+"""
+
+
 @dataclass
 class PublishStats:
     sent: int = 0
@@ -90,8 +106,10 @@ class SourcePublisher:
         self.stats = PublishStats()
         self._room = 0  # entries that can be sent before the lag must be read again (XINFO GROUPS)
         self._lag_trim = client.register_script(LAG_TRIM_LUA)
+        self._claim_script = client.register_script(CLAIM_LUA)
         self.epoch = 0  # set by open()
         self.stop = stop  # set: a paused send gives up (Interrupted) instead of waiting for the workers
+        self.owner = f"{socket.gethostname()}:{os.getpid()}"  # in the meta hash while this producer writes
 
     def open(self, path: str, restart: bool, identity: dict[str, str] | None = None) -> int:
         """Register the source and its group; return the first seq still to send (resume point).
@@ -104,6 +122,8 @@ class SourcePublisher:
                 f"source {self.keys.source!r} is a live camera's stream; pass --source NAME to send this file "
                 "to its own source."
             )
+        self._claim()
+        before = self._last_id()[0]  # the epoch of the stream --restart deletes: the new one must differ
         if restart:
             self.client.delete(*self.keys.all())
         raw_path = self.client.hget(self.keys.meta, "path")
@@ -119,11 +139,43 @@ class SourcePublisher:
         # clock, which has moved on since any earlier run began. A worker still holding a batch of the run before a
         # --restart then finds its ids absent: its XACK removes nothing, so it neither acks the new run's entry
         # with the same seq nor writes its old result for it (ids used to be 1-<seq> in every run).
-        self.epoch = self._last_id()[0] or _server_ms(self.client)
+        self.epoch = self._last_id()[0] or max(_server_ms(self.client), before + 1)
         self.client.sadd(registry_key(self.namespace), self.keys.source)
-        meta: dict[Any, Any] = {"path": path, "started_at": time.time(), **(identity or {})}
+        meta: dict[Any, Any] = {"path": path, "started_at": time.time(), "producer": self.owner,
+                                "producer_seen": f"{time.time():.3f}", **(identity or {})}
         self.client.hset(self.keys.meta, mapping=meta)
         return self.next_seq()
+
+    def _claim(self) -> None:
+        """Mark the source as this producer's, or refuse it while another producer writes it (two would each
+        decode the whole file, and two starting together on a new stream would take different epochs and send
+        the first frames twice). Another producer counts as gone when it has not written for
+        ``PRODUCER_STALE_S``, or at once when it is a process of this host that no longer exists (a crashed run,
+        resumed). Check and mark are one script: two producers starting together cannot both pass."""
+        owner, age = self._try_claim("")
+        if owner is None:
+            return
+        host, _, pid = owner.rpartition(":")
+        if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+            owner, age = self._try_claim(owner)  # take over from exactly that one, if it is still the owner
+            if owner is None:
+                return
+        raise ConfigError(
+            f"source {self.keys.source!r} is being produced right now by {owner} (it wrote {max(0.0, age):.0f} s "
+            "ago); two producers of one source would each decode the whole file. Wait for it to finish or stop it "
+            f"(if it is gone, this check lapses {PRODUCER_STALE_S:.0f} s after its last write), or pass --source "
+            "NAME for another source."
+        )
+
+    def _try_claim(self, gone: str) -> tuple[str | None, float]:
+        reply: Any = self._claim_script(keys=[self.keys.meta],
+                                        args=[self.owner, f"{time.time():.3f}", PRODUCER_STALE_S, gone])
+        return (reply[0].decode(), float(reply[1])) if reply else (None, 0.0)
+
+    def release(self) -> None:
+        """This producer is done with the source (finished or stopped): another may start at once."""
+        if self.client.hget(self.keys.meta, "producer") == self.owner.encode():
+            self.client.hdel(self.keys.meta, "producer", "producer_seen")
 
     def _check_identity(self, identity: dict[str, str]) -> None:
         stored: list[Any] = self.client.hmget(self.keys.meta, list(identity)) if identity else []
@@ -148,6 +200,9 @@ class SourcePublisher:
         return entry_id(self.epoch, seq)
 
     def _last_id(self) -> tuple[int, int]:
+        """The stream's last-generated id as (ms, seq); (0, 0) when there is no stream."""
+        if not self.client.exists(self.keys.frames):
+            return 0, 0
         info = self.client.xinfo_stream(self.keys.frames)
         ms, seq = (int(x) for x in info["last-generated-id"].decode().split("-"))
         return ms, seq
@@ -162,7 +217,7 @@ class SourcePublisher:
         for pack in packs:
             fields: dict[Any, Any] = encode_entry(pack)  # redis-py's dict type is invariant in bytes vs str
             pipe.xadd(self.keys.frames, fields, id=self.entry_id(pack[-1].seq))
-        pipe.hset(self.keys.meta, "produced", frames[-1].seq + 1)
+        pipe.hset(self.keys.meta, mapping={"produced": frames[-1].seq + 1, "producer_seen": f"{time.time():.3f}"})
         for pack, reply in zip(packs, pipe.execute(raise_on_error=False), strict=False):
             if isinstance(reply, redis.ResponseError):
                 if "equal or smaller" not in str(reply):
@@ -220,11 +275,14 @@ class SourcePublisher:
         if self._room > 0:
             return
         start = time.monotonic()
-        warn_at = start + PAUSE_WARN_S
+        warn_at, seen_at = start + PAUSE_WARN_S, start + 1.0
         while (lag := self.lag() * self._frames / self._entries) > self.high_water:
             if self.stop is not None and self.stop.is_set():
                 raise Interrupted(f"source {self.keys.source}: stopped while paused for the workers; this run sent "
                                   f"{self.stats.sent} frames. Run the same command again to resume.")
+            if time.monotonic() >= seen_at:  # still alive, though paused (_check_no_other_producer)
+                self.client.hset(self.keys.meta, "producer_seen", f"{time.time():.3f}")
+                seen_at = time.monotonic() + 1.0
             if time.monotonic() >= warn_at:
                 self._warn_paused(time.monotonic() - start, lag)
                 warn_at = time.monotonic() + PAUSE_REWARN_S
@@ -241,6 +299,16 @@ class SourcePublisher:
                f"{consumers} worker(s) in group {GROUP!r} are behind (`vigil status` shows their progress)")
         log.warning("source %s: paused for %.0f s: %.0f frames not yet read by a worker, above the high-water mark "
                     "of %d; %s", self.keys.source, paused_s, lag, self.high_water, who)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _server_ms(client: redis.Redis) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 
 import numpy as np
@@ -126,7 +127,44 @@ def test_a_batch_held_across_a_restart_neither_acks_nor_answers_for_the_new_run(
     new.open("/videos/new.mp4", restart=True)
     new.send(frames(2))
     [(_, [(new_id, _)])] = client.xreadgroup(GROUP, "fresh", {new.keys.frames: ">"})
+    assert new.epoch > old.epoch  # also when the restart comes within the same millisecond
     writer = ResultWriter(client, namespace)
     assert writer.publish(outcomes(old_id, "old")) == {"cam": Tally()}  # the old batch finishes late
     assert writer.publish(outcomes(new_id, "new")) == {"cam": Tally(results=4)}
     assert [fields[b"label"] for _, fields in client.xrange(new.keys.results)] == [b"new"] * 4
+
+
+def test_a_source_another_producer_is_writing_is_refused_until_it_is_gone(client: redis.Redis, namespace: str,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two producers of one source each decoded the whole file, logging hundreds of 'already on the stream'."""
+    import producers.publisher
+
+    other = SourcePublisher(client, namespace, "cam", 10**9)
+    other.owner = "camhost-7:4242"  # a producer on another machine
+    other.open("/v.mp4", restart=False)
+    with pytest.raises(ConfigError, match=r"being produced right now by camhost-7:4242 .*--source NAME"):
+        SourcePublisher(client, namespace, "cam", 10**9).open("/v.mp4", restart=False)
+    with pytest.raises(ConfigError, match="being produced right now"):  # --restart would pull the rug from under it
+        SourcePublisher(client, namespace, "cam", 10**9).open("/v.mp4", restart=True)
+    monkeypatch.setattr(producers.publisher, "PRODUCER_STALE_S", 0.0)  # it stopped writing: taken for gone
+    assert SourcePublisher(client, namespace, "cam", 10**9).open("/v.mp4", restart=False) == 0
+    monkeypatch.setattr(producers.publisher, "PRODUCER_STALE_S", 15.0)
+
+    crashed = SourcePublisher(client, namespace, "dead", 10**9)
+    crashed.owner = f"{socket.gethostname()}:{2**22 + 12345}"  # this host, no such process: resumed at once
+    crashed.open("/v.mp4", restart=False)
+    mine = SourcePublisher(client, namespace, "dead", 10**9)
+    assert mine.open("/v.mp4", restart=False) == 0
+    mine.release()
+    assert client.hget(mine.keys.meta, "producer") is None
+
+
+def test_a_second_producer_on_a_new_source_is_refused_before_it_takes_an_epoch(client: redis.Redis,
+                                                                               namespace: str) -> None:
+    """Two used to pass (each took its own epoch) and the first frames went on the stream twice. Check and mark
+    are one script, so two starting at the same moment cannot both pass either."""
+    first, second = (SourcePublisher(client, namespace, "cam", 10**9) for _ in range(2))
+    first.owner, second.owner = "host-a:1", "host-b:2"
+    first.open("/v.mp4", restart=False)
+    with pytest.raises(ConfigError, match="host-a:1"):
+        second.open("/v.mp4", restart=False)
