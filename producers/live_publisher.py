@@ -13,6 +13,7 @@ up to the group's last-delivered-id are popped from its head, and its length is 
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from typing import Any
 
@@ -26,14 +27,17 @@ from common.streams import GROUP, LUA_ENTRY_IDS, SourceKeys, check_source, event
 log = logging.getLogger(__name__)
 EVENTS_MAXLEN = 10_000
 
-# KEYS: frames, meta, undelivered ids. ARGV: group, maxlen, frame field, frame payload, frame seq.
-# Returns {id, produced, trimmed}. A frame whose seq is below ``produced`` is already on the stream: redis-py re-sent
-# the script after a reply was lost (a timeout, a dropped connection), so it adds nothing (id '') the second time.
+# KEYS: frames, meta, undelivered ids. ARGV: group, maxlen, frame field, frame payload, this call's key (publisher
+# token:seq). Returns {id, produced, trimmed}. A call whose key is the last one added is a re-send of the same frame
+# (redis-py re-sends a command after a lost reply: a timeout, a dropped connection): it adds nothing (id '').
+# Keyed by publisher, not by seq: two cameras writing one source (a rolling update) number from the same count.
 LIVE_LUA = LUA_ENTRY_IDS + """
-local before = tonumber(redis.call('HGET', KEYS[2], 'produced') or '0')
-if tonumber(ARGV[5]) < before then return {'', before, 0} end
+if redis.call('HGET', KEYS[2], 'last_add') == ARGV[5] then
+  return {'', tonumber(redis.call('HGET', KEYS[2], 'produced')), 0}
+end
 local id = redis.call('XADD', KEYS[1], '*', ARGV[3], ARGV[4])
 local produced = redis.call('HINCRBY', KEYS[2], 'produced', 1)
+redis.call('HSET', KEYS[2], 'last_add', ARGV[5])
 redis.call('RPUSH', KEYS[3], id)
 local last = nil
 for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
@@ -78,6 +82,7 @@ class LivePublisher:
         self.maxlen = maxlen
         self.state = ""
         self._script = client.register_script(LIVE_LUA)
+        self.token = secrets.token_hex(6)  # this publisher's, in the key of each add (LIVE_LUA)
 
     def open(self, meta: dict[str, object]) -> int:
         """Register the source as live and return the next frame seq (continues after earlier runs)."""
@@ -96,7 +101,7 @@ class LivePublisher:
         """XADD one frame under the live cap; returns (next seq, entries trimmed by this call). Idempotent: the
         same frame sent again adds nothing."""
         reply = self._script(keys=[self.keys.frames, self.keys.meta, self.undelivered],
-                             args=[GROUP, self.maxlen, FRAME_FIELD, frame.encode(), frame.seq])
+                             args=[GROUP, self.maxlen, FRAME_FIELD, frame.encode(), f"{self.token}:{frame.seq}"])
         return int(reply[1]), int(reply[2])
 
     def next_seq(self) -> int:

@@ -78,6 +78,19 @@ def test_a_frame_sent_again_after_a_lost_reply_is_not_added_twice(client: redis.
     assert pub.publish(frame(1)) == (2, 0)
 
 
+
+def test_two_cameras_on_one_source_each_add_every_frame(client: redis.Redis, namespace: str) -> None:
+    """An old and a new pod of one camera overlapping: both number frames from the same count, and keying the
+    re-send check on the seq used to drop about half of each one's frames, uncounted."""
+    old, new = (LivePublisher(client, namespace, "cam", maxlen=100) for _ in range(2))
+    old.open({})
+    new.open({})
+    for seq in range(10):
+        old.publish(frame(seq))
+        new.publish(frame(seq))
+    assert client.xlen(old.keys.frames) == 20 and meta_int(client, old.keys, "produced") == 20
+
+
 def test_producer_restart_continues_seq(client: redis.Redis, namespace: str) -> None:
     pub = LivePublisher(client, namespace, "cam", maxlen=4)
     pub.open({})
