@@ -163,7 +163,9 @@ class EmbeddedBroker:
         self.dir = self.data_dir or Path(tempfile.mkdtemp(prefix="vigil-broker-"))
         cmd = [
             str(get_binary_path()), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-            "--save", "", "--appendonly", "yes" if self.appendonly else "no", "--daemonize", "no",
+            # kept data: the server's default snapshots, and one at shutdown; a temp dir: no snapshot at all
+            *([] if self.data_dir else ["--save", ""]), "--appendonly", "yes" if self.appendonly else "no",
+            "--daemonize", "no",
             "--logfile", str(self.dir / "server.log"),
         ]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -261,8 +263,9 @@ def broker_url(redis_url: str | None, *, private: bool = False) -> Iterator[str]
               help="Loopback port (0: any free port). On the default port, other vigil commands find it without "
                    "REDIS_URL.")
 @click.option("--dir", "data_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Keep the server's data (and with --appendonly its append-only file) in this directory, so a "
-                   "restarted broker has it. Default: a temp dir deleted at stop.")
+              help="Keep the server's data in this directory, so a restarted broker has it: snapshots (the server's "
+                   "default points, and one at stop), and with --appendonly every write. Default: a temp dir "
+                   "deleted at stop.")
 @click.option("--appendonly", is_flag=True, help="Turn on AOF persistence (fsync every second).")
 def broker_command(port: int, data_dir: Path | None, appendonly: bool) -> None:
     """Run the embedded valkey-server in the foreground and print its URL (Ctrl-C or SIGTERM stops it).

@@ -117,11 +117,13 @@ def test_vigil_broker_refuses_a_port_in_use_and_keeps_data_in_dir(embedded_broke
     bad = subprocess.run([sys.executable, "-m", "common.cli", "broker", "--port", "99999"], capture_output=True,
                          text=True, timeout=30)
     assert bad.returncode == 2 and "99999" in bad.stderr and "Traceback" not in bad.stderr
-    with EmbeddedBroker(appendonly=True, data_dir=tmp_path / "data") as broker:
-        connect(broker.url).set("kept", "yes")
-    assert (tmp_path / "data").is_dir()
-    with EmbeddedBroker(appendonly=True, data_dir=tmp_path / "data") as broker:
-        assert connect(broker.url).get("kept") == b"yes"
+    for appendonly in (True, False):  # without AOF: the snapshot taken at stop
+        data = tmp_path / f"data-{appendonly}"
+        with EmbeddedBroker(appendonly=appendonly, data_dir=data) as broker:
+            connect(broker.url).set("kept", "yes")
+        assert data.is_dir()
+        with EmbeddedBroker(appendonly=appendonly, data_dir=data) as broker:
+            assert connect(broker.url).get("kept") == b"yes", appendonly
 
 
 def test_a_database_that_is_not_a_number_is_refused() -> None:
