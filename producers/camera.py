@@ -104,6 +104,7 @@ class CameraReport:
     dropped_trimmed: int
     reconnects: int
     last_error: str  # why the camera last failed or was lost ("" if it never did)
+    refused: bool = False  # the broker refused it a command (an ACL rule): every camera was stopped
 
 
 class Camera:
@@ -302,7 +303,8 @@ class Camera:
 
     def report(self) -> CameraReport:
         return CameraReport(self.name, self.config.safe_url, self.state, self.mailbox.captured, self.produced,
-                            self.mailbox.superseded, self.trimmed, self.reconnects, self.last_error)
+                            self.mailbox.superseded, self.trimmed, self.reconnects,
+                            str(self.fatal) if self.fatal else self.last_error, self.fatal is not None)
 
     def close(self, reason: str) -> None:
         self.flush()
@@ -335,10 +337,12 @@ def run_cameras(client: redis.Redis, namespace: str, cameras: list[CameraConfig]
             log.warning("camera %s: still blocked opening or reading the camera; leaving its daemon thread behind",
                         camera.name)
         camera.close("producer stopped")
-    for camera in running:
-        if camera.fatal is not None:
-            raise camera.fatal
     return [camera.report() for camera in running]
+
+
+def refusal(reports: list[CameraReport]) -> BrokerError | None:
+    """The error of a camera the broker refused a command (``run_cameras`` stopped every camera then)."""
+    return next((BrokerError(r.last_error) for r in reports if r.refused), None)
 
 
 def left_behind() -> list[str]:

@@ -22,7 +22,7 @@ from common.bundle import Bundle
 from common.errors import ConfigError, SourceError
 from common.metrics import serve
 from common.settings import Settings
-from producers.camera import CameraReport, LiveTiming, left_behind, run_cameras
+from producers.camera import CameraReport, LiveTiming, left_behind, refusal, run_cameras
 from producers.camera_config import CameraConfig, build_camera, load_cameras_file
 from producers.file_producer import FileJob, produce_file
 from producers.sources import Sampling, default_source_name
@@ -193,7 +193,7 @@ def _serve(settings: Settings, cameras: list[CameraConfig], flags: dict[str, Any
             click.echo(f"{report.id}: {report.state}, captured {report.captured}, produced {report.produced}, "
                        f"dropped superseded {report.dropped_superseded}, trimmed {report.dropped_trimmed}, "
                        f"reconnects {report.reconnects}")
-    error = never_online(reports, flags["duration"])
+    error = refusal(reports) or never_online(reports, flags["duration"])
     if left_behind():
         _exit_before_finalizing(error.exit_code if error else 0)
     if error is not None:

@@ -124,17 +124,18 @@ class Pool:
             multiprocess.mark_process_dead(slot.proc.pid)
         slot.proc.close()
         slot.proc = None
-        if self.stopping or (code == 0 and self.config.burst):
-            slot.done = True
-            return
-        lived = time.monotonic() - slot.started
         if code == REFUSED_EXIT:  # an ACL rule, not an outage: every respawn would be refused the same way
             self.fatal = BrokerError(f"worker {slot.index}: the broker refuses a command the workers need (the log "
                                      f"above names it). {ACL_HINT}")
             log.error("worker %d was refused a command by the broker: stopping the pool", slot.index)
             slot.done = True
-            self._drain()
+            if not self.stopping:
+                self._drain()
             return
+        if self.stopping or (code == 0 and self.config.burst):
+            slot.done = True
+            return
+        lived = time.monotonic() - slot.started
         slot.failures = 1 if lived > HEALTHY_AFTER_S else slot.failures + 1
         if self.config.burst and slot.failures >= BURST_MAX_FAILURES:
             self._give_up(slot, code)
