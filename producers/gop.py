@@ -88,8 +88,9 @@ class Chunk:
         return len(self.wanted) - self.skipped
 
 
-def frame_map(path: Path) -> FrameMap | None:
-    """The frame map of the first video stream, or None when ffprobe cannot tell."""
+def frame_map(path: Path, running: list[subprocess.Popen[str]] | None = None) -> FrameMap | None:
+    """The frame map of the first video stream, or None when ffprobe cannot tell. ``running`` receives the
+    ffprobe process while it runs, so that a caller that stops early can kill it rather than wait for it."""
     ffprobe = shutil.which("ffprobe")
     if ffprobe is None:
         log.debug("ffprobe not found on PATH")
@@ -97,7 +98,16 @@ def frame_map(path: Path) -> FrameMap | None:
     cmd = [ffprobe, "-v", "error", "-select_streams", "v:0", "-show_entries",
            "stream=time_base,start_pts:packet=pts,flags", "-of", "csv", str(path)]
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=FFPROBE_TIMEOUT_S).stdout
+        with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+            if running is not None:
+                running.append(proc)
+            try:
+                out, err = proc.communicate(timeout=FFPROBE_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                raise
+        if proc.returncode != 0:
+            raise subprocess.CalledProcessError(proc.returncode, cmd, out, err)
     except (OSError, subprocess.SubprocessError) as exc:
         log.debug("ffprobe failed on %s: %s", path, exc)
         return None
@@ -264,7 +274,8 @@ class _ChunkPool:
                 try:
                     if cap is None:
                         cap = open_single_threaded(self.path)
-                    _decode_chunk(cap, self.chunks[index], self.fps, self.spec, partial(self._emit, buf))
+                    _decode_chunk(cap, self.chunks[index], self.fps, self.spec, partial(self._emit, buf),
+                                  lambda: self.closed)
                 except _Closed:
                     return
                 except Exception as exc:  # raised again in the caller's thread by take(), after the good frames
@@ -283,7 +294,8 @@ def open_single_threaded(path: Path) -> cv2.VideoCapture:
 
 
 def _decode_chunk(cap: cv2.VideoCapture, chunk: Chunk, fps: float, spec: InputSpec,
-                  emit: Callable[[tuple[float, np.ndarray | None]], None]) -> None:
+                  emit: Callable[[tuple[float, np.ndarray | None]], None],
+                  closed: Callable[[], bool] = lambda: False) -> None:
     if not chunk.last and chunk.with_pixels == 0:  # nothing to show: no need to decode it
         for index in chunk.wanted:
             emit((index / fps, None))
@@ -295,6 +307,8 @@ def _decode_chunk(cap: cv2.VideoCapture, chunk: Chunk, fps: float, spec: InputSp
     wanted = set(chunk.wanted)
     first_pixels = chunk.wanted[chunk.skipped] if chunk.with_pixels else chunk.end
     for index in range(chunk.start, chunk.end):
+        if index % 32 == 0 and closed():  # sparse sampling emits rarely: the pool's close() must not wait long
+            raise _Closed
         if not cap.grab():
             raise ChunkMismatch(f"frame {index} is missing (ffprobe counted {chunk.end} up to here)")
         if index in checks and abs(cap.get(cv2.CAP_PROP_POS_MSEC) - checks[index]) > tolerance_ms:

@@ -9,6 +9,7 @@ import logging
 import os
 import queue
 import re
+import subprocess
 import threading
 from collections.abc import Generator, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -126,7 +127,8 @@ def _iter_parallel(path: Path, sampling: Sampling, spec: InputSpec, decoders: in
     map) the same decoder simply goes on to the end."""
     log.info("%s: mapping keyframes with ffprobe (reads the file once, decodes nothing)", path.name)
     with ThreadPoolExecutor(1, thread_name_prefix="ffprobe") as pool:
-        mapping = pool.submit(frame_map, path)
+        probes: list[subprocess.Popen[str]] = []
+        mapping = pool.submit(frame_map, path, probes)
         cap = open_single_threaded(path)
         handed_over = False
         try:
@@ -149,6 +151,9 @@ def _iter_parallel(path: Path, sampling: Sampling, spec: InputSpec, decoders: in
             for ts, img in prefetch(frames):  # no plan: this decoder goes on, decoding in a thread
                 yield ts, (preprocess(img, spec) if img is not None else None)
         finally:
+            for probe in probes:  # stopped early (Ctrl-C): the pool's exit must not wait for ffprobe's read
+                if probe.poll() is None:
+                    probe.kill()
             if not handed_over:
                 cap.release()
 

