@@ -195,8 +195,8 @@ class EmbeddedBroker:
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
-            try:
-                self.proc.wait(5)
+            try:  # with a data dir the server writes a snapshot as it stops: give it time
+                self.proc.wait(120 if self.data_dir else 5)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()

@@ -72,10 +72,14 @@ def produce_file(client: redis.Redis, namespace: str, job: FileJob, high_water: 
     pub = SourcePublisher(client, namespace, job.source, high_water, 1 if job.realtime else job.pack, stop)
     start_seq = pub.open(str(job.path.resolve()), job.restart, identity(job))
     try:
-        return _send_file(pub, job, start_seq, progress, stop)
-    finally:
-        with suppress(redis.RedisError):  # the broker may be what failed; the mark lapses on its own then
+        report = _send_file(pub, job, start_seq, progress, stop)
+    except Interrupted:
+        with suppress(redis.RedisError):
             pub.release()
+        raise
+    with suppress(redis.RedisError):  # after any other error the mark stays: a rerun soon after only warns
+        pub.release()
+    return report
 
 
 def _send_file(pub: SourcePublisher, job: FileJob, start_seq: int, progress: bool,

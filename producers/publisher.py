@@ -30,7 +30,7 @@ from common.streams import GROUP, LUA_ENTRY_IDS, SourceKeys, check_source, regis
 log = logging.getLogger(__name__)
 PAUSE_WARN_S = 10.0  # a producer paused this long says why, then every PAUSE_REWARN_S
 PAUSE_REWARN_S = 60.0
-PRODUCER_STALE_S = 15.0  # a producer that has not written for this long is taken for gone
+RECENT_WRITE_S = 15.0  # another producer that wrote this recently may still be running: a warning
 PACK_BYTES = 1 << 20  # a pack closes at this much pixel data even when it holds fewer than ``pack`` frames
 
 
@@ -69,19 +69,6 @@ def entry_id(epoch: int, seq: int) -> str:
     return f"{epoch}-{seq}"
 
 
-# KEYS: meta. ARGV: owner (host:pid), now (s), stale_s, gone (an owner this call may take over, or '').
-# Returns {} when ARGV[1] now owns the source, else {owner, seconds since it last wrote}.
-CLAIM_LUA = """
-local cur = redis.call('HGET', KEYS[1], 'producer')
-local age = tonumber(ARGV[2]) - tonumber(redis.call('HGET', KEYS[1], 'producer_seen') or '0')
-if cur and cur ~= ARGV[1] and cur ~= ARGV[4] and age <= tonumber(ARGV[3]) then
-  return {cur, tostring(age)}
-end
-redis.call('HSET', KEYS[1], 'producer', ARGV[1], 'producer_seen', ARGV[2])
-return {}
-"""
-
-
 @dataclass
 class PublishStats:
     sent: int = 0
@@ -106,7 +93,6 @@ class SourcePublisher:
         self.stats = PublishStats()
         self._room = 0  # entries that can be sent before the lag must be read again (XINFO GROUPS)
         self._lag_trim = client.register_script(LAG_TRIM_LUA)
-        self._claim_script = client.register_script(CLAIM_LUA)
         self.epoch = 0  # set by open()
         self.stop = stop  # set: a paused send gives up (Interrupted) instead of waiting for the workers
         self.owner = f"{socket.gethostname()}:{os.getpid()}"  # in the meta hash while this producer writes
@@ -122,7 +108,7 @@ class SourcePublisher:
                 f"source {self.keys.source!r} is a live camera's stream; pass --source NAME to send this file "
                 "to its own source."
             )
-        self._claim()
+        self._warn_if_another_producer()
         before = self._last_id()[0]  # the epoch of the stream --restart deletes: the new one must differ
         if restart:
             self.client.delete(*self.keys.all())
@@ -139,41 +125,38 @@ class SourcePublisher:
         # clock, which has moved on since any earlier run began. A worker still holding a batch of the run before a
         # --restart then finds its ids absent: its XACK removes nothing, so it neither acks the new run's entry
         # with the same seq nor writes its old result for it (ids used to be 1-<seq> in every run).
-        self.epoch = self._last_id()[0] or max(_server_ms(self.client), before + 1)
+        # Two producers opening a new stream at once agree on its epoch (HSETNX: the first one's), so their ids
+        # collide and the server refuses the second copy of each entry, as with any re-sent XADD.
+        self.epoch = self._last_id()[0] or self._agreed_epoch(max(_server_ms(self.client), before + 1))
         self.client.sadd(registry_key(self.namespace), self.keys.source)
         meta: dict[Any, Any] = {"path": path, "started_at": time.time(), "producer": self.owner,
                                 "producer_seen": f"{time.time():.3f}", **(identity or {})}
         self.client.hset(self.keys.meta, mapping=meta)
         return self.next_seq()
 
-    def _claim(self) -> None:
-        """Mark the source as this producer's, or refuse it while another producer writes it (two would each
-        decode the whole file, and two starting together on a new stream would take different epochs and send
-        the first frames twice). Another producer counts as gone when it has not written for
-        ``PRODUCER_STALE_S``, or at once when it is a process of this host that no longer exists (a crashed run,
-        resumed). Check and mark are one script: two producers starting together cannot both pass."""
-        owner, age = self._try_claim("")
-        if owner is None:
-            return
-        host, _, pid = owner.rpartition(":")
-        if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
-            owner, age = self._try_claim(owner)  # take over from exactly that one, if it is still the owner
-            if owner is None:
-                return
-        raise ConfigError(
-            f"source {self.keys.source!r} is being produced right now by {owner} (it wrote {max(0.0, age):.0f} s "
-            "ago); two producers of one source would each decode the whole file. Wait for it to finish or stop it "
-            f"(if it is gone, this check lapses {PRODUCER_STALE_S:.0f} s after its last write), or pass --source "
-            "NAME for another source."
-        )
+    def _agreed_epoch(self, proposed: int) -> int:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hsetnx(self.keys.meta, "epoch", proposed)
+        pipe.hget(self.keys.meta, "epoch")
+        return int(pipe.execute()[1])
 
-    def _try_claim(self, gone: str) -> tuple[str | None, float]:
-        reply: Any = self._claim_script(keys=[self.keys.meta],
-                                        args=[self.owner, f"{time.time():.3f}", PRODUCER_STALE_S, gone])
-        return (reply[0].decode(), float(reply[1])) if reply else (None, 0.0)
+    def _warn_if_another_producer(self) -> None:
+        """Two producers of one source each decode the whole file, and where their packs do not line up (one of
+        them resumed after a partial chunk) a pack of one can overlap the other's last one, so a few frames go out
+        twice; where they line up the stream refuses the second copy. Say so when another one wrote recently. A
+        warning, not a refusal: whether that one still runs (a crash, a new container, another host) cannot be
+        told for sure, and refusing a legitimate resume is worse."""
+        raw: Any = self.client.hmget(self.keys.meta, ["producer", "producer_seen"])
+        if raw[0] is None or raw[1] is None or raw[0].decode() == self.owner:
+            return
+        age = time.time() - float(raw[1])
+        if age < RECENT_WRITE_S:
+            log.warning("source %s: producer %s wrote to it %.0f s ago. If it is still running, stop one of them: both "
+                        "decode the whole file, and a few frames may go out twice. Or pass --source NAME to send "
+                        "this file to another source.", self.keys.source, raw[0].decode(), max(0.0, age))
 
     def release(self) -> None:
-        """This producer is done with the source (finished or stopped): another may start at once."""
+        """This producer is done with the source (finished or stopped): no warning for the next one."""
         if self.client.hget(self.keys.meta, "producer") == self.owner.encode():
             self.client.hdel(self.keys.meta, "producer", "producer_seen")
 
@@ -280,7 +263,7 @@ class SourcePublisher:
             if self.stop is not None and self.stop.is_set():
                 raise Interrupted(f"source {self.keys.source}: stopped while paused for the workers; this run sent "
                                   f"{self.stats.sent} frames. Run the same command again to resume.")
-            if time.monotonic() >= seen_at:  # still alive, though paused (_check_no_other_producer)
+            if time.monotonic() >= seen_at:  # still running, though paused (_warn_if_another_producer)
                 self.client.hset(self.keys.meta, "producer_seen", f"{time.time():.3f}")
                 seen_at = time.monotonic() + 1.0
             if time.monotonic() >= warn_at:
@@ -299,16 +282,6 @@ class SourcePublisher:
                f"{consumers} worker(s) in group {GROUP!r} are behind (`vigil status` shows their progress)")
         log.warning("source %s: paused for %.0f s: %.0f frames not yet read by a worker, above the high-water mark "
                     "of %d; %s", self.keys.source, paused_s, lag, self.high_water, who)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def _server_ms(client: redis.Redis) -> int:
