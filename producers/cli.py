@@ -88,7 +88,8 @@ def produce_file_cmd(settings: Settings, paths: tuple[Path, ...], source: str | 
             if as_json:
                 click.echo(json.dumps(asdict(report)))
             else:
-                click.echo(f"{report.source}: {report.frames} frames ({report.sent} sent now, "
+                skipped = f", {report.skipped} already sent by another producer" if report.skipped else ""
+                click.echo(f"{report.source}: {report.frames} frames ({report.sent} sent now{skipped}, "
                            f"resumed from {report.resumed_from}) in {report.seconds:.1f}s")
         client.close()
 

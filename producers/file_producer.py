@@ -52,6 +52,7 @@ class FileReport:
     paused_s: float
     already_done: bool = False
     expected_frames: int | None = None  # what the container announces (sampled); None when it does not say
+    skipped: int = 0  # found already on the stream when sent (another producer of the source sent them)
 
 
 def produce_file(client: redis.Redis, namespace: str, job: FileJob, high_water: int,
@@ -126,7 +127,7 @@ def _send_file(pub: SourcePublisher, job: FileJob, start_seq: int, progress: boo
                     "then the end-of-stream marker; for the rest, get the complete file and run again with "
                     "--restart.", job.source, job.path.name, total, expected)
     return FileReport(job.source, total, pub.stats.sent, start_seq, time.monotonic() - started, pub.stats.paused_s,
-                      expected_frames=expected)
+                      expected_frames=expected, skipped=pub.stats.skipped)
 
 
 def identity(job: FileJob) -> dict[str, str]:

@@ -1,13 +1,14 @@
 """Lossless, resumable publishing of one source's frames.
 
 Frames go out in packs of up to ``pack`` frames per stream entry (``common/schemas.py``); the entry id is
-``1-<seq of the pack's last frame>``, so ids are deterministic: a restarted producer reads the stream's last id
-and continues after it, and a re-sent XADD (redis-py retries after a connection error) is rejected by the
-server instead of duplicating frames. Backpressure pauses while the group's lag (in frames: entries x the
-frames per entry sent so far) is above the high-water mark. Each time the producer reads the lag it also trims
-the entries the workers have delivered and acked (never an undelivered or pending one), so a file source's
-stream holds about high-water + in-flight frames, not the whole video; resuming is unaffected (the stream's
-last-generated-id survives trimming).
+``<epoch>-<seq of the pack's last frame>``, so ids are deterministic: a restarted producer reads the stream's last
+id and continues after it. Packs are appended by a script (``APPEND_LUA``) that adds a pack only when its first
+frame comes after the stream's last one, so a re-sent chunk (redis-py retries after a connection error) or a second
+producer of the same source never puts a frame on the stream twice, wherever their packs begin. Backpressure
+pauses while the group's lag (in frames: entries x the frames per entry sent so far) is above the high-water mark.
+Each time the producer reads the lag it also trims the entries the workers have delivered and acked (never an
+undelivered or pending one), so a file source's stream holds about high-water + in-flight frames, not the whole
+video; resuming is unaffected (the stream's last-generated-id survives trimming).
 """
 
 from __future__ import annotations
@@ -61,6 +62,36 @@ return {lag, redis.call('XTRIM', KEYS[1], 'MINID', minid)}
 """
 
 
+# KEYS: frames, meta. ARGV: epoch, producer_seen, then per pack: its first seq, its last seq, its field count, its
+# fields. Appends the packs in order while each one's first frame comes after the stream's last-generated id (which
+# trimming keeps); stops at the first that does not: its frames, or some of them, are already on the stream (a
+# re-sent chunk, or another producer of the source). Returns {packs added, the stream's last id: ms, seq}; the
+# caller sends only the frames after that id. The checkpoint (``produced``: the next seq) moves with the appends.
+APPEND_LUA = LUA_ENTRY_IDS + """
+local last = '0-0'
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local info = redis.call('XINFO', 'STREAM', KEYS[1])
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then last = info[i + 1] end
+  end
+end
+local ms, seq = split(last)
+local epoch = tonumber(ARGV[1])
+local added, i = 0, 3
+while i <= #ARGV do
+  local n = tonumber(ARGV[i + 2])
+  if ms > epoch or (ms == epoch and seq >= tonumber(ARGV[i])) then break end
+  redis.call('XADD', KEYS[1], ARGV[1] .. '-' .. ARGV[i + 1], unpack(ARGV, i + 3, i + 2 + 2 * n))
+  ms, seq = epoch, tonumber(ARGV[i + 1])
+  added, i = added + 1, i + 3 + 2 * n
+end
+if added > 0 then
+  redis.call('HSET', KEYS[2], 'produced', seq + 1, 'producer_seen', ARGV[2])
+end
+return {added, ms, seq}
+"""
+
+
 def entry_id(epoch: int, seq: int) -> str:
     """A file source's entry id: ``<epoch>-<seq of the entry's last frame>``. Deterministic within one run of
     the stream, so a resumed producer continues after the stream's last id and a re-sent XADD is refused, never
@@ -93,6 +124,7 @@ class SourcePublisher:
         self.stats = PublishStats()
         self._room = 0  # entries that can be sent before the lag must be read again (XINFO GROUPS)
         self._lag_trim = client.register_script(LAG_TRIM_LUA)
+        self._append = client.register_script(APPEND_LUA)
         self.epoch = 0  # set by open()
         self.stop = stop  # set: a paused send gives up (Interrupted) instead of waiting for the workers
         self.owner = f"{socket.gethostname()}:{os.getpid()}"  # in the meta hash while this producer writes
@@ -141,19 +173,18 @@ class SourcePublisher:
         return int(pipe.execute()[1])
 
     def _warn_if_another_producer(self) -> None:
-        """Two producers of one source each decode the whole file, and where their packs do not line up (one of
-        them resumed after a partial chunk) a pack of one can overlap the other's last one, so a few frames go out
-        twice; where they line up the stream refuses the second copy. Say so when another one wrote recently. A
-        warning, not a refusal: whether that one still runs (a crash, a new container, another host) cannot be
-        told for sure, and refusing a legitimate resume is worse."""
+        """Two producers of one source each decode the whole file: no frame goes out twice (``APPEND_LUA`` adds
+        only frames after the stream's last one), but one of them does its work for nothing. Say so when another
+        one wrote recently. A warning, not a refusal: whether that one still runs (a crash, a new container,
+        another host) cannot be told for sure, and refusing a legitimate resume is worse."""
         raw: Any = self.client.hmget(self.keys.meta, ["producer", "producer_seen"])
         if raw[0] is None or raw[1] is None or raw[0].decode() == self.owner:
             return
         age = time.time() - float(raw[1])
         if age < RECENT_WRITE_S:
             log.warning("source %s: producer %s wrote to it %.0f s ago. If it is still running, stop one of them: both "
-                        "decode the whole file, and a few frames may go out twice. Or pass --source NAME to send "
-                        "this file to another source.", self.keys.source, raw[0].decode(), max(0.0, age))
+                        "decode the whole file (each frame still goes out once). Or pass --source NAME to send this "
+                        "file to another source.", self.keys.source, raw[0].decode(), max(0.0, age))
 
     def release(self) -> None:
         """This producer is done with the source (finished or stopped): no warning for the next one."""
@@ -191,27 +222,36 @@ class SourcePublisher:
         return ms, seq
 
     def send(self, frames: list[Frame]) -> None:
-        """XADD a chunk as packs with explicit ids in one round trip, after waiting for the group to catch up."""
+        """Append a chunk as packs in one round trip (``APPEND_LUA``), after waiting for the group to catch up.
+        Frames the stream already holds (its last id is at or past them) are skipped and counted, not re-sent."""
         if not frames:
             return
         self.wait_for_room()
-        packs = self.packs(frames)
-        pipe = self.client.pipeline(transaction=False)
-        for pack in packs:
-            fields: dict[Any, Any] = encode_entry(pack)  # redis-py's dict type is invariant in bytes vs str
-            pipe.xadd(self.keys.frames, fields, id=self.entry_id(pack[-1].seq))
-        pipe.hset(self.keys.meta, mapping={"produced": frames[-1].seq + 1, "producer_seen": f"{time.time():.3f}"})
-        for pack, reply in zip(packs, pipe.execute(raise_on_error=False), strict=False):
-            if isinstance(reply, redis.ResponseError):
-                if "equal or smaller" not in str(reply):
-                    raise BrokerError(f"XADD of frames {pack[0].frame_id}..{pack[-1].seq} failed: {reply}")
-                log.info("frames %s..%d already on the stream (re-sent after a retry); skipped", pack[0].frame_id,
-                         pack[-1].seq)
-                continue
-            self.stats.sent += len(pack)
-            self._entries += 1
-            self._frames += len(pack)
-            self._room -= 1
+        while frames:
+            packs = self.packs(frames)
+            args: list[Any] = [self.epoch, f"{time.time():.3f}"]
+            for pack in packs:
+                fields = encode_entry(pack)
+                args += [pack[0].seq, pack[-1].seq, len(fields), *(x for kv in fields.items() for x in kv)]
+            added, ms, last = (int(x) for x in self._append(keys=[self.keys.frames, self.keys.meta], args=args))
+            for pack in packs[:added]:
+                self.stats.sent += len(pack)
+                self._entries += 1
+                self._frames += len(pack)
+                self._room -= 1
+            rest = frames[sum(len(pack) for pack in packs[:added]):]
+            if not rest:
+                return
+            if ms != self.epoch:
+                raise BrokerError(f"source {self.keys.source!r} was started over by another producer (--restart) "
+                                  f"while this one ran: its stream is at {ms}-{last}, this run's ids are "
+                                  f"{self.epoch}-<seq>. Stop one of them; run this one again with --restart to "
+                                  "start over.")
+            frames = [frame for frame in rest if frame.seq > last]
+            skipped = len(rest) - len(frames)
+            self.stats.skipped += skipped
+            log.info("source %s: frames %d..%d already on the stream (sent by another producer of this source, or "
+                     "re-sent after a lost reply); skipped", self.keys.source, rest[0].seq, rest[skipped - 1].seq)
 
     def packs(self, frames: list[Frame]) -> list[list[Frame]]:
         """Consecutive runs of at most ``pack`` frames and ``PACK_BYTES`` of pixels; an end-of-stream marker alone."""
@@ -232,9 +272,9 @@ class SourcePublisher:
     def end(self, seq: int) -> None:
         """Append the end-of-stream marker and record it in the checkpoint (after checking that the stream ends
         with that marker: a refused XADD is otherwise silent)."""
-        frames_sent = self.stats.sent
+        counts = self.stats.sent, self.stats.skipped  # of frames: the marker is not one
         self.send([Frame.end_of_stream(self.keys.source, seq, time.time())])
-        self.stats.sent = frames_sent
+        self.stats.sent, self.stats.skipped = counts
         # The stream's last id must be the marker's; the entry itself, if still there (an interrupted run may have
         # sent it, and workers processed it and this run trimmed it since), must be the marker.
         marker: Any = self.client.xrange(self.keys.frames, self.entry_id(seq), self.entry_id(seq))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -23,6 +24,7 @@ from common.schemas import decode_entry
 from common.streams import SourceKeys
 from producers.file_producer import FileJob, produce_file
 from tests.conftest import TINY_BUNDLE
+from tests.test_pipeline import VIGIL, assert_exactly_once, start_workers
 
 pytestmark = pytest.mark.integration
 SPEC = InputSpec(height=28, width=28, channels=1, color="gray")
@@ -90,6 +92,28 @@ def test_ctrl_c_stops_cleanly_and_the_next_run_resumes(redis_url: str, client: r
     assert subprocess.run(cmd, env=env, capture_output=True, timeout=120).returncode == 0
     seqs = [f.seq for _, fields in client.xrange(keys.frames) for f in decode_entry(fields)]
     assert seqs == list(range(1501))  # 1,500 frames and the end-of-stream marker, each once
+
+
+
+def test_two_producers_of_one_file_with_different_packs_send_each_frame_once(
+        pipeline_env: dict[str, str], client: redis.Redis, namespace: str, long_video: Path) -> None:
+    """Two `vigil produce file` of one source at once, packing 16 and 7 frames per entry, held together by a low
+    high-water mark (both pause, then send from the same place): their packs overlap all along. A pack overlapping
+    the stream's last one used to go on the stream whole (only its last frame's id was checked), so frames went
+    out twice and got two results; the append script now adds only the frames after the stream's last one."""
+    env = {**pipeline_env, "VIGIL_HIGH_WATER": "64"}
+    workers = start_workers(env, "--burst")
+    cmd = [*VIGIL, "produce", "file", str(long_video), "--source", "cam", "--no-progress", "--json"]
+    procs = [subprocess.Popen([*cmd, "--pack", pack], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for pack in ("16", "7")]
+    outputs = [proc.communicate(timeout=120) for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], outputs
+    assert workers.wait(120) == 0, workers.communicate()
+    assert_exactly_once(client, namespace, 1500)
+    reports = [json.loads(out) for out, _ in outputs]
+    assert sum(r["sent"] for r in reports) == 1500  # between them; each found the rest already sent
+    assert all(r["resumed_from"] + r["sent"] + r["skipped"] == 1500 for r in reports)
+    assert min(r["sent"] for r in reports) > 0, "they did not overlap: the test proves nothing"
 
 
 def test_a_producer_paused_with_no_worker_says_why_and_stops_on_request(

@@ -152,3 +152,23 @@ def test_a_second_producer_of_a_source_is_warned_and_shares_its_epoch(client: re
     assert client.hget(first.keys.meta, "producer") == second.owner.encode()
     second.release()
     assert client.hget(first.keys.meta, "producer") is None
+
+
+def test_two_producers_whose_packs_do_not_line_up_send_each_frame_once(client: redis.Redis, namespace: str) -> None:
+    """One producer resumed after a partial chunk, so its packs start mid-way through the other one's: a pack
+    overlapping the stream's last one used to be accepted whole (its id, its last frame's seq, was higher), and
+    the overlapping frames went out twice. Now only the frames after the stream's last one go out."""
+    first, second = (SourcePublisher(client, namespace, "cam", 10**9, pack=8) for _ in range(2))
+    first.open("/v.mp4", restart=False)
+    second.open("/v.mp4", restart=False)
+
+    def frames(seqs: range) -> list[Frame]:
+        return [Frame.from_pixels("cam", seq, np.zeros((4, 4, 1), np.uint8), seq / 25, time.time()) for seq in seqs]
+
+    first.send(frames(range(0, 16)))  # packs 0-7, 8-15
+    second.send(frames(range(5, 21)))  # packs 5-12 (all on the stream), 13-20 (13-15 on it), with the same ids
+    first.send(frames(range(16, 24)))  # 16-20 on the stream now
+    seqs = [f.seq for _, fields in client.xrange(first.keys.frames) for f in decode_entry(fields)]
+    assert seqs == list(range(24))
+    assert (first.stats.sent, second.stats.sent) == (16 + 3, 5)
+    assert (first.stats.skipped, second.stats.skipped) == (5, 11)
