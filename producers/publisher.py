@@ -157,14 +157,29 @@ class SourcePublisher:
         # clock, which has moved on since any earlier run began. A worker still holding a batch of the run before a
         # --restart then finds its ids absent: its XACK removes nothing, so it neither acks the new run's entry
         # with the same seq nor writes its old result for it (ids used to be 1-<seq> in every run).
-        # Two producers opening a new stream at once agree on its epoch (HSETNX: the first one's), so their ids
-        # collide and the server refuses the second copy of each entry, as with any re-sent XADD.
+        # Two producers opening a new stream at once agree on its epoch (HSETNX: the first one's), so the append
+        # script sees the other's frames as already sent, as with any re-sent chunk.
         self.epoch = self._last_id()[0] or self._agreed_epoch(max(_server_ms(self.client), before + 1))
+        self._check_written_by_file_producers()
         self.client.sadd(registry_key(self.namespace), self.keys.source)
         meta: dict[Any, Any] = {"path": path, "started_at": time.time(), "producer": self.owner,
                                 "producer_seen": f"{time.time():.3f}", **(identity or {})}
         self.client.hset(self.keys.meta, mapping=meta)
         return self.next_seq()
+
+    def _check_written_by_file_producers(self) -> None:
+        """A stream with entries must carry the epoch its meta hash records (or be a legacy ``1-<seq>`` one):
+        otherwise its ids are not ``<epoch>-<seq>`` (a camera's, whose meta hash was lost, or another tool's), and
+        resuming after its last id's "seq" would skip or repeat frames at random."""
+        stored: Any = self.client.hget(self.keys.meta, "epoch")
+        if self.epoch in (0, 1) or (stored is not None and int(stored) == self.epoch):
+            return
+        raise ConfigError(
+            f"source {self.keys.source!r}: stream {self.keys.frames} holds entries a file producer did not write "
+            f"(its last id starts {self.epoch}, its meta hash records "
+            f"{'no epoch' if stored is None else 'epoch ' + stored.decode()}), so there is no resume point. Pass "
+            "--source NAME to send this file to its own source, or --restart to delete that stream and start over."
+        )
 
     def _agreed_epoch(self, proposed: int) -> int:
         pipe = self.client.pipeline(transaction=False)

@@ -46,7 +46,7 @@ def test_resumed_realtime_run_does_not_wait_for_the_media_time_already_sent(clie
     full, resumed = SourceKeys(namespace, "full"), SourceKeys(namespace, "resumed")
     for entry_id, fields in client.xrange(full.frames, count=50):  # killed after 50 frames: 2.0 s of media time
         client.xadd(resumed.frames, fields, id=entry_id)
-    client.hset(resumed.meta, "path", str(small_video.resolve()))
+    client.hset(resumed.meta, mapping={"path": str(small_video.resolve()), "epoch": client.hget(full.meta, "epoch")})
     started = time.time()
     report = produce_file(client, namespace, FileJob(small_video, "resumed", SPEC, realtime=True),
                           high_water=10_000)

@@ -172,3 +172,14 @@ def test_two_producers_whose_packs_do_not_line_up_send_each_frame_once(client: r
     assert seqs == list(range(24))
     assert (first.stats.sent, second.stats.sent) == (16 + 3, 5)
     assert (first.stats.skipped, second.stats.skipped) == (5, 11)
+
+
+def test_a_stream_a_file_producer_did_not_write_is_not_resumed(client: redis.Redis, namespace: str) -> None:
+    """A stream with server-assigned ids (a camera's, its meta hash lost): a file producer used to take the last
+    id's sequence part for its resume point and skip that many frames."""
+    keys = SourcePublisher(client, namespace, "cam", 10**9).keys
+    for _ in range(3):
+        client.xadd(keys.frames, {b"f": b"a camera's frame"})
+    with pytest.raises(ConfigError, match=r"holds entries a file producer did not write .* no epoch.*--restart"):
+        SourcePublisher(client, namespace, "cam", 10**9).open("/v.mp4", restart=False)
+    assert SourcePublisher(client, namespace, "cam", 10**9).open("/v.mp4", restart=True) == 0
