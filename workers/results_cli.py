@@ -96,13 +96,14 @@ def tail(settings: Settings, source: str | None, label: str | None, min_score: f
         _check_label(settings, label)
     with broker_url(settings.redis_url) as url:
         client = connect(url)
-        if source and (problem := _unknown_source(client, settings, source)):
-            log.warning("results tail: %s; waiting for it to appear.", problem)
+        problem = _unknown_source(client, settings, source) if source else None
         shown = 0
         # Concrete ids, never "$": "$" on every XREAD loses what is added between two calls, and a client blocked
         # on several streams is woken with one stream's entries. Sources that appear later are read from 0-0.
         keys = [SourceKeys(settings.namespace, name).results for name in _sources(client, settings, source)]
         cursors: dict[str, str] = {} if from_start else {key: _last_id(client, key) for key in keys}
+        if problem:  # after the cursors: a result written once this is said must not fall before them
+            log.warning("results tail: %s; waiting for it to appear.", problem)
         unknown: Counter[str] = Counter()
         try:
             while limit is None or shown < limit:
