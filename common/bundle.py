@@ -153,6 +153,11 @@ def _read_labels(root: Path, num_classes: int) -> list[str]:
         raise BundleError(
             f"bundle {root}: {LABELS_FILE} has {len(labels)} labels but the spec says {num_classes} classes."
         )
+    if bad := [label for label in labels if "," in label]:
+        raise BundleError(
+            f"bundle {root}: label {bad[0]!r} in {LABELS_FILE} contains a comma, which separates the entries of a "
+            "result's topk field (docs/results-schema.md). Rename it (the model stays valid) and re-export."
+        )
     return labels
 
 

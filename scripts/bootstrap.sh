@@ -10,6 +10,10 @@ need_apt=()
 [ -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ] || need_apt+=(dataset-fashion-mnist)
 command -v ffmpeg >/dev/null 2>&1 || need_apt+=(ffmpeg)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)  # tests: certificates for the rediss:// broker
+if [ "$profile" = full ]; then  # tests: the example results subscribers (examples/subscribers)
+  command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
+  command -v redis-cli >/dev/null 2>&1 || need_apt+=(redis-tools)
+fi
 # The simulated RTSP camera (producers/simcam.py) runs GStreamer's RTSP server with the system python.
 gst_rtsp_ok() {
   /usr/bin/python3 - 2>/dev/null <<'PY'

@@ -59,3 +59,17 @@ def test_bucketed_batches_match_one_frame_at_a_time(bundle_dir: Path) -> None:
     bucketed = clf.predict_bucketed(frames, max_bucket=8)  # 8 + 8 + 4 + 2 + 1
     np.testing.assert_allclose(bucketed, one_by_one, atol=1e-6)
     assert sorted(clf._by_batch) == [1, 2, 4, 8]
+
+
+def test_a_label_with_a_comma_is_refused(tmp_path: Path) -> None:
+    """A comma would split a result's topk field ("label:p,label:p") in the wrong place for every reader."""
+    import shutil
+
+    from tests.conftest import TINY_BUNDLE
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(TINY_BUNDLE, bundle)
+    labels = (bundle / "labels.txt").read_text().splitlines()
+    (bundle / "labels.txt").write_text("\n".join(["shirt, long sleeves", *labels[1:]]) + "\n")
+    with pytest.raises(BundleError, match="label 'shirt, long sleeves' in labels.txt contains a comma"):
+        Bundle.load(bundle, verify_hashes=False)
