@@ -71,5 +71,5 @@ def test_a_label_with_a_comma_is_refused(tmp_path: Path) -> None:
     shutil.copytree(TINY_BUNDLE, bundle)
     labels = (bundle / "labels.txt").read_text().splitlines()
     (bundle / "labels.txt").write_text("\n".join(["shirt, long sleeves", *labels[1:]]) + "\n")
-    with pytest.raises(BundleError, match="label 'shirt, long sleeves' in labels.txt contains a comma"):
+    with pytest.raises(BundleError, match=r"label 'shirt, long sleeves' in labels\.txt contains a comma"):
         Bundle.load(bundle, verify_hashes=False)
