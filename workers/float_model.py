@@ -12,6 +12,8 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import subprocess
+import sys
 from typing import Any
 
 import numpy as np
@@ -24,21 +26,42 @@ log = logging.getLogger(__name__)
 VERSION_SUFFIX = ".float"  # results of this path carry model_version "<bundle version>.float"
 
 
-def check_available(bundle: Bundle) -> None:
-    """Raise, naming what to do, when this path cannot run here: before any worker process is spawned."""
+INSTALL_HINT = "run scripts/bootstrap.sh full, or pip install 'vigil[train]' (tensorflow[and-cuda] on a GPU)"
+IMPORT_TIMEOUT_S = 600.0
+
+
+def check_available(bundle: Bundle, try_import: bool = True) -> None:
+    """Raise, naming what to do, when this path cannot run here: before any worker process is spawned.
+
+    ``try_import``: also import TensorFlow once, in a child process (a few seconds; the supervisor itself stays
+    free of it). A package that is found but does not import (a missing CUDA library, a numpy it was not built
+    for) otherwise passed, and every worker died on the import and was respawned for ever."""
     if not (bundle.saved_model_path / "saved_model.pb").is_file():
         raise BundleError(f"bundle {bundle.root} has no saved_model/ (it was exported without the float model); "
                           "use --runtime litert, or re-export it with `vigil model bundle`.")
     if importlib.util.find_spec("tensorflow") is None:
-        raise ConfigError("--runtime savedmodel needs TensorFlow, which this environment lacks: run "
-                          "scripts/bootstrap.sh full, or pip install 'vigil[train]' (tensorflow[and-cuda] on a GPU).")
+        raise ConfigError(f"--runtime savedmodel needs TensorFlow, which this environment lacks: {INSTALL_HINT}.")
+    if not try_import:
+        return
+    log.info("checking that TensorFlow imports (a few seconds)")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    try:
+        out = subprocess.run([sys.executable, "-c", "import tensorflow"], env=env, capture_output=True, text=True,
+                             timeout=IMPORT_TIMEOUT_S)
+    except subprocess.TimeoutExpired as exc:
+        raise ConfigError(f"--runtime savedmodel needs TensorFlow, and importing it took over {IMPORT_TIMEOUT_S:.0f} "
+                          "s here; check the install (python -c 'import tensorflow').") from exc
+    if out.returncode != 0:
+        last = next((line for line in reversed(out.stderr.splitlines()) if line.strip()), f"exit {out.returncode}")
+        raise ConfigError(f"--runtime savedmodel needs TensorFlow, which is installed but does not import here "
+                          f"({last.strip()[:300]}): {INSTALL_HINT}.")
 
 
 class SavedModelClassifier:
     """The same calls as ``common.inference.Classifier``: uint8 batches (N, H, W, C) in, probabilities out."""
 
     def __init__(self, bundle: Bundle, num_threads: int = 1) -> None:
-        check_available(bundle)
+        check_available(bundle, try_import=False)  # it is imported next; the supervisor checked it did
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         import tensorflow as tf
 
