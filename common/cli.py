@@ -13,7 +13,7 @@ from typing import Any
 import click
 import redis
 
-from common.broker import redact
+from common.broker import ACL_HINT, redact, refused
 from common.errors import BrokerError, Interrupted, VigilError
 from common.log import setup_logging
 from common.settings import load_settings
@@ -73,6 +73,8 @@ def _broker_failed(settings: Any, exc: redis.RedisError) -> BrokerError:
     where = redact(url) if url else "(the embedded one)"
     if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
         hint = "Is the server up and reachable? Check REDIS_URL or --redis-url."
+    elif refused(exc):
+        hint = f"The broker's ACL rule for this user lacks it: {ACL_HINT}"
     else:
         hint = "Check the server's log and limits (maxmemory, ACL rules)."
     return BrokerError(f"broker {where} failed: {type(exc).__name__}: {str(exc).rstrip('.')}. {hint} "

@@ -2,13 +2,15 @@
 
 Frames go out in packs of up to ``pack`` frames per stream entry (``common/schemas.py``); the entry id is
 ``<epoch>-<seq of the pack's last frame>``, so ids are deterministic: a restarted producer reads the stream's last
-id and continues after it. Packs are appended by a script (``APPEND_LUA``) that adds a pack only when its first
-frame comes after the stream's last one, so a re-sent chunk (redis-py retries after a connection error) or a second
-producer of the same source never puts a frame on the stream twice, wherever their packs begin. Backpressure
-pauses while the group's lag (in frames: entries x the frames per entry sent so far) is above the high-water mark.
-Each time the producer reads the lag it also trims the entries the workers have delivered and acked (never an
-undelivered or pending one), so a file source's stream holds about high-water + in-flight frames, not the whole
-video; resuming is unaffected (the stream's last-generated-id survives trimming).
+id and continues after it. Each chunk is appended in a transaction guarded by the source's cursor key (``Cursor``:
+the run's epoch and the seq after the last frame on the stream), so a re-sent chunk or a second producer of the
+same source never puts a frame on the stream twice, wherever their packs begin, and a producer still running
+through another one's --restart writes nothing into the new run.
+
+Backpressure pauses while the group's lag (in frames: entries x the frames per entry sent so far) is above the
+high-water mark. Each time the producer reads the lag it also trims the entries the workers have delivered and
+acked (never an undelivered or pending one), so a file source's stream holds about high-water + in-flight frames,
+not the whole video; resuming is unaffected (the stream's last-generated-id survives trimming).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import os
 import socket
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,41 +65,33 @@ return {lag, redis.call('XTRIM', KEYS[1], 'MINID', minid)}
 """
 
 
-# KEYS: frames, meta. ARGV: epoch, producer_seen, then per pack: its first seq, its last seq, its field count, its
-# fields. Appends the packs in order while each one's first frame comes after the stream's last-generated id (which
-# trimming keeps); stops at the first that does not: its frames, or some of them, are already on the stream (a
-# re-sent chunk, or another producer of the source). Returns {packs added, the stream's last id: ms, seq}; the
-# caller sends only the frames after that id. The checkpoint (``produced``: the next seq) moves with the appends.
-APPEND_LUA = LUA_ENTRY_IDS + """
-local last = '0-0'
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  local info = redis.call('XINFO', 'STREAM', KEYS[1])
-  for i = 1, #info, 2 do
-    if info[i] == 'last-generated-id' then last = info[i + 1] end
-  end
-end
-local ms, seq = split(last)
-local epoch = tonumber(ARGV[1])
-local added, i = 0, 3
-while i <= #ARGV do
-  local n = tonumber(ARGV[i + 2])
-  if ms > epoch or (ms == epoch and seq >= tonumber(ARGV[i])) then break end
-  redis.call('XADD', KEYS[1], ARGV[1] .. '-' .. ARGV[i + 1], unpack(ARGV, i + 3, i + 2 + 2 * n))
-  ms, seq = epoch, tonumber(ARGV[i + 1])
-  added, i = added + 1, i + 3 + 2 * n
-end
-if added > 0 then
-  redis.call('HSET', KEYS[2], 'produced', seq + 1, 'producer_seen', ARGV[2])
-end
-return {added, ms, seq}
-"""
+@dataclass(frozen=True)
+class Cursor:
+    """The source's cursor key (``SourceKeys.cursor``, ``<epoch>:<next seq>:<token>``): which run the stream is in,
+    the seq after the last frame on it, and the token of the transaction that wrote it. Only producers write it,
+    each time in the transaction that appends frames, so WATCHing it detects any other append; workers never touch
+    it (they write the meta hash all the time, which would make a WATCH on that fail over and over)."""
+
+    epoch: int
+    next_seq: int
+    token: str
+
+    @classmethod
+    def parse(cls, raw: Any) -> Cursor | None:
+        if raw is None:
+            return None
+        epoch, next_seq, token = (raw.decode() if isinstance(raw, bytes) else str(raw)).split(":", 2)
+        return cls(int(epoch), int(next_seq), token)
+
+    def __str__(self) -> str:
+        return f"{self.epoch}:{self.next_seq}:{self.token}"
 
 
 def entry_id(epoch: int, seq: int) -> str:
     """A file source's entry id: ``<epoch>-<seq of the entry's last frame>``. Deterministic within one run of
-    the stream, so a resumed producer continues after the stream's last id and a re-sent XADD is refused, never
-    duplicated; the epoch (the server's clock in ms when the stream began) differs from run to run, so after a
-    ``--restart`` no id of the old run names an entry of the new one."""
+    the stream, so a resumed producer continues after the stream's last id; the epoch (the server's clock in ms
+    when the stream began) differs from run to run, so after a ``--restart`` no id of the old run names an entry
+    of the new one."""
     return f"{epoch}-{seq}"
 
 
@@ -124,7 +119,7 @@ class SourcePublisher:
         self.stats = PublishStats()
         self._room = 0  # entries that can be sent before the lag must be read again (XINFO GROUPS)
         self._lag_trim = client.register_script(LAG_TRIM_LUA)
-        self._append = client.register_script(APPEND_LUA)
+        self._token, self._calls = uuid.uuid4().hex, 0  # names each append transaction (``Cursor.token``)
         self.epoch = 0  # set by open()
         self.stop = stop  # set: a paused send gives up (Interrupted) instead of waiting for the workers
         self.owner = f"{socket.gethostname()}:{os.getpid()}"  # in the meta hash while this producer writes
@@ -157,39 +152,42 @@ class SourcePublisher:
         # clock, which has moved on since any earlier run began. A worker still holding a batch of the run before a
         # --restart then finds its ids absent: its XACK removes nothing, so it neither acks the new run's entry
         # with the same seq nor writes its old result for it (ids used to be 1-<seq> in every run).
-        # Two producers opening a new stream at once agree on its epoch (HSETNX: the first one's), so the append
-        # script sees the other's frames as already sent, as with any re-sent chunk.
-        self.epoch = self._last_id()[0] or self._agreed_epoch(max(_server_ms(self.client), before + 1))
-        self._check_written_by_file_producers()
+        # Two producers opening a new stream at once agree on its epoch (SET NX of the cursor: the first one's).
+        ms, seq = self._last_id()
+        if ms:  # a resume: the stream's ids carry its epoch
+            self._check_written_by_file_producers(ms, seq, bool(old_path))
+            self.epoch = ms
+        else:
+            self.client.set(self.keys.cursor, str(Cursor(max(_server_ms(self.client), before + 1), 0, "")), nx=True)
+            cursor = Cursor.parse(self.client.get(self.keys.cursor))
+            assert cursor is not None
+            self.epoch = cursor.epoch
         self.client.sadd(registry_key(self.namespace), self.keys.source)
-        meta: dict[Any, Any] = {"path": path, "started_at": time.time(), "producer": self.owner,
+        meta: dict[Any, Any] = {"path": path, "started_at": time.time(), "producer": self.owner, "epoch": self.epoch,
                                 "producer_seen": f"{time.time():.3f}", **(identity or {})}
         self.client.hset(self.keys.meta, mapping=meta)
         return self.next_seq()
 
-    def _check_written_by_file_producers(self) -> None:
-        """A stream with entries must carry the epoch its meta hash records (or be a legacy ``1-<seq>`` one):
-        otherwise its ids are not ``<epoch>-<seq>`` (a camera's, whose meta hash was lost, or another tool's), and
-        resuming after its last id's "seq" would skip or repeat frames at random."""
-        stored: Any = self.client.hget(self.keys.meta, "epoch")
-        if self.epoch in (0, 1) or (stored is not None and int(stored) == self.epoch):
+    def _check_written_by_file_producers(self, ms: int, seq: int, has_path: bool) -> None:
+        """A stream with entries must be in the run its cursor names. Versions before the cursor (ids ``1-<seq>``,
+        then ``<ms>-<seq>``) left a meta hash with the file's path: their stream's cursor is made from its last id.
+        Without either, the ids are not a file producer's (a camera's stream whose meta hash was lost, another
+        tool's), and resuming after its last id's "seq" would skip or repeat frames at random."""
+        if has_path:
+            self.client.set(self.keys.cursor, str(Cursor(ms, seq + 1, "")), nx=True)
+        cursor = Cursor.parse(self.client.get(self.keys.cursor))
+        if cursor is not None and cursor.epoch == ms:
             return
         raise ConfigError(
             f"source {self.keys.source!r}: stream {self.keys.frames} holds entries a file producer did not write "
-            f"(its last id starts {self.epoch}, its meta hash records "
-            f"{'no epoch' if stored is None else 'epoch ' + stored.decode()}), so there is no resume point. Pass "
-            "--source NAME to send this file to its own source, or --restart to delete that stream and start over."
+            f"(its last id starts {ms}; {'no file' if not has_path else 'its cursor says ' + str(cursor)}), so there "
+            "is no resume point. Pass --source NAME to send this file to its own source, or --restart to delete "
+            "that stream and start over."
         )
 
-    def _agreed_epoch(self, proposed: int) -> int:
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hsetnx(self.keys.meta, "epoch", proposed)
-        pipe.hget(self.keys.meta, "epoch")
-        return int(pipe.execute()[1])
-
     def _warn_if_another_producer(self) -> None:
-        """Two producers of one source each decode the whole file: no frame goes out twice (``APPEND_LUA`` adds
-        only frames after the stream's last one), but one of them does its work for nothing. Say so when another
+        """Two producers of one source each decode the whole file: no frame goes out twice (``send`` appends
+        only frames after the cursor), but one of them does its work for nothing. Say so when another
         one wrote recently. A warning, not a refusal: whether that one still runs (a crash, a new container,
         another host) cannot be told for sure, and refusing a legitimate resume is worse."""
         raw: Any = self.client.hmget(self.keys.meta, ["producer", "producer_seen"])
@@ -237,36 +235,78 @@ class SourcePublisher:
         return ms, seq
 
     def send(self, frames: list[Frame]) -> None:
-        """Append a chunk as packs in one round trip (``APPEND_LUA``), after waiting for the group to catch up.
-        Frames the stream already holds (its last id is at or past them) are skipped and counted, not re-sent."""
+        """Append a chunk as packs in one transaction, after waiting for the group to catch up.
+
+        Optimistic: WATCH the cursor, read it, then MULTI, the XADDs, the new cursor, EXEC. Frames before the
+        cursor's next seq are already on the stream (another producer of this source sent them): skipped and
+        counted, never sent twice, wherever the other one's packs begin. Another append between the read and EXEC
+        aborts the transaction (WatchError) and it is tried again from a fresh read. A cursor of another epoch (a
+        --restart since this run began) stops the producer before it writes anything into the new run. EXEC whose
+        reply was lost (redis-py raises WatchError after a connection error while watching) is recognised on the
+        next read by its token. Payloads go straight into XADD: a script would copy each one into Lua and back
+        (3x the server's CPU per frame at 224x224x3)."""
         if not frames:
             return
         self.wait_for_room()
+        attempt: tuple[str, list[list[Frame]]] | None = None  # the transaction sent last, until known committed
         while frames:
-            packs = self.packs(frames)
-            args: list[Any] = [self.epoch, f"{time.time():.3f}"]
-            for pack in packs:
-                fields = encode_entry(pack)
-                args += [pack[0].seq, pack[-1].seq, len(fields), *(x for kv in fields.items() for x in kv)]
-            added, ms, last = (int(x) for x in self._append(keys=[self.keys.frames, self.keys.meta], args=args))
-            for pack in packs[:added]:
-                self.stats.sent += len(pack)
-                self._entries += 1
-                self._frames += len(pack)
-                self._room -= 1
-            rest = frames[sum(len(pack) for pack in packs[:added]):]
-            if not rest:
-                return
-            if ms != self.epoch:
-                raise BrokerError(f"source {self.keys.source!r} was started over by another producer (--restart) "
-                                  f"while this one ran: its stream is at {ms}-{last}, this run's ids are "
-                                  f"{self.epoch}-<seq>. Stop one of them; run this one again with --restart to "
-                                  "start over.")
-            frames = [frame for frame in rest if frame.seq > last]
-            skipped = len(rest) - len(frames)
+            with self.client.pipeline(transaction=True) as pipe:
+                try:
+                    pipe.watch(self.keys.cursor)
+                    cursor = Cursor.parse(pipe.get(self.keys.cursor))
+                    if attempt is not None and cursor is not None and cursor.token == attempt[0]:
+                        frames = frames[self._count_sent(attempt[1]):]  # it went through; its reply was lost
+                        attempt = None
+                        continue
+                    attempt = None
+                    if cursor is None or cursor.epoch != self.epoch:
+                        raise BrokerError(
+                            f"source {self.keys.source!r} was started over (--restart, or its keys deleted) while "
+                            f"this producer ran: its cursor is {cursor or 'gone'}, this run's epoch is {self.epoch}, "
+                            "so nothing more was sent. Stop the other producer, or run this one again (with "
+                            "--restart to start over).")
+                    frames = self._skip_sent(frames, cursor.next_seq)
+                    if not frames:
+                        return
+                    packs = self.packs(frames)
+                    self._calls += 1
+                    token = f"{self._token}.{self._calls}"
+                    last = packs[-1][-1].seq
+                    pipe.multi()
+                    for pack in packs:
+                        fields: dict[Any, Any] = encode_entry(pack)  # redis-py's dict type is invariant in bytes
+                        pipe.xadd(self.keys.frames, fields, id=self.entry_id(pack[-1].seq))
+                    pipe.set(self.keys.cursor, str(Cursor(self.epoch, last + 1, token)))
+                    pipe.hset(self.keys.meta, mapping={"produced": last + 1, "producer_seen": f"{time.time():.3f}"})
+                    attempt = (token, packs)
+                    replies = pipe.execute(raise_on_error=False)
+                except redis.WatchError:
+                    continue
+            refused = next((r for r in replies if isinstance(r, redis.ResponseError)), None)
+            if refused is not None:  # the server checks ids too: only a writer other than a producer gets here
+                what = "the end-of-stream marker" if frames[0].eos else f"frames {frames[0].seq}..{frames[-1].seq}"
+                raise BrokerError(f"source {self.keys.source!r}: the server refused {what} ({refused}): the stream "
+                                  "holds entries this run did not send. Pass --restart to start over.")
+            self._count_sent(packs)
+            return
+
+    def _skip_sent(self, frames: list[Frame], next_seq: int) -> list[Frame]:
+        """The frames at or after ``next_seq``; those before it are on the stream already (counted as skipped)."""
+        rest = [frame for frame in frames if frame.seq >= next_seq]
+        if skipped := len(frames) - len(rest):
             self.stats.skipped += skipped
-            log.info("source %s: frames %d..%d already on the stream (sent by another producer of this source, or "
-                     "re-sent after a lost reply); skipped", self.keys.source, rest[0].seq, rest[skipped - 1].seq)
+            log.info("source %s: frames %d..%d already on the stream (another producer of this source sent them); "
+                     "skipped", self.keys.source, frames[0].seq, frames[skipped - 1].seq)
+        return rest
+
+    def _count_sent(self, packs: list[list[Frame]]) -> int:
+        """Account for ``packs`` appended; returns how many frames they hold."""
+        frames = sum(len(pack) for pack in packs)
+        self.stats.sent += frames
+        self._entries += len(packs)
+        self._frames += frames
+        self._room -= len(packs)
+        return frames
 
     def packs(self, frames: list[Frame]) -> list[list[Frame]]:
         """Consecutive runs of at most ``pack`` frames and ``PACK_BYTES`` of pixels; an end-of-stream marker alone."""

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 import pytest
 import redis
 
 from common.errors import BrokerError, ConfigError
-from common.schemas import Frame, decode_entry
+from common.schemas import Frame, decode_entry, encode_entry
 from common.streams import GROUP
 from producers.publisher import SourcePublisher
 from workers.publish import Outcome, ResultWriter, Tally
@@ -180,6 +181,74 @@ def test_a_stream_a_file_producer_did_not_write_is_not_resumed(client: redis.Red
     keys = SourcePublisher(client, namespace, "cam", 10**9).keys
     for _ in range(3):
         client.xadd(keys.frames, {b"f": b"a camera's frame"})
-    with pytest.raises(ConfigError, match=r"holds entries a file producer did not write .* no epoch.*--restart"):
+    with pytest.raises(ConfigError, match=r"holds entries a file producer did not write .* no file.*--restart"):
         SourcePublisher(client, namespace, "cam", 10**9).open("/v.mp4", restart=False)
     assert SourcePublisher(client, namespace, "cam", 10**9).open("/v.mp4", restart=True) == 0
+
+
+def _frames(source: str, seqs: range) -> list[Frame]:
+    return [Frame.from_pixels(source, seq, np.zeros((4, 4, 1), np.uint8), seq / 25, time.time()) for seq in seqs]
+
+
+def test_a_producer_running_through_another_ones_restart_adds_nothing_to_the_new_run(client: redis.Redis,
+                                                                                    namespace: str) -> None:
+    """The append script checked the stream's last id only: after a --restart deleted the stream, a producer still
+    running appended its next chunk under its old epoch into the new run (and its checkpoint into the new meta
+    hash), and the new run then sent the same frames again (helper-22's review)."""
+    old, new = (SourcePublisher(client, namespace, "cam", 10**9, pack=4) for _ in range(2))
+    old.open("/v.mp4", restart=False)
+    old.send(_frames("cam", range(8)))
+    new.open("/v.mp4", restart=True)
+    with pytest.raises(BrokerError, match=r"was started over .* nothing more was sent"):
+        old.send(_frames("cam", range(8, 16)))
+    new.send(_frames("cam", range(12)))
+    entries = client.xrange(new.keys.frames)
+    assert [f.seq for _, fields in entries for f in decode_entry(fields)] == list(range(12))
+    assert {entry_id.split(b"-")[0] for entry_id, _ in entries} == {str(new.epoch).encode()}
+    assert client.hget(new.keys.meta, "produced") == b"12"
+
+
+def test_a_stream_of_an_earlier_version_without_a_recorded_epoch_resumes(client: redis.Redis, namespace: str) -> None:
+    """Versions before the epoch record wrote <ms>-<seq> ids (and 1-<seq> before them) and a meta hash with the
+    file's path: their interrupted runs resume, and the stream's epoch is recorded."""
+    for epoch, source in ((1796000000000, "v6"), (1, "v5")):
+        keys = SourcePublisher(client, namespace, source, 10**9).keys
+        for seq in range(4):
+            client.xadd(keys.frames, encode_entry(_frames(source, range(seq, seq + 1))), id=f"{epoch}-{seq}")
+        client.hset(keys.meta, mapping={"path": "/v.mp4", "produced": 2})  # behind the stream: a crash between
+        pub = SourcePublisher(client, namespace, source, 10**9, pack=4)  # the XADDs and the checkpoint
+        assert pub.open("/v.mp4", restart=False) == 4
+        assert (pub.epoch, client.hget(keys.meta, "epoch")) == (epoch, str(epoch).encode())
+        pub.send(_frames(source, range(4, 8)))
+        assert [f.seq for _, fields in client.xrange(keys.frames) for f in decode_entry(fields)] == list(range(8))
+
+
+def test_a_transaction_whose_reply_was_lost_is_counted_once(client: redis.Redis, namespace: str,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """EXEC ran, its reply was lost: redis-py then raises WatchError (a connection error while watching). The next
+    read of the cursor finds the lost transaction's token: the chunk counts as sent, not as skipped, and
+    nothing goes out twice (a lost reply used to be counted as frames another producer had sent)."""
+    pub = SourcePublisher(client, namespace, "cam", 10**9, pack=4)
+    pub.open("/v.mp4", restart=False)
+    pipeline, lost = client.pipeline, [True]
+
+    def reply_lost_once(*args: Any, **kwargs: Any) -> Any:
+        pipe = pipeline(*args, **kwargs)
+        execute = pipe.execute
+
+        def lose_the_reply(*a: Any, **kw: Any) -> Any:
+            out = execute(*a, **kw)
+            if lost:  # the first transaction: the chunk of 32
+                lost.pop()
+                raise redis.WatchError("A ConnectionError occurred while watching one or more keys")
+            return out
+
+        pipe.execute = lose_the_reply
+        return pipe
+
+    monkeypatch.setattr(client, "pipeline", reply_lost_once)
+    pub.send(_frames("cam", range(32)))
+    pub.send(_frames("cam", range(32, 40)))
+    assert not lost, "the reply was never lost: the test proves nothing"
+    assert (pub.stats.sent, pub.stats.skipped, pub._entries - 1) == (40, 0, 10)
+    assert [f.seq for _, fields in client.xrange(pub.keys.frames) for f in decode_entry(fields)] == list(range(40))
