@@ -153,12 +153,18 @@ def _read_labels(root: Path, num_classes: int) -> list[str]:
         raise BundleError(
             f"bundle {root}: {LABELS_FILE} has {len(labels)} labels but the spec says {num_classes} classes."
         )
-    if bad := [label for label in labels if "," in label]:
-        raise BundleError(
-            f"bundle {root}: label {bad[0]!r} in {LABELS_FILE} contains a comma, which separates the entries of a "
-            "result's topk field (docs/results-schema.md). Rename it (the model stays valid) and re-export."
-        )
+    check_labels(labels, f"bundle {root}")
     return labels
+
+
+def check_labels(labels: list[str], where: str) -> None:
+    """Labels travel in a result's ``topk`` field, ``label:p,label:p`` (docs/results-schema.md): no comma."""
+    if bad := [label for label in labels if "," in label or "\n" in label]:
+        raise BundleError(
+            f"{where}: label {bad[0]!r} in {LABELS_FILE} contains a comma or a line break; a comma separates the "
+            "entries of a result's topk field (docs/results-schema.md). Rename it (the model stays valid) and "
+            "export again."
+        )
 
 
 def file_digest(path: Path) -> str:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from common.bundle import LABELS_FILE, TFLITE_FILE, BundleSpec, InputSpec, file_digest, write_spec
+from common.bundle import LABELS_FILE, TFLITE_FILE, BundleSpec, InputSpec, check_labels, file_digest, write_spec
 from model.quantize import quant_spec
 
 SAVED_MODEL_DIR = "saved_model"
@@ -19,6 +19,7 @@ def export_bundle(out: Path, model: Any, int8: bytes, labels: list[str], *, name
                   command: str, metrics: dict[str, Any] | None = None, color: str = "gray",
                   extra: dict[str, Any] | None = None, saved_model: bool = True) -> BundleSpec:
     """Write model.tflite, labels.txt, model.keras.h5, saved_model/ and spec.json into ``out`` (replaced)."""
+    check_labels(labels, f"bundle {out}")  # before anything in ``out`` is replaced
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)

@@ -73,3 +73,14 @@ def test_a_label_with_a_comma_is_refused(tmp_path: Path) -> None:
     (bundle / "labels.txt").write_text("\n".join(["shirt, long sleeves", *labels[1:]]) + "\n")
     with pytest.raises(BundleError, match=r"label 'shirt, long sleeves' in labels\.txt contains a comma"):
         Bundle.load(bundle, verify_hashes=False)
+
+
+def test_exporting_a_label_with_a_comma_is_refused_before_anything_is_replaced(tmp_path: Path) -> None:
+    from model.bundle import export_bundle
+
+    out = tmp_path / "bundle"
+    out.mkdir()
+    (out / "keep").write_text("an earlier export")
+    with pytest.raises(BundleError, match=r"label 'a,b' in labels\.txt contains a comma"):
+        export_bundle(out, None, b"", ["a,b", "c"], name="x", version="1", command="test")
+    assert (out / "keep").read_text() == "an earlier export"
