@@ -74,18 +74,12 @@ class SourceKeys:
         return f"{self._prefix}:meta"
 
     @property
-    def cursor(self) -> str:
-        """File sources: ``<epoch>:<next seq>:<token>``, written by producers in each append
-        (``producers/publisher.py``)."""
-        return f"{self._prefix}:cursor"
-
-    @property
     def undelivered(self) -> str:
         """Live sources: ids of frames not yet delivered to the group, oldest first (the live cap's queue)."""
         return f"{self.frames}:undelivered"
 
     def all(self) -> list[str]:
-        return [self.frames, self.results, self.dead, self.meta, self.undelivered, self.cursor]
+        return [self.frames, self.results, self.dead, self.meta, self.undelivered]
 
 
 def source_of_stream(namespace: str, stream: str) -> str:

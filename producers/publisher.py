@@ -1,11 +1,14 @@
 """Lossless, resumable publishing of one source's frames.
 
 Frames go out in packs of up to ``pack`` frames per stream entry (``common/schemas.py``); the entry id is
-``<epoch>-<seq of the pack's last frame>``, so ids are deterministic: a restarted producer reads the stream's last
-id and continues after it. Each chunk is appended in a transaction guarded by the source's cursor key (``Cursor``:
-the run's epoch and the seq after the last frame on the stream), so a re-sent chunk or a second producer of the
-same source never puts a frame on the stream twice, wherever their packs begin, and a producer still running
-through another one's --restart writes nothing into the new run.
+``<epoch>-<seq of the pack's last frame>``, so ids are deterministic: a restarted producer continues after the
+stream's last frame. The meta hash keeps the run's ``epoch`` and ``produced`` (the seq after the last frame on
+the stream), and two scripts keep them and the stream in step: ``OPEN_LUA`` agrees on them when a producer starts
+and ``APPEND_LUA`` adds a chunk's packs only where they continue the stream. So a re-sent chunk or a second producer
+of the same source never puts a frame on the stream twice, wherever their packs begin, and a producer still
+running through another one's --restart writes nothing into the new run. Payloads pass through Lua, which costs
+the server several times the CPU of a plain XADD per large raw frame; JPEG transport or a smaller model input keep
+that small.
 
 Backpressure pauses while the group's lag (in frames: entries x the frames per entry sent so far) is above the
 high-water mark. Each time the producer reads the lag it also trims the entries the workers have delivered and
@@ -65,26 +68,69 @@ return {lag, redis.call('XTRIM', KEYS[1], 'MINID', minid)}
 """
 
 
-@dataclass(frozen=True)
-class Cursor:
-    """The source's cursor key (``SourceKeys.cursor``, ``<epoch>:<next seq>:<token>``): which run the stream is in,
-    the seq after the last frame on it, and the token of the transaction that wrote it. Only producers write it,
-    each time in the transaction that appends frames, so WATCHing it detects any other append; workers never touch
-    it (they write the meta hash all the time, which would make a WATCH on that fail over and over)."""
+# KEYS: frames, meta. ARGV: the epoch this producer proposes for a new stream. Atomic, so a --restart (which
+# deletes the source's keys) cannot fall between reading the stream and recording its run. Returns {epoch, next
+# seq}, or {0, why} for a stream that is not a file producer's.
+# - a recorded run: its epoch, provided the stream's ids carry it (or it has none yet);
+# - no record but entries and the file's path in the meta hash: a run of an earlier version (ids 1-<seq>, then
+#   <ms>-<seq>), recorded now from its last id;
+# - no record, no entries: a new run, with the proposed epoch.
+# ``produced`` is made at least the stream's last seq + 1 (earlier versions set it after their XADDs).
+OPEN_LUA = LUA_ENTRY_IDS + """
+local ms, seq = 0, -1
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local info = redis.call('XINFO', 'STREAM', KEYS[1])
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then ms, seq = split(info[i + 1]) end
+  end
+end
+local epoch = redis.call('HGET', KEYS[2], 'epoch')
+if not epoch then
+  if ms == 0 then
+    epoch = ARGV[1]
+  elseif redis.call('HEXISTS', KEYS[2], 'path') == 1 then
+    epoch = tostring(ms)
+  else
+    return {0, 'its entries have no run recorded and its meta hash names no file'}
+  end
+  redis.call('HSET', KEYS[2], 'epoch', epoch)
+elseif ms ~= 0 and ms ~= tonumber(epoch) then
+  return {0, 'its ids start ' .. ms .. ', its meta hash records the run ' .. epoch}
+end
+local produced = tonumber(redis.call('HGET', KEYS[2], 'produced') or '0')
+if ms ~= 0 and seq + 1 > produced then
+  produced = seq + 1
+end
+redis.call('HSET', KEYS[2], 'produced', produced)
+return {tonumber(epoch), produced}
+"""
 
-    epoch: int
-    next_seq: int
-    token: str
-
-    @classmethod
-    def parse(cls, raw: Any) -> Cursor | None:
-        if raw is None:
-            return None
-        epoch, next_seq, token = (raw.decode() if isinstance(raw, bytes) else str(raw)).split(":", 2)
-        return cls(int(epoch), int(next_seq), token)
-
-    def __str__(self) -> str:
-        return f"{self.epoch}:{self.next_seq}:{self.token}"
+# KEYS: frames, meta. ARGV: epoch, producer_seen, a token naming this call, then per pack: its first seq, its last
+# seq, its field count, its fields. Appends packs in order while each one begins at ``produced``; stops at one
+# that begins before it (some of its frames are on the stream: another producer of the source sent them).
+# Returns {packs added, produced - 1, status}: status 1; or the server's error when it refused an XADD; or 'gap'
+# when a pack begins after ``produced`` (nothing may be skipped); {0, -1, 0} when the meta hash no longer records
+# this run (a --restart since it began): nothing is added. A call re-sent after a lost reply (redis-py retries)
+# finds its token and returns what it did the first time, so the caller's counts stay right.
+APPEND_LUA = """
+local meta = redis.call('HMGET', KEYS[2], 'epoch', 'produced', 'append_token', 'append_added')
+if meta[1] ~= ARGV[1] then return {0, -1, 0} end
+if meta[3] == ARGV[3] then return {tonumber(meta[4]), tonumber(meta[2]) - 1, 1} end
+local nxt = tonumber(meta[2] or '0')
+local added, i, status = 0, 4, 1
+while i <= #ARGV do
+  local first, n = tonumber(ARGV[i]), tonumber(ARGV[i + 2])
+  if first < nxt then break end
+  if first > nxt then status = 'gap' break end
+  local reply = redis.pcall('XADD', KEYS[1], ARGV[1] .. '-' .. ARGV[i + 1], unpack(ARGV, i + 3, i + 2 + 2 * n))
+  if type(reply) == 'table' and reply.err then status = reply.err break end
+  nxt = tonumber(ARGV[i + 1]) + 1
+  added, i = added + 1, i + 3 + 2 * n
+end
+redis.call('HSET', KEYS[2], 'produced', nxt, 'producer_seen', ARGV[2], 'append_token', ARGV[3],
+           'append_added', added)
+return {added, nxt - 1, status}
+"""
 
 
 def entry_id(epoch: int, seq: int) -> str:
@@ -119,7 +165,9 @@ class SourcePublisher:
         self.stats = PublishStats()
         self._room = 0  # entries that can be sent before the lag must be read again (XINFO GROUPS)
         self._lag_trim = client.register_script(LAG_TRIM_LUA)
-        self._token, self._calls = uuid.uuid4().hex, 0  # names each append transaction (``Cursor.token``)
+        self._open = client.register_script(OPEN_LUA)
+        self._append = client.register_script(APPEND_LUA)
+        self._token, self._calls = uuid.uuid4().hex, 0  # names each append call (APPEND_LUA)
         self.epoch = 0  # set by open()
         self.stop = stop  # set: a paused send gives up (Interrupted) instead of waiting for the workers
         self.owner = f"{socket.gethostname()}:{os.getpid()}"  # in the meta hash while this producer writes
@@ -152,42 +200,25 @@ class SourcePublisher:
         # clock, which has moved on since any earlier run began. A worker still holding a batch of the run before a
         # --restart then finds its ids absent: its XACK removes nothing, so it neither acks the new run's entry
         # with the same seq nor writes its old result for it (ids used to be 1-<seq> in every run).
-        # Two producers opening a new stream at once agree on its epoch (SET NX of the cursor: the first one's).
-        ms, seq = self._last_id()
-        if ms:  # a resume: the stream's ids carry its epoch
-            self._check_written_by_file_producers(ms, seq, bool(old_path))
-            self.epoch = ms
-        else:
-            self.client.set(self.keys.cursor, str(Cursor(max(_server_ms(self.client), before + 1), 0, "")), nx=True)
-            cursor = Cursor.parse(self.client.get(self.keys.cursor))
-            assert cursor is not None
-            self.epoch = cursor.epoch
+        # Two producers opening a new stream at once agree on its epoch (the first one's).
+        reply: Any = self._open(keys=[self.keys.frames, self.keys.meta],
+                                args=[max(_server_ms(self.client), before + 1)])
+        if int(reply[0]) == 0:
+            raise ConfigError(
+                f"source {self.keys.source!r}: stream {self.keys.frames} holds entries a file producer did not write "
+                f"({reply[1].decode()}), so there is no resume point. Pass --source NAME to send this file to its "
+                "own source, or --restart to delete that stream and start over."
+            )
+        self.epoch, start = int(reply[0]), int(reply[1])
         self.client.sadd(registry_key(self.namespace), self.keys.source)
-        meta: dict[Any, Any] = {"path": path, "started_at": time.time(), "producer": self.owner, "epoch": self.epoch,
+        meta: dict[Any, Any] = {"path": path, "started_at": time.time(), "producer": self.owner,
                                 "producer_seen": f"{time.time():.3f}", **(identity or {})}
         self.client.hset(self.keys.meta, mapping=meta)
-        return self.next_seq()
-
-    def _check_written_by_file_producers(self, ms: int, seq: int, has_path: bool) -> None:
-        """A stream with entries must be in the run its cursor names. Versions before the cursor (ids ``1-<seq>``,
-        then ``<ms>-<seq>``) left a meta hash with the file's path: their stream's cursor is made from its last id.
-        Without either, the ids are not a file producer's (a camera's stream whose meta hash was lost, another
-        tool's), and resuming after its last id's "seq" would skip or repeat frames at random."""
-        if has_path:
-            self.client.set(self.keys.cursor, str(Cursor(ms, seq + 1, "")), nx=True)
-        cursor = Cursor.parse(self.client.get(self.keys.cursor))
-        if cursor is not None and cursor.epoch == ms:
-            return
-        raise ConfigError(
-            f"source {self.keys.source!r}: stream {self.keys.frames} holds entries a file producer did not write "
-            f"(its last id starts {ms}; {'no file' if not has_path else 'its cursor says ' + str(cursor)}), so there "
-            "is no resume point. Pass --source NAME to send this file to its own source, or --restart to delete "
-            "that stream and start over."
-        )
+        return start
 
     def _warn_if_another_producer(self) -> None:
         """Two producers of one source each decode the whole file: no frame goes out twice (``send`` appends
-        only frames after the cursor), but one of them does its work for nothing. Say so when another
+        only frames that continue the stream), but one of them does its work for nothing. Say so when another
         one wrote recently. A warning, not a refusal: whether that one still runs (a crash, a new container,
         another host) cannot be told for sure, and refusing a legitimate resume is worse."""
         raw: Any = self.client.hmget(self.keys.meta, ["producer", "producer_seen"])
@@ -235,60 +266,33 @@ class SourcePublisher:
         return ms, seq
 
     def send(self, frames: list[Frame]) -> None:
-        """Append a chunk as packs in one transaction, after waiting for the group to catch up.
-
-        Optimistic: WATCH the cursor, read it, then MULTI, the XADDs, the new cursor, EXEC. Frames before the
-        cursor's next seq are already on the stream (another producer of this source sent them): skipped and
-        counted, never sent twice, wherever the other one's packs begin. Another append between the read and EXEC
-        aborts the transaction (WatchError) and it is tried again from a fresh read. A cursor of another epoch (a
-        --restart since this run began) stops the producer before it writes anything into the new run. EXEC whose
-        reply was lost (redis-py raises WatchError after a connection error while watching) is recognised on the
-        next read by its token. Payloads go straight into XADD: a script would copy each one into Lua and back
-        (3x the server's CPU per frame at 224x224x3)."""
+        """Append a chunk as packs in one round trip (``APPEND_LUA``), after waiting for the group to catch up.
+        Frames the stream already holds (another producer of this source sent them) are skipped and counted."""
         if not frames:
             return
         self.wait_for_room()
-        attempt: tuple[str, list[list[Frame]]] | None = None  # the transaction sent last, until known committed
         while frames:
-            with self.client.pipeline(transaction=True) as pipe:
-                try:
-                    pipe.watch(self.keys.cursor)
-                    cursor = Cursor.parse(pipe.get(self.keys.cursor))
-                    if attempt is not None and cursor is not None and cursor.token == attempt[0]:
-                        frames = frames[self._count_sent(attempt[1]):]  # it went through; its reply was lost
-                        attempt = None
-                        continue
-                    attempt = None
-                    if cursor is None or cursor.epoch != self.epoch:
-                        raise BrokerError(
-                            f"source {self.keys.source!r} was started over (--restart, or its keys deleted) while "
-                            f"this producer ran: its cursor is {cursor or 'gone'}, this run's epoch is {self.epoch}, "
-                            "so nothing more was sent. Stop the other producer, or run this one again (with "
-                            "--restart to start over).")
-                    frames = self._skip_sent(frames, cursor.next_seq)
-                    if not frames:
-                        return
-                    packs = self.packs(frames)
-                    self._calls += 1
-                    token = f"{self._token}.{self._calls}"
-                    last = packs[-1][-1].seq
-                    pipe.multi()
-                    for pack in packs:
-                        fields: dict[Any, Any] = encode_entry(pack)  # redis-py's dict type is invariant in bytes
-                        pipe.xadd(self.keys.frames, fields, id=self.entry_id(pack[-1].seq))
-                    pipe.set(self.keys.cursor, str(Cursor(self.epoch, last + 1, token)))
-                    pipe.hset(self.keys.meta, mapping={"produced": last + 1, "producer_seen": f"{time.time():.3f}"})
-                    attempt = (token, packs)
-                    replies = pipe.execute(raise_on_error=False)
-                except redis.WatchError:
-                    continue
-            refused = next((r for r in replies if isinstance(r, redis.ResponseError)), None)
-            if refused is not None:  # the server checks ids too: only a writer other than a producer gets here
+            packs = self.packs(frames)
+            self._calls += 1
+            args: list[Any] = [self.epoch, f"{time.time():.3f}", f"{self._token}.{self._calls}"]
+            for pack in packs:
+                fields = encode_entry(pack)
+                args += [pack[0].seq, pack[-1].seq, len(fields), *(x for kv in fields.items() for x in kv)]
+            reply: Any = self._append(keys=[self.keys.frames, self.keys.meta], args=args)
+            added, last, status = int(reply[0]), int(reply[1]), reply[2]
+            frames = frames[self._count_sent(packs[:added]):]
+            if status == 0:
+                raise BrokerError(
+                    f"source {self.keys.source!r} was started over (--restart, or its keys deleted) while this "
+                    f"producer ran: its meta hash no longer records this run ({self.epoch}), so nothing more was "
+                    "sent. Stop the other producer, or run this one again (with --restart to start over).")
+            if isinstance(status, bytes):
                 what = "the end-of-stream marker" if frames[0].eos else f"frames {frames[0].seq}..{frames[-1].seq}"
-                raise BrokerError(f"source {self.keys.source!r}: the server refused {what} ({refused}): the stream "
-                                  "holds entries this run did not send. Pass --restart to start over.")
-            self._count_sent(packs)
-            return
+                why = ("they would leave a gap after" if status == b"gap" else
+                       f"the server refused them ({status.decode()}); the stream holds entries past")
+                raise BrokerError(f"source {self.keys.source!r}: {what} not sent: {why} frame {last}. Pass "
+                                  "--restart to start over.")
+            frames = self._skip_sent(frames, last + 1)
 
     def _skip_sent(self, frames: list[Frame], next_seq: int) -> list[Frame]:
         """The frames at or after ``next_seq``; those before it are on the stream already (counted as skipped)."""

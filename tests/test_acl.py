@@ -29,7 +29,7 @@ pytestmark = pytest.mark.integration
 VIGIL = [sys.executable, "-m", "common.cli"]
 # The rule documented in deploy/redis/acl.md, with its namespace and password filled in.
 RULE = ("on >{password} resetkeys ~{ns}:* resetchannels nocommands "
-        "+@stream +@hash +@set +@list +@scripting +@transaction +@connection +get +set +del +exists +time -@dangerous")
+        "+@stream +@hash +@set +@list +@scripting +@connection +del +exists +time -@dangerous")
 # A refused command: "NOPERM ..." when called directly; inside a script Valkey says "ACL failure in script: User ...
 # has no permissions to run the 'xtrim' command", and a live producer only logs it and carries on.
 REFUSED = re.compile("NOPERM|no permissions", re.IGNORECASE)
@@ -179,10 +179,10 @@ def test_a_worker_pool_the_broker_refuses_stops_instead_of_respawning(acl_user: 
 
 
 def test_a_producer_the_broker_refuses_names_the_command_and_the_rule(acl_user: AclUser, small_video: Path) -> None:
-    """A rule from before the cursor (no @transaction): the producer's WATCH is refused. It said only "check the
-    server's log and limits"; now it names the rule to give the user."""
-    acl_user.admin.execute_command("ACL", "SETUSER", acl_user.name, "-@transaction")
+    """A rule without scripts: the producer's first script is refused. It said only "check the server's log and
+    limits"; now it names the rule to give the user."""
+    acl_user.admin.execute_command("ACL", "SETUSER", acl_user.name, "-evalsha", "-eval")
     out = subprocess.run([*VIGIL, "produce", "file", str(small_video), "--source", "cam", "--no-progress"],
                          env=acl_user.env, capture_output=True, text=True, timeout=90)
     assert out.returncode == 5, out.stderr[-2000:]
-    assert "'watch'" in out.stderr and "deploy/redis/acl.md" in out.stderr and "Traceback" not in out.stderr
+    assert "'evalsha'" in out.stderr and "deploy/redis/acl.md" in out.stderr and "Traceback" not in out.stderr

@@ -8,9 +8,9 @@ result exists if and only if its entry is acked — with no per-frame state to g
 same rule (HINCRBY only for entries this call acked), so ``processed``, ``dead`` and ``dropped_stale`` count
 each entry at most once and the producer's ``produced`` balances against them.
 
-Duplicate *entries* of one frame cannot occur: file producers append only frames after their source's cursor, in
-a transaction guarded by it (``producers/publisher.py``); live producers XADD once, inside their own script. All
-keys share the ``{source}`` hash tag (one cluster slot).
+Duplicate *entries* of one frame cannot occur: file producers append, in a script, only frames that continue the
+stream (``producers/publisher.py``); live producers XADD once, inside their own script. All keys share the
+``{source}`` hash tag (one cluster slot).
 """
 
 from __future__ import annotations
