@@ -29,7 +29,6 @@ from typing import Any
 
 import redis
 
-from common.broker import ensure_group
 from common.errors import BrokerError, ConfigError, Interrupted
 from common.schemas import MAX_PACK_FRAMES, Frame, decode_entry, encode_entry
 from common.streams import GROUP, LUA_ENTRY_IDS, SourceKeys, check_source, registry_key
@@ -41,12 +40,14 @@ RECENT_WRITE_S = 15.0  # another producer that wrote this recently may still be 
 PACK_BYTES = 1 << 20  # a pack closes at this much pixel data even when it holds fewer than ``pack`` frames
 
 
-# KEYS: frames. ARGV: group. The group's lag (entries not yet delivered) and how many entries were trimmed: those
+# KEYS: frames, meta. ARGV: group, the run's epoch ({-1, 0} when the meta hash records another: a --restart since
+# this run began). The group's lag (entries not yet delivered) and how many entries were trimmed: those
 # every group of the stream has delivered and acked (before each group's next undelivered entry and its oldest
 # pending one; another group, an archiver say, keeps what it has not read, and a group rewound with XGROUP SETID
 # keeps what became undelivered again). A pending entry (a worker holds it, or a dead worker did and the janitor
 # will reclaim it) is never trimmed. One script, so that no delivery can happen between reading and trimming.
 LAG_TRIM_LUA = LUA_ENTRY_IDS + """
+if redis.call('HGET', KEYS[2], 'epoch') ~= ARGV[2] then return {-1, 0} end
 local lag, ours, minid = false, nil, nil
 for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
   local f = {}
@@ -68,56 +69,91 @@ return {lag, redis.call('XTRIM', KEYS[1], 'MINID', minid)}
 """
 
 
-# KEYS: frames, meta. ARGV: the epoch this producer proposes for a new stream. Atomic, so a --restart (which
-# deletes the source's keys) cannot fall between reading the stream and recording its run. Returns {epoch, next
-# seq}, or {0, why} for a stream that is not a file producer's.
-# - a recorded run: its epoch, provided the stream's ids carry it (or it has none yet);
-# - no record but entries and the file's path in the meta hash: a run of an earlier version (ids 1-<seq>, then
+# KEYS: frames, meta, then the source's other keys (deleted with the rest by a restart). ARGV: the epoch proposed
+# for a new stream, '1' to start over (--restart), the group, the file's path, the count of identity fields, those
+# fields and values, then the meta fields this producer sets (producer, started_at, producer_seen). One script, so
+# that nothing falls between a restart, the checks and the record: neither another producer's --restart (it used
+# to land between reading the stream and recording the run, and the new run inherited the old checkpoint) nor a
+# producer of other settings (two files mixed on one stream). Returns {1, epoch, next seq}, or {0, kind, detail}
+# for a refusal: 'live' (a camera's source), 'path' (another file), 'identity' (other settings), 'foreign' (not a
+# file producer's stream). The run:
+# - recorded: its epoch, provided the stream's ids carry it (or it has none yet);
+# - not recorded, entries and the file's path in the meta hash: a run of an earlier version (ids 1-<seq>, then
 #   <ms>-<seq>), recorded now from its last id;
-# - no record, no entries: a new run, with the proposed epoch.
+# - not recorded, no entries: a new run, with the proposed epoch, above the deleted stream's.
 # ``produced`` is made at least the stream's last seq + 1 (earlier versions set it after their XADDs).
 OPEN_LUA = LUA_ENTRY_IDS + """
-local ms, seq = 0, -1
-if redis.call('EXISTS', KEYS[1]) == 1 then
+local function last_id()
+  if redis.call('EXISTS', KEYS[1]) == 0 then return 0, -1, '0-0' end
   local info = redis.call('XINFO', 'STREAM', KEYS[1])
   for i = 1, #info, 2 do
-    if info[i] == 'last-generated-id' then ms, seq = split(info[i + 1]) end
+    if info[i] == 'last-generated-id' then
+      local ms, seq = split(info[i + 1])
+      return ms, seq, info[i + 1]
+    end
   end
 end
+if redis.call('HGET', KEYS[2], 'mode') == 'live' then return {0, 'live', ''} end
+local proposed = tonumber(ARGV[1])
+if ARGV[2] == '1' then
+  local gone = last_id()
+  if gone >= proposed then proposed = gone + 1 end
+  redis.call('DEL', unpack(KEYS))
+end
+local path = redis.call('HGET', KEYS[2], 'path')
+if path and path ~= ARGV[4] then return {0, 'path', path} end
+local n = tonumber(ARGV[5])
+local changed = {}
+for i = 6, 5 + 2 * n, 2 do
+  local stored = redis.call('HGET', KEYS[2], ARGV[i])
+  if stored and stored ~= ARGV[i + 1] then
+    changed[#changed + 1] = ARGV[i] .. " was '" .. stored .. "', now '" .. ARGV[i + 1] .. "'"
+  end
+end
+if #changed > 0 then return {0, 'identity', table.concat(changed, '; ')} end
+local made = redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[3], '0', 'MKSTREAM')
+if type(made) == 'table' and made.err and not string.find(made.err, 'BUSYGROUP', 1, true) then
+  return redis.error_reply(made.err)
+end
+local ms, seq, last = last_id()
 local epoch = redis.call('HGET', KEYS[2], 'epoch')
 if not epoch then
   if ms == 0 then
-    epoch = ARGV[1]
-  elseif redis.call('HEXISTS', KEYS[2], 'path') == 1 then
-    epoch = tostring(ms)
+    epoch = string.format('%d', proposed)
+  elseif path then
+    epoch = string.sub(last, 1, string.find(last, '-', 1, true) - 1)  -- as the ids spell it
   else
-    return {0, 'its entries have no run recorded and its meta hash names no file'}
+    return {0, 'foreign', 'its entries have no run recorded and its meta hash names no file'}
   end
-  redis.call('HSET', KEYS[2], 'epoch', epoch)
 elseif ms ~= 0 and ms ~= tonumber(epoch) then
-  return {0, 'its ids start ' .. ms .. ', its meta hash records the run ' .. epoch}
+  return {0, 'foreign', 'its ids start ' .. last .. ', its meta hash records the run ' .. epoch}
 end
 local produced = tonumber(redis.call('HGET', KEYS[2], 'produced') or '0')
-if ms ~= 0 and seq + 1 > produced then
-  produced = seq + 1
-end
-redis.call('HSET', KEYS[2], 'produced', produced)
-return {tonumber(epoch), produced}
+if ms ~= 0 and seq + 1 > produced then produced = seq + 1 end
+redis.call('HSET', KEYS[2], 'epoch', epoch, 'produced', produced, 'path', ARGV[4],
+           unpack(ARGV, 6, #ARGV))
+return {1, epoch, produced}
 """
 
-# KEYS: frames, meta. ARGV: epoch, producer_seen, a token naming this call, then per pack: its first seq, its last
-# seq, its field count, its fields. Appends packs in order while each one begins at ``produced``; stops at one
-# that begins before it (some of its frames are on the stream: another producer of the source sent them).
+# KEYS: frames, meta. ARGV: epoch, producer_seen, this producer's token, the number of this call, then per pack:
+# its first seq, its last seq, its field count, its fields. Appends packs in order while each one begins at
+# ``produced``; stops at one that begins before it (some of its frames are on the stream: another producer of the
+# source sent them).
 # Returns {packs added, produced - 1, status}: status 1; or the server's error when it refused an XADD; or 'gap'
 # when a pack begins after ``produced`` (nothing may be skipped); {0, -1, 0} when the meta hash no longer records
 # this run (a --restart since it began): nothing is added. A call re-sent after a lost reply (redis-py retries)
-# finds its token and returns what it did the first time, so the caller's counts stay right.
+# finds its number in the producer's field ``append:<token>`` and returns what it did the first time, so the
+# caller's counts stay right (a field per producer: another producer's appends in between do not overwrite it).
 APPEND_LUA = """
-local meta = redis.call('HMGET', KEYS[2], 'epoch', 'produced', 'append_token', 'append_added')
+local field = 'append:' .. ARGV[3]
+local meta = redis.call('HMGET', KEYS[2], 'epoch', 'produced', field)
 if meta[1] ~= ARGV[1] then return {0, -1, 0} end
-if meta[3] == ARGV[3] then return {tonumber(meta[4]), tonumber(meta[2]) - 1, 1} end
+if meta[3] then
+  local call, done = string.match(meta[3], '^(%d+):(%d+)$')
+  if call == ARGV[4] then return {tonumber(done), tonumber(meta[2]) - 1, 1} end
+end
 local nxt = tonumber(meta[2] or '0')
-local added, i, status = 0, 4, 1
+local added, i, status = 0, 5, 1
 while i <= #ARGV do
   local first, n = tonumber(ARGV[i]), tonumber(ARGV[i + 2])
   if first < nxt then break end
@@ -127,9 +163,22 @@ while i <= #ARGV do
   nxt = tonumber(ARGV[i + 1]) + 1
   added, i = added + 1, i + 3 + 2 * n
 end
-redis.call('HSET', KEYS[2], 'produced', nxt, 'producer_seen', ARGV[2], 'append_token', ARGV[3],
-           'append_added', added)
+redis.call('HSET', KEYS[2], 'produced', nxt, 'producer_seen', ARGV[2], field, ARGV[4] .. ':' .. added)
 return {added, nxt - 1, status}
+"""
+
+
+# KEYS: frames, meta. ARGV: epoch, the end-of-stream marker's seq. Records the end (eos, total) only if the run is
+# still this one and the stream's last id is the marker's: a --restart between the check and a plain HSET marked the
+# new run as ended, and its resume then sent nothing. Returns 1, 0 (another run), or -1 (the stream ends elsewhere).
+END_LUA = """
+if redis.call('HGET', KEYS[2], 'epoch') ~= ARGV[1] then return 0 end
+local info = redis.call('XINFO', 'STREAM', KEYS[1])
+for i = 1, #info, 2 do
+  if info[i] == 'last-generated-id' and info[i + 1] ~= ARGV[1] .. '-' .. ARGV[2] then return -1 end
+end
+redis.call('HSET', KEYS[2], 'eos', 1, 'total', ARGV[2])
+return 1
 """
 
 
@@ -167,6 +216,7 @@ class SourcePublisher:
         self._lag_trim = client.register_script(LAG_TRIM_LUA)
         self._open = client.register_script(OPEN_LUA)
         self._append = client.register_script(APPEND_LUA)
+        self._end = client.register_script(END_LUA)
         self._token, self._calls = uuid.uuid4().hex, 0  # names each append call (APPEND_LUA)
         self.epoch = 0  # set by open()
         self.stop = stop  # set: a paused send gives up (Interrupted) instead of waiting for the workers
@@ -178,43 +228,41 @@ class SourcePublisher:
         ``identity``: what must not change between a run and its resume (``file_producer.identity``: sampling,
         model input, the file's content); a stored value that differs refuses the resume, since frame seqs would
         no longer line up with what is on the stream (gaps, a lost end-of-stream marker)."""
-        if self.client.hget(self.keys.meta, "mode") == b"live":
-            raise ConfigError(
-                f"source {self.keys.source!r} is a live camera's stream; pass --source NAME to send this file "
-                "to its own source."
-            )
         self._warn_if_another_producer()
-        before = self._last_id()[0]  # the epoch of the stream --restart deletes: the new one must differ
-        if restart:
-            self.client.delete(*self.keys.all())
-        raw_path = self.client.hget(self.keys.meta, "path")
-        old_path = raw_path.decode() if isinstance(raw_path, bytes) else ""
-        if old_path and old_path != path:
-            raise ConfigError(
-                f"source {self.keys.source!r} was produced from {old_path}, not {path}. "
-                "Pass --source NAME for a new source or --restart to start over."
-            )
-        self._check_identity(identity or {})
-        ensure_group(self.client, self.keys.frames, GROUP)
         # A stream with entries keeps its epoch (a resume); a new one (or one --restart deleted) takes the server's
         # clock, which has moved on since any earlier run began. A worker still holding a batch of the run before a
         # --restart then finds its ids absent: its XACK removes nothing, so it neither acks the new run's entry
         # with the same seq nor writes its old result for it (ids used to be 1-<seq> in every run).
         # Two producers opening a new stream at once agree on its epoch (the first one's).
-        reply: Any = self._open(keys=[self.keys.frames, self.keys.meta],
-                                args=[max(_server_ms(self.client), before + 1)])
+        fields = identity or {}
+        now = time.time()
+        reply: Any = self._open(
+            keys=[self.keys.frames, self.keys.meta, *(k for k in self.keys.all() if k not in (self.keys.frames,
+                                                                                  self.keys.meta))],
+            args=[_server_ms(self.client), int(restart), GROUP, path, len(fields),
+                  *(x for kv in fields.items() for x in kv),
+                  "producer", self.owner, "started_at", f"{now:.6f}", "producer_seen", f"{now:.3f}"])
         if int(reply[0]) == 0:
-            raise ConfigError(
-                f"source {self.keys.source!r}: stream {self.keys.frames} holds entries a file producer did not write "
-                f"({reply[1].decode()}), so there is no resume point. Pass --source NAME to send this file to its "
-                "own source, or --restart to delete that stream and start over."
-            )
-        self.epoch, start = int(reply[0]), int(reply[1])
+            raise self._refusal(reply[1].decode(), reply[2].decode(), path)
         self.client.sadd(registry_key(self.namespace), self.keys.source)
-        meta: dict[Any, Any] = {"path": path, "started_at": time.time(), "producer": self.owner,
-                                "producer_seen": f"{time.time():.3f}", **(identity or {})}
-        self.client.hset(self.keys.meta, mapping=meta)
-        return start
+        self.epoch = int(reply[1])
+        return int(reply[2])
+
+    def _refusal(self, kind: str, detail: str, path: str) -> ConfigError:
+        source = self.keys.source
+        if kind == "live":
+            return ConfigError(f"source {source!r} is a live camera's stream; pass --source NAME to send this file "
+                               "to its own source.")
+        if kind == "path":
+            return ConfigError(f"source {source!r} was produced from {detail}, not {path}. Pass --source NAME for a "
+                               "new source or --restart to start over.")
+        if kind == "identity":
+            return ConfigError(f"source {source!r} was produced differently before ({detail}), so its frames on the "
+                               "stream would not line up with this run's. Run it as before, or pass --restart to "
+                               "start over, or --source NAME for a new source.")
+        return ConfigError(f"source {source!r}: stream {self.keys.frames} holds entries a file producer did not write "
+                           f"({detail}), so there is no resume point. Pass --source NAME to send this file to its own "
+                           "source, or --restart to delete that stream and start over.")
 
     def _warn_if_another_producer(self) -> None:
         """Two producers of one source each decode the whole file: no frame goes out twice (``send`` appends
@@ -232,20 +280,9 @@ class SourcePublisher:
 
     def release(self) -> None:
         """This producer is done with the source (finished or stopped): no warning for the next one."""
+        self.client.hdel(self.keys.meta, f"append:{self._token}")
         if self.client.hget(self.keys.meta, "producer") == self.owner.encode():
             self.client.hdel(self.keys.meta, "producer", "producer_seen")
-
-    def _check_identity(self, identity: dict[str, str]) -> None:
-        stored: list[Any] = self.client.hmget(self.keys.meta, list(identity)) if identity else []
-        changed = [f"{key} was {old.decode()!r}, now {new!r}" for (key, new), old in zip(identity.items(), stored,
-                                                                                          strict=True)
-                   if old is not None and old.decode() != new]
-        if changed:
-            raise ConfigError(
-                f"source {self.keys.source!r} was produced differently before ({'; '.join(changed)}), so its frames "
-                "on the stream would not line up with this run's. Run it as before, or pass --restart to start "
-                "over, or --source NAME for a new source."
-            )
 
     def finished(self) -> bool:
         return self.client.hget(self.keys.meta, "eos") == b"1"
@@ -274,7 +311,7 @@ class SourcePublisher:
         while frames:
             packs = self.packs(frames)
             self._calls += 1
-            args: list[Any] = [self.epoch, f"{time.time():.3f}", f"{self._token}.{self._calls}"]
+            args: list[Any] = [self.epoch, f"{time.time():.3f}", self._token, self._calls]
             for pack in packs:
                 fields = encode_entry(pack)
                 args += [pack[0].seq, pack[-1].seq, len(fields), *(x for kv in fields.items() for x in kv)]
@@ -282,17 +319,23 @@ class SourcePublisher:
             added, last, status = int(reply[0]), int(reply[1]), reply[2]
             frames = frames[self._count_sent(packs[:added]):]
             if status == 0:
-                raise BrokerError(
-                    f"source {self.keys.source!r} was started over (--restart, or its keys deleted) while this "
-                    f"producer ran: its meta hash no longer records this run ({self.epoch}), so nothing more was "
-                    "sent. Stop the other producer, or run this one again (with --restart to start over).")
+                raise self._started_over()
             if isinstance(status, bytes):
                 what = "the end-of-stream marker" if frames[0].eos else f"frames {frames[0].seq}..{frames[-1].seq}"
-                why = ("they would leave a gap after" if status == b"gap" else
-                       f"the server refused them ({status.decode()}); the stream holds entries past")
-                raise BrokerError(f"source {self.keys.source!r}: {what} not sent: {why} frame {last}. Pass "
-                                  "--restart to start over.")
+                if status == b"gap":  # ``produced`` went back: a broker that lost its last writes (AOF, RDB)
+                    raise BrokerError(f"source {self.keys.source!r}: {what} not sent: the stream's checkpoint says "
+                                      f"it ends at frame {last}, before them (did the broker lose writes in a "
+                                      "restart?). Run the same command again: it resumes after the stream's last "
+                                      "frame.")
+                raise BrokerError(f"source {self.keys.source!r}: {what} not sent: the server refused them "
+                                  f"({status.decode()}); the stream holds entries past frame {last}. Pass --restart "
+                                  "to start over.")
             frames = self._skip_sent(frames, last + 1)
+
+    def _started_over(self) -> BrokerError:
+        return BrokerError(f"source {self.keys.source!r} was started over (--restart, or its keys deleted) while this "
+                           f"producer ran: its meta hash no longer records this run ({self.epoch}), so nothing more "
+                           "was sent. Stop the other producer, or run this one again (with --restart to start over).")
 
     def _skip_sent(self, frames: list[Frame], next_seq: int) -> list[Frame]:
         """The frames at or after ``next_seq``; those before it are on the stream already (counted as skipped)."""
@@ -337,15 +380,21 @@ class SourcePublisher:
         # The stream's last id must be the marker's; the entry itself, if still there (an interrupted run may have
         # sent it, and workers processed it and this run trimmed it since), must be the marker.
         marker: Any = self.client.xrange(self.keys.frames, self.entry_id(seq), self.entry_id(seq))
-        if self.next_seq() != seq + 1 or (marker and not decode_entry(marker[0][1])[-1].eos):
+        ended = 0 if marker and not decode_entry(marker[0][1])[-1].eos else \
+            int(self._end(keys=[self.keys.frames, self.keys.meta], args=[self.epoch, seq]))
+        if ended == 0 and not marker:
+            raise self._started_over()
+        if ended != 1:
             raise BrokerError(f"source {self.keys.source!r}: the stream does not end with the end-of-stream marker "
                               f"{self.entry_id(seq)}; it holds frames this run did not send. Pass --restart.")
-        self.client.hset(self.keys.meta, mapping={"eos": 1, "total": seq})
 
     def lag(self) -> int:
         """Entries not yet delivered to the group; trims, in the same step, the entries it has delivered and
         acked (``LAG_TRIM_LUA``)."""
-        lag, trimmed = (int(x) for x in self._lag_trim(keys=[self.keys.frames], args=[GROUP]))
+        lag, trimmed = (int(x) for x in self._lag_trim(keys=[self.keys.frames, self.keys.meta],
+                                                       args=[GROUP, self.epoch]))
+        if lag < 0:
+            raise self._started_over()
         if trimmed:
             log.debug("source %s: trimmed %d processed entries", self.keys.source, trimmed)
         return lag

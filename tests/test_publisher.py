@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import redis
 
-import producers.publisher
 from common.errors import BrokerError, ConfigError
 from common.schemas import Frame, decode_entry, encode_entry
 from common.streams import GROUP
@@ -244,28 +243,51 @@ def test_a_chunk_re_sent_after_a_lost_reply_is_counted_once(client: redis.Redis,
     assert [f.seq for _, fields in client.xrange(pub.keys.frames) for f in decode_entry(fields)] == list(range(40))
 
 
-def test_a_restart_between_another_producers_group_and_open_leaves_both_in_one_run(
-        client: redis.Redis, namespace: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Another producer's --restart deletes the source after this one read its meta hash (path, identity) and
-    before it opens the run. A resuming producer used to read the stream and record a run from it in separate
-    steps, and a restart between them left the new run with the old epoch and checkpoint: its first frames were
-    skipped for good (helper-23's review). Reading and recording are one script now; coming in after the restart,
-    the resuming producer joins the new run from frame 0."""
-    old = SourcePublisher(client, namespace, "cam", 10**9, pack=4)
+def test_a_producer_running_through_a_restart_neither_ends_nor_feeds_the_new_run(client: redis.Redis,
+                                                                               namespace: str) -> None:
+    """Its end() used to check the stream, then mark the source ended with a plain HSET: a --restart in between
+    marked the new run as ended, and a resume of it sent nothing more (helper-24's review). Now every step of the
+    old run's producer checks the run: its lag read, its appends and its end are refused."""
+    old, new = (SourcePublisher(client, namespace, "cam", 10**9, pack=4) for _ in range(2))
     old.open("/v.mp4", restart=False)
-    old.send(_frames("cam", range(16)))
-    resuming, restarting = (SourcePublisher(client, namespace, "cam", 10**9, pack=4) for _ in range(2))
-    group, once = producers.publisher.ensure_group, [True]
+    old.send(_frames("cam", range(8)))
+    new.open("/v.mp4", restart=True)
+    new.send(_frames("cam", range(4)))
+    for step in (old.lag, lambda: old.end(8)):
+        with pytest.raises(BrokerError, match="was started over"):
+            step()
+    assert client.hget(new.keys.meta, "eos") is None
+    assert SourcePublisher(client, namespace, "cam", 10**9).open("/v.mp4", restart=False) == 4
 
-    def restart_in_between(*args: Any) -> None:
-        group(*args)
-        if once:
-            once.pop()
-            assert restarting.open("/v.mp4", restart=True) == 0
-    monkeypatch.setattr(producers.publisher, "ensure_group", restart_in_between)
-    assert resuming.open("/v.mp4", restart=False) == 0  # it comes in after the restart: the new run, from 0
-    assert resuming.epoch == restarting.epoch > old.epoch
-    restarting.send(_frames("cam", range(8)))
-    resuming.send(_frames("cam", range(12)))
-    restarting.end(12)
-    assert [f.seq for _, fields in client.xrange(old.keys.frames) for f in decode_entry(fields)] == list(range(13))
+
+def test_a_resume_with_other_settings_is_refused_in_the_same_step_that_records_the_run(client: redis.Redis,
+                                                                                       namespace: str) -> None:
+    """The file and the settings are checked inside the open script now, in the step that records the run (they
+    were checked and recorded in separate steps, and two producers of different files opening a new source at once
+    both passed: helper-24's review). This checks the refusal; the atomicity is the script's."""
+    first = SourcePublisher(client, namespace, "cam", 10**9)
+    first.open("/x.mp4", restart=False, identity={"sampling": "every=1"})
+    with pytest.raises(ConfigError, match=r"was produced from /x\.mp4, not /y\.mp4"):
+        SourcePublisher(client, namespace, "cam", 10**9).open("/y.mp4", restart=False, identity={"sampling": "every=1"})
+    assert client.hget(first.keys.meta, "path") == b"/x.mp4"
+
+
+def test_a_re_sent_append_is_recognised_after_another_producers_append(client: redis.Redis, namespace: str) -> None:
+    """The last call's token was one field for all producers of a source: another producer's append between a lost
+    reply and its re-send overwrote it, and the re-sent chunk counted as skipped (helper-24's review)."""
+    first, second = (SourcePublisher(client, namespace, "cam", 10**9, pack=4) for _ in range(2))
+    first.open("/v.mp4", restart=False)
+    second.open("/v.mp4", restart=False)
+    append = first._append
+
+    def reply_lost_other_appends_then_retried(**kwargs: Any) -> Any:
+        append(**kwargs)  # the server ran it; its reply never arrived
+        second.send(_frames("cam", range(16, 24)))
+        return append(**kwargs)
+
+    first._append = reply_lost_other_appends_then_retried
+    first.send(_frames("cam", range(16)))
+    assert (first.stats.sent, first.stats.skipped, second.stats.sent) == (16, 0, 8)
+    assert [f.seq for _, fields in client.xrange(first.keys.frames) for f in decode_entry(fields)] == list(range(24))
+    first.release()
+    assert not [f for f in client.hkeys(first.keys.meta) if f.startswith(f"append:{first._token}".encode())]
