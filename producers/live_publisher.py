@@ -19,7 +19,6 @@ from typing import Any
 
 import redis
 
-from common.broker import ensure_group
 from common.errors import ConfigError
 from common.schemas import FRAME_FIELD, Frame
 from common.streams import GROUP, LUA_ENTRY_IDS, SourceKeys, check_source, events_key, registry_key
@@ -71,6 +70,22 @@ return {id, produced, trimmed}
 """
 
 
+# KEYS: frames, meta. ARGV: group, then the meta fields to set. One step, like a file producer's open (OPEN_LUA in
+# producers/publisher.py): a file producer's open can no longer fall between the check and the record, which left
+# one source both live and a file's (helper-25's review). Returns the previous camera state ('' if none), or nil
+# for a file source.
+LIVE_OPEN_LUA = """
+if redis.call('HEXISTS', KEYS[2], 'path') == 1 then return nil end
+local made = redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')
+if type(made) == 'table' and made.err and not string.find(made.err, 'BUSYGROUP', 1, true) then
+  return redis.error_reply(made.err)
+end
+local state = redis.call('HGET', KEYS[2], 'state') or ''
+redis.call('HSET', KEYS[2], unpack(ARGV, 2, #ARGV))
+return state
+"""
+
+
 class LivePublisher:
     """One camera's stream, meta hash and state. Thread-safe (redis-py clients are)."""
 
@@ -82,19 +97,19 @@ class LivePublisher:
         self.maxlen = maxlen
         self.state = ""
         self._script = client.register_script(LIVE_LUA)
+        self._open = client.register_script(LIVE_OPEN_LUA)
         self.token = secrets.token_hex(6)  # this publisher's, in the key of each add (LIVE_LUA)
 
     def open(self, meta: dict[str, object]) -> int:
         """Register the source as live and return the next frame seq (continues after earlier runs)."""
-        if self.client.hexists(self.keys.meta, "path"):
-            raise ConfigError(f"source {self.keys.source!r} is a file source; give the camera another id.")
-        ensure_group(self.client, self.keys.frames, GROUP)
-        previous = self.client.hget(self.keys.meta, "state")
-        self.state = previous.decode() if isinstance(previous, bytes) else ""
-        self.client.sadd(registry_key(self.namespace), self.keys.source)
         fields: dict[Any, Any] = {k: str(v) for k, v in meta.items()}
         fields.update(mode="live", started_at=f"{time.time():.6f}")
-        self.client.hset(self.keys.meta, mapping=fields)
+        reply: Any = self._open(keys=[self.keys.frames, self.keys.meta],
+                                args=[GROUP, *(x for kv in fields.items() for x in kv)])
+        if reply is None:
+            raise ConfigError(f"source {self.keys.source!r} is a file source; give the camera another id.")
+        self.state = reply.decode()
+        self.client.sadd(registry_key(self.namespace), self.keys.source)
         return self.next_seq()
 
     def publish(self, frame: Frame) -> tuple[int, int]:

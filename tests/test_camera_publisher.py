@@ -118,3 +118,23 @@ def test_file_source_name_is_refused(client: redis.Redis, namespace: str) -> Non
     client.hset(keys.meta, "path", "/videos/a.mp4")
     with pytest.raises(ConfigError, match="file source"):
         LivePublisher(client, namespace, "cam", maxlen=4).open({})
+
+
+def test_a_camera_and_a_file_producer_of_one_source_never_both_open(client: redis.Redis, namespace: str) -> None:
+    """A camera's open checked for a file, then created the group and marked the source live in separate steps: a
+    file producer's open in between passed too, and one source was both (helper-25's review). Both opens are one
+    script each now: whichever comes second is refused, and it changes nothing."""
+    from producers.publisher import SourcePublisher
+
+    camera = LivePublisher(client, namespace, "cam", maxlen=4)
+    assert camera.open({"url": "rtsp://cam"}) == 0 and camera.state == ""
+    with pytest.raises(ConfigError, match="live camera's stream"):
+        SourcePublisher(client, namespace, "cam", 10**9).open("/f.mp4", restart=False)
+    assert client.hget(camera.keys.meta, "path") is None
+    camera.set_state("online", "receiving")
+    again = LivePublisher(client, namespace, "cam", maxlen=4)
+    assert again.open({}) == 0 and again.state == "online"  # reopened: the state carries over
+    SourcePublisher(client, namespace, "file", 10**9).open("/f.mp4", restart=False)
+    with pytest.raises(ConfigError, match="is a file source"):
+        LivePublisher(client, namespace, "file", maxlen=4).open({})
+    assert client.hget(SourceKeys(namespace, "file").meta, "mode") is None
