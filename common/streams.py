@@ -30,6 +30,16 @@ end
 """
 
 
+# Lua for scripts that open a source: ensure_group(stream, group) creates the consumer group from the stream's first
+# entry (MKSTREAM), unless it exists; any other error is raised as the script's error.
+LUA_ENSURE_GROUP = """
+local function ensure_group(stream, group)
+  local made = redis.pcall('XGROUP', 'CREATE', stream, group, '0', 'MKSTREAM')
+  if type(made) == 'table' and made.err and not string.find(made.err, 'BUSYGROUP', 1, true) then error(made) end
+end
+"""
+
+
 def check_source(name: str) -> str:
     if not SOURCE_RE.match(name):
         raise ConfigError(f"source name {name!r} is invalid: use 1-128 of letters, digits, '_', '.', '-'.")

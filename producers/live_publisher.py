@@ -21,7 +21,7 @@ import redis
 
 from common.errors import ConfigError
 from common.schemas import FRAME_FIELD, Frame
-from common.streams import GROUP, LUA_ENTRY_IDS, SourceKeys, check_source, events_key, registry_key
+from common.streams import GROUP, LUA_ENSURE_GROUP, LUA_ENTRY_IDS, SourceKeys, check_source, events_key, registry_key
 
 log = logging.getLogger(__name__)
 EVENTS_MAXLEN = 10_000
@@ -74,12 +74,9 @@ return {id, produced, trimmed}
 # producers/publisher.py): a file producer's open can no longer fall between the check and the record, which left
 # one source both live and a file's (helper-25's review). Returns the previous camera state ('' if none), or nil
 # for a file source.
-LIVE_OPEN_LUA = """
+LIVE_OPEN_LUA = LUA_ENSURE_GROUP + """
 if redis.call('HEXISTS', KEYS[2], 'path') == 1 then return nil end
-local made = redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')
-if type(made) == 'table' and made.err and not string.find(made.err, 'BUSYGROUP', 1, true) then
-  return redis.error_reply(made.err)
-end
+ensure_group(KEYS[1], ARGV[1])
 local state = redis.call('HGET', KEYS[2], 'state') or ''
 redis.call('HSET', KEYS[2], unpack(ARGV, 2, #ARGV))
 return state

@@ -31,7 +31,7 @@ import redis
 
 from common.errors import BrokerError, ConfigError, Interrupted
 from common.schemas import MAX_PACK_FRAMES, Frame, decode_entry, encode_entry
-from common.streams import GROUP, LUA_ENTRY_IDS, SourceKeys, check_source, registry_key
+from common.streams import GROUP, LUA_ENSURE_GROUP, LUA_ENTRY_IDS, SourceKeys, check_source, registry_key
 
 log = logging.getLogger(__name__)
 PAUSE_WARN_S = 10.0  # a producer paused this long says why, then every PAUSE_REWARN_S
@@ -82,7 +82,7 @@ return {lag, redis.call('XTRIM', KEYS[1], 'MINID', minid)}
 #   <ms>-<seq>), recorded now from its last id;
 # - not recorded, no entries: a new run, with the proposed epoch, above the deleted stream's.
 # ``produced`` is made at least the stream's last seq + 1 (earlier versions set it after their XADDs).
-OPEN_LUA = LUA_ENTRY_IDS + """
+OPEN_LUA = LUA_ENTRY_IDS + LUA_ENSURE_GROUP + """
 local function last_id()
   if redis.call('EXISTS', KEYS[1]) == 0 then return 0, -1, '0-0' end
   local info = redis.call('XINFO', 'STREAM', KEYS[1])
@@ -111,10 +111,7 @@ for i = 6, 5 + 2 * n, 2 do
   end
 end
 if #changed > 0 then return {0, 'identity', table.concat(changed, '; ')} end
-local made = redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[3], '0', 'MKSTREAM')
-if type(made) == 'table' and made.err and not string.find(made.err, 'BUSYGROUP', 1, true) then
-  return redis.error_reply(made.err)
-end
+ensure_group(KEYS[1], ARGV[3])
 local ms, seq, last = last_id()
 local epoch = redis.call('HGET', KEYS[2], 'epoch')
 if not epoch then
