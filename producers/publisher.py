@@ -284,20 +284,8 @@ class SourcePublisher:
     def finished(self) -> bool:
         return self.client.hget(self.keys.meta, "eos") == b"1"
 
-    def next_seq(self) -> int:
-        ms, seq = self._last_id()
-        return seq + 1 if ms else 0
-
     def entry_id(self, seq: int) -> str:
         return entry_id(self.epoch, seq)
-
-    def _last_id(self) -> tuple[int, int]:
-        """The stream's last-generated id as (ms, seq); (0, 0) when there is no stream."""
-        if not self.client.exists(self.keys.frames):
-            return 0, 0
-        info = self.client.xinfo_stream(self.keys.frames)
-        ms, seq = (int(x) for x in info["last-generated-id"].decode().split("-"))
-        return ms, seq
 
     def send(self, frames: list[Frame]) -> None:
         """Append a chunk as packs in one round trip (``APPEND_LUA``), after waiting for the group to catch up.
@@ -377,9 +365,9 @@ class SourcePublisher:
         # The stream's last id must be the marker's; the entry itself, if still there (an interrupted run may have
         # sent it, and workers processed it and this run trimmed it since), must be the marker.
         marker: Any = self.client.xrange(self.keys.frames, self.entry_id(seq), self.entry_id(seq))
-        ended = 0 if marker and not decode_entry(marker[0][1])[-1].eos else \
+        ended = -1 if marker and not decode_entry(marker[0][1])[-1].eos else \
             int(self._end(keys=[self.keys.frames, self.keys.meta], args=[self.epoch, seq]))
-        if ended == 0 and not marker:
+        if ended == 0:
             raise self._started_over()
         if ended != 1:
             raise BrokerError(f"source {self.keys.source!r}: the stream does not end with the end-of-stream marker "
