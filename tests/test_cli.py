@@ -22,6 +22,15 @@ def test_help_does_not_import_tensorflow() -> None:
     assert out.strip().endswith("False")
 
 
+def test_the_heap_is_frozen_at_exit_not_before() -> None:
+    """The interpreter's last collections skip the imported modules (``_quick_exit``); the freeze waits for exit,
+    so that a long run's own garbage is still collected while it runs."""
+    code = ("import atexit, gc; from common.cli import main; main(['config']); before = gc.get_freeze_count(); "
+            "atexit._run_exitfuncs(); print(before, gc.get_freeze_count() > 1000)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split()[-2:] == ["0", "True"]
+
+
 def test_config_redacts_the_broker_password(monkeypatch, capsys) -> None:
     monkeypatch.setenv("REDIS_URL", "redis://vigil:s3cret@10.0.0.5:6379/0")
     assert main(["config"]) == 0
