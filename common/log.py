@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 import time
+from typing import TextIO
 
 
 class _JsonFormatter(logging.Formatter):
@@ -21,8 +22,21 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(payload)
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a record is emitted (as ``logging.lastResort`` does), not to the
+    stream that was ``sys.stderr`` when logging was set up: code that swaps ``sys.stderr`` for a while (a test's
+    output capture, a progress display) would otherwise leave the root logger writing to a closed stream."""
+
+    def __init__(self) -> None:
+        logging.Handler.__init__(self)
+
+    @property  # type: ignore[override]
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+
 def setup_logging(level: str = "INFO", json_lines: bool = False) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     if json_lines:
         handler.setFormatter(_JsonFormatter())
     else:
