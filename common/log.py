@@ -22,7 +22,7 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(payload)
 
 
-class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class _StderrHandler(logging.StreamHandler[TextIO]):
     """Writes to whatever ``sys.stderr`` is when a record is emitted (as ``logging.lastResort`` does), not to the
     stream that was ``sys.stderr`` when logging was set up: code that swaps ``sys.stderr`` for a while (a test's
     output capture, a progress display) would otherwise leave the root logger writing to a closed stream."""
@@ -30,8 +30,8 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     def __init__(self) -> None:
         logging.Handler.__init__(self)
 
-    @property  # type: ignore[override]
-    def stream(self) -> TextIO:
+    @property
+    def stream(self) -> TextIO:  # type: ignore[override]  # read-only: always the current sys.stderr
         return sys.stderr
 
 

@@ -219,6 +219,10 @@ def video_report(pairs: list[Paired], naive: float, busy: float, cores: int) -> 
             "producer": cpu_ms(lambda r: r.producer_cpu_s), "workers": cpu_ms(lambda r: r.worker_cpu_s),
             "broker": cpu_ms(lambda r: r.broker_cpu_s), "bench_harness": cpu_ms(lambda r: r.harness_cpu_s)},
         "pipeline_worker_broker_cpu_ms_per_frame": cpu_ms(lambda r: r.worker_cpu_s + r.broker_cpu_s),
+        # The producer's start-up (imports, before the timed window): a part of "producer" above.
+        "producer_startup_cpu_ms_per_frame": (cpu_ms(lambda r: r.producer_startup_cpu_s or 0.0)
+                                              if all(p.run.producer_startup_cpu_s is not None for p in pairs)
+                                              else None),
         "ratio_vs_ideal_with_opencv_default_decode": round(_median(default_decode_ratio(p) for p in pairs), 2),
         # The ideal's per-frame cost with every core running a copy of it (busy_factor).
         "all_cores_busy_cost_factor": round(busy, 3),

@@ -39,6 +39,9 @@ class RunStats:
     broker_cpu_s: float = 0.0
     producer_cpu_s: float = 0.0  # the producer process, start-up (imports) included
     harness_cpu_s: float = 0.0  # this process, watching the run (polls XLEN)
+    # The part of producer_cpu_s spent before the producer opened the source (imports, settings): before the
+    # window that ``stream_s`` times. None when it could not be read (the producer exited first).
+    producer_startup_cpu_s: float | None = None
 
     @property
     def fps(self) -> float:
@@ -82,6 +85,7 @@ class PipelineRun:
         started = time.monotonic()
         cmd = [*VIGIL, "produce", "file", str(video), "--source", source, "--no-progress", "--restart", *extra]
         producer = subprocess.Popen(cmd, env=self.env, stdout=subprocess.DEVNULL)
+        startup_cpu = _startup_cpu(self.client, producer, keys)
         producer_cpu: float | None = None
         progress_at, last_done = time.monotonic(), -1
         with _bar(progress) as bar:
@@ -131,7 +135,7 @@ class PipelineRun:
         stream_s = max(r.inferred_at for r in results) - opened if results and opened else 0.0
         dead = dead_frames(read_dead(self.client, self.namespace, source))
         return RunStats(frames, results, dead, wall, stream_s, worker_cpu, broker_cpu, producer_cpu,
-                        harness_cpu)
+                        harness_cpu, startup_cpu)
 
     def forget(self, source: str) -> None:
         """Unregister a fed source, so that the pool stops polling it (its keys go at exit, with the namespace's;
@@ -162,6 +166,20 @@ class PipelineRun:
         if keys:
             self.client.delete(*keys)
         self.client.close()
+
+
+def _startup_cpu(client: redis.Redis, producer: subprocess.Popen[bytes], keys: SourceKeys) -> float | None:
+    """The producer's CPU seconds when its source's meta hash first shows ``started_at`` (looked up every 5 ms:
+    a few ms of its CPU late at most), or None if it exits or stalls first. Does not reap it."""
+    proc = psutil.Process(producer.pid)
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    with contextlib.suppress(psutil.Error):
+        while time.monotonic() < deadline and proc.status() != psutil.STATUS_ZOMBIE:
+            if client.hexists(keys.meta, "started_at"):
+                times = proc.cpu_times()
+                return times.user + times.system
+            time.sleep(0.005)
+    return None
 
 
 def _reap(proc: subprocess.Popen[bytes]) -> float | None:
