@@ -9,6 +9,7 @@ import logging
 import os
 import queue
 import re
+import shutil
 import subprocess
 import threading
 from collections.abc import Generator, Iterable, Iterator
@@ -105,6 +106,11 @@ def iter_preprocessed(path: Path, sampling: Sampling, spec: InputSpec, decoders:
     """
     if decoders == 0:
         decoders = auto_decoders()
+    if decoders >= 2 and path.is_file() and shutil.which("ffprobe") is None:
+        log.info("%s: ffprobe is not on PATH, so the keyframes cannot be mapped: one FFmpeg-threaded decoder "
+                 "decodes the video (install FFmpeg, as scripts/bootstrap.sh does, to decode runs of GOPs in "
+                 "parallel)", path.name)
+        decoders = 1
     if decoders < 2 or not path.is_file():
         yield from _iter_sequential(path, sampling, spec, skip)
         return
@@ -124,7 +130,8 @@ def _iter_parallel(path: Path, sampling: Sampling, spec: InputSpec, decoders: in
     """GOP-parallel decoding. While ffprobe maps the keyframes (~0.1 s: a process start and one read of the
     file), one single-threaded decoder already decodes from frame 0 here; the plan then cuts the rest of the
     file into chunks, the first of which that decoder continues without seeking. Without a plan (one GOP, no
-    map) the same decoder simply goes on to the end."""
+    map) one FFmpeg-threaded decoder decodes the video again from the start, unless most of it is decoded
+    already."""
     log.info("%s: mapping keyframes with ffprobe (reads the file once, decodes nothing)", path.name)
     with ThreadPoolExecutor(1, thread_name_prefix="ffprobe") as pool:
         probes: list[subprocess.Popen[str]] = []
@@ -135,21 +142,35 @@ def _iter_parallel(path: Path, sampling: Sampling, spec: InputSpec, decoders: in
             fps = video_fps(cap)
             grabbed = [0]
             frames = _kept_frames(cap, fps, sampling, skip, grabbed)
+            sent = 0
             while not mapping.done():  # the prefix: decoded here, in order, while ffprobe works
                 item = next(frames, None)
                 if item is None:
                     return  # the whole video was shorter than the mapping took
                 yield item[0], (preprocess(item[1], spec) if item[1] is not None else None)
+                sent += 1
             frame_bytes = spec.height * spec.width * spec.channels
-            chunks = _plan_chunks(path, mapping.result(), fps, sampling, frame_bytes, skip, grabbed[0], decoders)
+            found = mapping.result()
+            chunks = _plan_chunks(path, found, fps, sampling, frame_bytes, skip, grabbed[0], decoders)
             if chunks is not None:
                 log.debug("%s: GOP-parallel decoding, %d decoders, %d chunks after %d frames decoded while "
                           "mapping", path, decoders, len(chunks), grabbed[0])
                 handed_over = True
                 yield from decode_parallel(path, chunks, fps, spec, decoders, first_cap=cap)
                 return
-            for ts, img in prefetch(frames):  # no plan: this decoder goes on, decoding in a thread
-                yield ts, (preprocess(img, spec) if img is not None else None)
+            if found is not None and len(found.times_ms) - grabbed[0] <= grabbed[0]:
+                for ts, img in prefetch(frames):  # most of it decoded already: this decoder finishes it
+                    yield ts, (preprocess(img, spec) if img is not None else None)
+                return
+            # No plan (one GOP, no map, chunks too big): one FFmpeg-threaded decoder decodes the rest, from frame 0
+            # again (its frames before ``sent`` are not preprocessed). Letting this single-threaded decoder go on
+            # would hold the producer to one core, on the videos (one long GOP) that cost the most to decode.
+            log.debug("%s: one FFmpeg-threaded decoder decodes the rest, from frame 0 again (%d frames decoded while "
+                      "mapping)", path, grabbed[0])
+            cap.release()
+            handed_over = True
+            rest = _iter_sequential(path, sampling, spec, max(skip, sent))
+            yield from itertools.islice(rest, sent, None)
         finally:
             for probe in probes:  # stopped early (Ctrl-C): the pool's exit must not wait for ffprobe's read
                 if probe.poll() is None:
