@@ -28,8 +28,8 @@ from tests.test_camera_live import wait_for
 pytestmark = pytest.mark.integration
 VIGIL = [sys.executable, "-m", "common.cli"]
 # The rule documented in deploy/redis/acl.md, with its namespace and password filled in.
-RULE = ("on >{password} resetkeys ~{ns}:* resetchannels nocommands "
-        "+@stream +@hash +@set +@list +@scripting +@connection +del +exists +time -@dangerous")
+RULE = ("on >{password} resetkeys ~{ns}:* resetchannels nocommands +@stream +@hash +@set +@list "
+        "+evalsha +eval +script|load +script|exists +@connection +del +exists +time -@dangerous")
 # A refused command: "NOPERM ..." when called directly; inside a script Valkey says "ACL failure in script: User ...
 # has no permissions to run the 'xtrim' command", and a live producer only logs it and carries on.
 REFUSED = re.compile("NOPERM|no permissions", re.IGNORECASE)
@@ -186,3 +186,20 @@ def test_a_producer_the_broker_refuses_names_the_command_and_the_rule(acl_user: 
                          env=acl_user.env, capture_output=True, text=True, timeout=90)
     assert out.returncode == 5, out.stderr[-2000:]
     assert "'evalsha'" in out.stderr and "deploy/redis/acl.md" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_the_rule_is_the_documented_one_and_keeps_server_wide_script_commands_out(acl_user: AclUser) -> None:
+    """Scripts run through EVALSHA/EVAL and SCRIPT LOAD/EXISTS only: @scripting would also allow SCRIPT FLUSH and
+    FUNCTION LOAD/DELETE/FLUSH, which act on the whole server."""
+    documented = (Path(__file__).resolve().parent.parent / "deploy" / "redis" / "acl.md").read_text()
+    documented = documented.replace("\\\n", " ")  # the rule's line continuation
+    rule = RULE.format(password="CHANGE-ME", ns="vigil").split()
+    assert " ".join(rule[3:]) in " ".join(documented.split())
+    user = redis.Redis.from_url(acl_user.env["REDIS_URL"])
+    try:
+        assert user.eval("return 1", 0) == 1
+        for command in (("SCRIPT", "FLUSH"), ("FUNCTION", "FLUSH"), ("FUNCTION", "DELETE", "lib")):
+            with pytest.raises(redis.ResponseError, match=REFUSED):
+                user.execute_command(*command)
+    finally:
+        user.close()
