@@ -36,10 +36,12 @@ def data_options(fn: Any) -> Any:
 
 def train_options(fn: Any) -> Any:
     for opt in reversed([
-        click.option("--epochs", default=15, show_default=True),
-        click.option("--batch-size", default=128, show_default=True),
-        click.option("--lr", default=2e-3, show_default=True, help="Peak learning rate (cosine decay)."),
-        click.option("--patience", default=4, show_default=True, help="Early-stopping patience (epochs)."),
+        click.option("--epochs", type=POSITIVE, default=15, show_default=True),
+        click.option("--batch-size", type=POSITIVE, default=128, show_default=True),
+        click.option("--lr", type=click.FloatRange(0, min_open=True), default=2e-3, show_default=True,
+                     help="Peak learning rate (cosine decay)."),
+        click.option("--patience", type=POSITIVE, default=4, show_default=True,
+                     help="Early-stopping patience (epochs)."),
         click.option("--no-augment", is_flag=True, help="Disable random shift + horizontal flip."),
         click.option("--limit", type=POSITIVE, default=None, help="Train on the first N images only (smoke runs)."),
         click.option("--threads", type=POSITIVE, default=2, show_default=True),
@@ -67,7 +69,8 @@ def model() -> None:
 @train_options
 @click.option("--arch", default="vgg-bn", show_default=True,
               help="baseline-cnn, vgg-bn, mobilenet-v2-style, keras-mobilenet-v2, keras-mobilenet-v3-small, ...")
-@click.option("--width", default=1.0, show_default=True, help="Width multiplier.")
+@click.option("--width", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True,
+              help="Width multiplier.")
 @click.option("--weights", type=click.Path(path_type=Path), default=None,
               help="Local weights file for keras-* architectures.")
 @click.option("--size", type=click.IntRange(32, 512), default=None,
@@ -87,7 +90,8 @@ def train(data: str, data_path: Path | None, arch: str, width: float, weights: P
 @data_options
 @train_options
 @click.option("--model", "model_path", type=click.Path(exists=True, path_type=Path), required=True)
-@click.option("--sparsity", default=0.8, show_default=True, help="Final weight sparsity of Conv2D/Dense.")
+@click.option("--sparsity", type=click.FloatRange(0, 1, max_open=True), default=0.8, show_default=True,
+              help="Final weight sparsity of Conv2D/Dense.")
 @click.option("--out", type=click.Path(path_type=Path), required=True)
 def prune_cmd(data: str, data_path: Path | None, model_path: Path, sparsity: float, out: Path, **kw: Any) -> None:
     """Magnitude pruning (tfmot, PolynomialDecay) + fine-tune + strip; writes a per-layer sparsity report."""
@@ -125,7 +129,8 @@ def recalibrate_bn_cmd(data: str, data_path: Path | None, model_path: Path, imag
 @data_options
 @train_options
 @click.option("--model", "model_path", type=click.Path(exists=True, path_type=Path), required=True)
-@click.option("--keep", default=0.5, show_default=True, help="Fraction of channels kept in every conv layer.")
+@click.option("--keep", type=click.FloatRange(0, 1, min_open=True), default=0.5, show_default=True,
+              help="Fraction of channels kept in every conv layer.")
 @click.option("--criterion", type=click.Choice(["bn-gamma", "l1"]), default="bn-gamma", show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True)
 def structured_cmd(data: str, data_path: Path | None, model_path: Path, keep: float, criterion: str, out: Path,
@@ -143,7 +148,7 @@ def structured_cmd(data: str, data_path: Path | None, model_path: Path, keep: fl
 @train_options
 @click.option("--model", "model_path", type=click.Path(exists=True, path_type=Path), required=True)
 @click.option("--no-preserve-sparsity", is_flag=True, help="Plain QAT instead of pruning-preserving QAT.")
-@click.option("--samples", default=300, show_default=True, help="Calibration images for the converter.")
+@click.option("--samples", type=POSITIVE, default=300, show_default=True, help="Calibration images for the converter.")
 @click.option("--out", type=click.Path(path_type=Path), required=True)
 def qat(data: str, data_path: Path | None, model_path: Path, no_preserve_sparsity: bool, samples: int, out: Path,
         **kw: Any) -> None:
@@ -158,7 +163,8 @@ def qat(data: str, data_path: Path | None, model_path: Path, no_preserve_sparsit
 @model.command()
 @data_options
 @click.option("--model", "model_path", type=click.Path(exists=True, path_type=Path), required=True)
-@click.option("--samples", default=300, show_default=True, help="Calibration images (from the training split).")
+@click.option("--samples", type=POSITIVE, default=300, show_default=True,
+              help="Calibration images (from the training split).")
 @click.option("--threads", type=POSITIVE, default=2, show_default=True)
 def quantize(data: str, data_path: Path | None, model_path: Path, samples: int, threads: int) -> None:
     """Write model.float.tflite and model.int8.tflite (full-integer, uint8 input) beside --model, and evaluate."""
@@ -174,7 +180,7 @@ def quantize(data: str, data_path: Path | None, model_path: Path, samples: int, 
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Bundle directory (replaced).")
 @click.option("--name", default="fashion-mnist", show_default=True)
 @click.option("--version", "human_version", default="1.0.0", show_default=True)
-@click.option("--samples", default=300, show_default=True, help="Calibration images.")
+@click.option("--samples", type=POSITIVE, default=300, show_default=True, help="Calibration images.")
 @click.option("--int8", "int8_path", type=click.Path(exists=True, path_type=Path), default=None,
               help="Ship this INT8 .tflite (e.g. from `vigil model qat`) instead of converting --model.")
 @click.option("--threads", type=POSITIVE, default=2, show_default=True)

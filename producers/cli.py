@@ -25,7 +25,7 @@ from common.settings import Settings
 from producers.camera import CameraReport, LiveTiming, left_behind, refusal, run_cameras
 from producers.camera_config import CameraConfig, build_camera, load_cameras_file
 from producers.file_producer import FileJob, produce_file
-from producers.sources import Sampling, default_source_name
+from producers.sources import Sampling, check_readable, default_source_name
 
 log = logging.getLogger(__name__)
 
@@ -75,16 +75,29 @@ def produce_file_cmd(settings: Settings, paths: tuple[Path, ...], source: str | 
     if every is not None and fps is not None:
         raise click.UsageError("--every and --fps are mutually exclusive: --every N keeps every Nth frame, --fps R "
                                "samples to R frames per second of media time; pass one of them.")
+    names = [source or default_source_name(path) for path in paths]
+    for name in set(names):
+        if names.count(name) > 1:
+            same = [str(path) for path, other in zip(paths, names, strict=True) if other == name]
+            raise ConfigError(f"{' and '.join(same)} would all be source {name!r} (named after the file): produce "
+                              "them in separate runs, each with its own --source NAME.")
+    for path in paths:  # before anything is registered: a bad path must not leave a source that never ends
+        check_readable(path)
     spec = Bundle.load(settings.bundle, verify_hashes=False).spec.input
     show = sys.stderr.isatty() if progress is None else progress
     stop = threading.Event()
     with broker_url(settings.redis_url) as url, _stop_on_signals(stop, "stopping after the frames decoded so far"):
         client = connect(url)
-        for path in paths:
-            job = FileJob(path, source or default_source_name(path), spec, Sampling(every or 1, fps),
+        for path, name in zip(paths, names, strict=True):
+            job = FileJob(path, name, spec, Sampling(every or 1, fps),
                           "jpeg" if transport == "jpeg" else "raw", jpeg_quality, restart, realtime,
                           settings.decoders if decoders is None else decoders, pack or settings.pack_frames)
-            report = produce_file(client, settings.namespace, job, settings.high_water, show, stop)
+            try:
+                report = produce_file(client, settings.namespace, job, settings.high_water, show, stop)
+            except SourceError as exc:
+                if as_json:  # a record for the path that failed too, then the error (exit 7)
+                    click.echo(json.dumps({"source": name, "path": str(path), "error": str(exc)}))
+                raise
             if as_json:
                 click.echo(json.dumps(asdict(report)))
             else:

@@ -311,6 +311,24 @@ def image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def check_readable(path: Path) -> None:
+    """Raise ``SourceError`` unless ``path`` is a video OpenCV/FFmpeg opens or a folder holding images: checked
+    before a producer registers the source, so that a bad path leaves nothing behind (a registered source that
+    never ends would hold ``vigil work --burst`` waiting for its end-of-stream marker)."""
+    if path.is_dir():
+        if not image_files(path):
+            raise SourceError(f"folder {path} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}). Pass a folder "
+                              "of images or a video file.")
+        return
+    cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    try:
+        if not cap.isOpened():
+            raise SourceError(f"{path} cannot be opened as a video (OpenCV/FFmpeg; FFmpeg's messages above may say "
+                              "why). Is it a video file, and complete?")
+    finally:
+        cap.release()
+
+
 def _iter_images(folder: Path) -> Iterator[tuple[float, np.ndarray]]:
     files = image_files(folder)
     if not files:
@@ -320,5 +338,7 @@ def _iter_images(folder: Path) -> Iterator[tuple[float, np.ndarray]]:
         # EXIF orientation: one dtype for all the frames of a source, and phone photos the right way up.
         img = cv2.imread(str(file), cv2.IMREAD_COLOR)
         if img is None:
-            raise SourceError(f"image {file} cannot be read.")
+            raise SourceError(f"image {file} cannot be read (not an image, or damaged). The images before it are on "
+                              "the stream; replace or remove this one and run the same command again to go on "
+                              "from there.")
         yield float(index), img

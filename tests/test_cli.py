@@ -63,3 +63,10 @@ def test_bundle_is_a_global_option(tmp_path, capsys) -> None:
     not_a_dir.write_bytes(b"")
     assert main(["--bundle", str(not_a_dir), "work", "--burst"]) == 4
     assert "is a file, not a directory" in capsys.readouterr().err
+
+
+def test_model_training_numbers_are_checked_before_anything_runs(tmp_path, capsys) -> None:
+    for flag, value in (("--epochs", "0"), ("--batch-size", "0"), ("--width", "0"), ("--lr", "-1")):
+        assert main(["model", "train", flag, value, "--out", str(tmp_path / "run")]) == 2
+        assert flag in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

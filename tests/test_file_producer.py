@@ -166,3 +166,39 @@ def test_a_truncated_video_is_sent_with_a_warning_naming_what_is_missing(
     with caplog.at_level(logging.WARNING, logger="producers.file_producer"):
         produce_file(client, namespace, FileJob(whole, "whole", SPEC), high_water=10_000)
     assert "container announces" not in caplog.text
+
+
+def test_bad_paths_are_refused_before_any_source_is_registered(pipeline_env: dict[str, str], client: redis.Redis,
+                                                               namespace: str, tmp_path: Path,
+                                                               small_video: Path) -> None:
+    """A path that is not a video (or a folder without images) used to register its source before failing: a
+    source that never ends, which held `vigil work --burst` waiting for good. Two paths that would be one source
+    were found only after the first was sent."""
+    fake, empty = tmp_path / "fake.mp4", tmp_path / "empty"
+    fake.write_text("not a video")
+    empty.mkdir()
+    for args, code, said in (([str(small_video), str(fake)], 7, "cannot be opened as a video"),
+                             ([str(empty)], 7, "holds no images"),
+                             ([str(small_video), str(tmp_path / "copy" / small_video.name)], 2, "would all be source")):
+        if "copy" in args[-1]:
+            Path(args[-1]).parent.mkdir()
+            Path(args[-1]).write_bytes(small_video.read_bytes())
+        out = subprocess.run([*VIGIL, "produce", "file", *args, "--no-progress", "--json"], env=pipeline_env,
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == code and said in out.stderr and out.stdout == "", out.stderr[-2000:]
+        assert "Traceback" not in out.stderr
+    assert client.smembers(f"{namespace}:sources") == set() and not list(client.scan_iter(match=f"{namespace}:*"))
+
+
+def test_a_path_that_fails_midway_still_gets_a_json_record(pipeline_env: dict[str, str], tmp_path: Path) -> None:
+    shots = tmp_path / "shots"
+    shots.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(shots / f"{i}.png"), np.full((32, 32, 3), 40 * i, np.uint8))
+    (shots / "9.png").write_bytes(b"garbage")
+    out = subprocess.run([*VIGIL, "produce", "file", str(shots), "--no-progress", "--json"], env=pipeline_env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 7
+    record = json.loads(out.stdout)
+    assert record["source"] == "shots" and "9.png cannot be read" in record["error"]
+    assert "run the same command again" in out.stderr

@@ -19,7 +19,7 @@ import redis
 
 from common.schemas import Frame, decode_entry, encode_entry
 from common.streams import GROUP, SourceKeys
-from workers.reader import frames_in
+from workers.reader import BurstState, frames_in
 from workers.results import read_dead, read_results
 
 pytestmark = pytest.mark.integration
@@ -366,3 +366,20 @@ def test_finished_workers_leave_the_consumer_group(pipeline_env, client, namespa
     assert proc.wait(60) == 0
     assert_exactly_once(client, namespace, 60)
     assert client.xinfo_consumers(SourceKeys(namespace, "cam").frames, GROUP) == []  # `vigil status` lists none
+
+
+def test_a_settled_burst_worker_says_what_it_waits_for_once_per_period(monkeypatch) -> None:
+    from workers.worker import QuietClock
+
+    now = [100.0]
+    monkeypatch.setattr("workers.worker.time.monotonic", lambda: now[0])
+    clock = QuietClock()
+    settled = BurstState(any_source=True, settled=True, not_ended=("cam",), lengths=(5,))
+    said = []
+    for _ in range(130):  # 65 s settled, looked at every 0.5 s
+        clock.observe(settled)
+        said.append(clock.due_to_say(30.0))
+        now[0] += 0.5
+    assert sum(said) == 2 and said.index(True) == 60  # at 30 s and 60 s
+    clock.observe(BurstState(any_source=True, settled=True, not_ended=("cam",), lengths=(6,)))  # a new entry
+    assert not clock.due_to_say(30.0)

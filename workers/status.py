@@ -162,11 +162,14 @@ def status(settings: Settings, as_json: bool, watch: float | None) -> None:
       lag, pending       entries not yet delivered to the `workers` group; delivered but not acked yet
       results, res/s     results stream length; results per second over the last ~10 s
       produced,
-      processed, dead    meta counters (counters.*): frames sent, results written, dead letters
+      processed, dead    meta counters (counters.*): frames sent, results written, dead letters; a file
+                         source's produced and results count its end-of-stream marker too (300 frames:
+                         produced 301, processed 300, results 301)
       dropped            frames dropped by reason (dropped.*): superseded (a newer camera frame replaced it
                          before sampling), trimmed (live cap), stale (older than max_age_ms at the worker)
       consumers          worker processes of the group with their idle time (consumers[].idle_ms)
-    A drained live source: produced == processed + dropped.trimmed + dropped.stale + dead.
+    A drained live source: produced == processed + dropped.trimmed + dropped.stale + dead; a drained file
+    source: produced == processed + dead + 1.
 
     \b
     Examples:

@@ -35,6 +35,7 @@ from workers.reader import BatchReader, BurstState, Entry, ReadPolicy
 log = logging.getLogger(__name__)
 TOPK = 3
 SAME_REQUEST_S = 1.0  # child_main: a second SIGTERM sooner than this is the same request
+WAITING_SAY_EVERY_S = 30.0  # --burst: how often a worker says which end-of-stream markers it still waits for
 REFUSED_EXIT = 78  # a child's exit code when the broker refuses it a command (sysexits' EX_CONFIG): not respawned
 
 
@@ -88,7 +89,8 @@ class Worker:
                 break
         self.process(self.reader.release())
         self.reader.leave()
-        log.info("worker %s stopping after %d frames answered", self.name, self.processed)
+        log.info("worker %s stopping after %d frames answered (end-of-stream markers included)", self.name,
+                 self.processed)
 
     def burst_done(self, quiet: QuietClock) -> bool:
         """Burst mode: every source ended and is drained; or, with ``burst_idle_s``, the streams stayed settled
@@ -99,6 +101,10 @@ class Worker:
             return True
         quiet_s = quiet.observe(state)
         limit = self.config.burst_idle_s
+        if quiet.due_to_say(WAITING_SAY_EVERY_S) and state.not_ended:
+            log.info("worker %s: every frame is answered; waiting for the end-of-stream marker of %s (a producer "
+                     "still running, or one that stopped early: run it again to finish, or pass --burst-idle "
+                     "SECONDS to stop waiting)", self.name, ", ".join(state.not_ended))
         if limit is None or quiet_s < limit:
             return False
         if state.any_source:
@@ -257,14 +263,24 @@ class QuietClock:
     def __init__(self) -> None:
         self._since: float | None = None
         self._lengths: tuple[int, ...] | None = None
+        self._said = 0.0  # settled seconds when due_to_say last answered True
 
     def reset(self) -> None:
         self._since = None
+        self._said = 0.0
+
+    def due_to_say(self, every_s: float) -> bool:
+        """True once per ``every_s`` of one settled stretch (the first time after ``every_s``)."""
+        quiet_s = 0.0 if self._since is None else time.monotonic() - self._since
+        if quiet_s < self._said + every_s:
+            return False
+        self._said = quiet_s
+        return True
 
     def observe(self, state: BurstState) -> float:
         now = time.monotonic()
         if not state.settled or state.lengths != self._lengths:
-            self._since, self._lengths = None, state.lengths
+            self._since, self._lengths, self._said = None, state.lengths, 0.0
             if not state.settled:
                 return 0.0
         if self._since is None:
