@@ -111,7 +111,8 @@ def _camera_options(command: Callable[..., None]) -> Callable[..., None]:
     """Flags shared by `camera` and `cameras` (for `cameras` they are defaults the file's entries override)."""
     options = [
         click.option("--fps", type=click.FloatRange(0, 240, min_open=True), default=None,
-                     help="Frames per second sent to the workers (the camera may deliver more)."),
+                     help="Frames per second sent to the workers (the camera may deliver more). Required: here for "
+                          "`camera`; here or per camera in the file for `cameras`."),
         click.option("--roi", default=None, metavar="X,Y,W,H", help="Crop this region (camera pixels) first."),
         click.option("--transport", type=click.Choice(["raw", "jpeg"]), default=None,
                      help="Pixels on the stream: raw (default) or JPEG."),

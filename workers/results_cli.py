@@ -86,6 +86,9 @@ def tail(settings: Settings, source: str | None, label: str | None, min_score: f
          as_json: bool, limit: int | None) -> None:
     """Follow results as workers publish them (Ctrl-C stops).
 
+    Each line: source, frame seq, label, score, t= the frame's capture time (media seconds for a file, Unix
+    time for a camera), and the latency from the producer sending it to the worker's result.
+
     \b
     Examples:
       vigil results tail
@@ -142,7 +145,7 @@ def _line(res: Result, as_json: bool) -> str:
         return json.dumps(asdict(res))
     latency_ms = (res.inferred_at - res.produced_at) * 1000
     return (f"{res.source:<16} {res.seq:>7} {res.label:<14} {res.score:6.3f}  "
-            f"t={res.captured_at:8.2f}s  {latency_ms:6.1f} ms")
+            f"t={res.captured_at:8.2f}s  latency {latency_ms:6.1f} ms")
 
 
 @results.command("export")
