@@ -235,11 +235,12 @@ def shared_broker() -> str | None:
 
 
 @contextmanager
-def broker_url(redis_url: str | None, *, private: bool = False) -> Iterator[str]:
+def broker_url(redis_url: str | None, *, private: bool = False, read_only: bool = False) -> Iterator[str]:
     """The broker to use: ``redis_url``; without one, a `vigil broker` running on its default port; else an
     embedded broker for the duration of the block, with a warning that what the command writes there is gone
     when it exits (commands meant to work together each got their own, and a producer's frames were lost).
-    ``private``: always an embedded broker of its own, quietly (the demo and the benches)."""
+    ``private``: always an embedded broker of its own, quietly (the demo and the benches). ``read_only`` (status,
+    results): no embedded broker, which could only be empty; ``BrokerError`` instead."""
     if redis_url:
         ping(redis_url)
         yield redis_url
@@ -248,6 +249,10 @@ def broker_url(redis_url: str | None, *, private: bool = False) -> Iterator[str]
         log.info("no REDIS_URL: using the `vigil broker` at %s", url)
         yield url
         return
+    if read_only:
+        raise BrokerError(f"no broker to read from: REDIS_URL is not set and no `vigil broker` answers on port "
+                          f"{SHARED_PORT}. Set REDIS_URL to the broker your producers and workers use, or run "
+                          "`vigil broker` and start them without REDIS_URL.")
     with EmbeddedBroker() as broker:
         if private:
             log.info("embedded broker at %s (stops with this command)", broker.url)

@@ -70,3 +70,15 @@ def test_model_training_numbers_are_checked_before_anything_runs(tmp_path, capsy
         assert main(["model", "train", flag, value, "--out", str(tmp_path / "run")]) == 2
         assert flag in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_read_only_commands_without_a_broker_exit_5_instead_of_reading_an_empty_one(monkeypatch, capsys) -> None:
+    """They used to start a private broker (~4 s), find it empty, and exit 0: "no sources" and "no broker" looked
+    alike to a script."""
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    monkeypatch.setattr("common.broker.shared_broker", lambda: None)
+    for args in (["status"], ["status", "--json"], ["results", "export"], ["results", "summary"], ["streams"],
+                 ["results", "tail", "--max", "1"]):
+        assert main(args) == 5, args
+        err = capsys.readouterr().err
+        assert "no broker to read from" in err and "vigil broker" in err

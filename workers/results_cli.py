@@ -97,7 +97,7 @@ def tail(settings: Settings, source: str | None, label: str | None, min_score: f
     """
     if label:
         _check_label(settings, label)
-    with broker_url(settings.redis_url) as url:
+    with broker_url(settings.redis_url, read_only=True) as url:
         client = connect(url)
         problem = _unknown_source(client, settings, source) if source else None
         shown = 0
@@ -165,7 +165,7 @@ def export(settings: Settings, source: str | None, fmt: str, output: Path | None
     if output and not output.parent.is_dir():  # like curl -o and sort -o: no directories made behind the user's back
         raise ConfigError(f"--output {output}: directory {output.parent} does not exist. Create it first "
                           f"(mkdir -p {output.parent}) or pick another path.")
-    with broker_url(settings.redis_url) as url:
+    with broker_url(settings.redis_url, read_only=True) as url:
         client = connect(url)
         names = _known_sources(client, settings, source)
         out: TextIO = _open_output(output) if output else sys.stdout
@@ -204,7 +204,7 @@ def summary(settings: Settings, source: str | None, as_json: bool) -> None:
       vigil results summary
       vigil results summary --source gate --json | jq '.gate[] | select(.label == "bag")'
     """
-    with broker_url(settings.redis_url) as url:
+    with broker_url(settings.redis_url, read_only=True) as url:
         client = connect(url)
         report = {name: [asdict(s) for s in segments(read_results(client, settings.namespace, name))]
                   for name in _known_sources(client, settings, source)}

@@ -177,7 +177,7 @@ def status(settings: Settings, as_json: bool, watch: float | None) -> None:
       vigil status --watch 2
       vigil status --json | jq '.[] | {source, lag, results_per_s}'
     """
-    with broker_url(settings.redis_url) as url:
+    with broker_url(settings.redis_url, read_only=True) as url:
         client = connect(url)
         if watch is None:
             rows = snapshot(client, settings.namespace)
@@ -220,7 +220,7 @@ def _watch(client: redis.Redis, namespace: str, as_json: bool, every: float) -> 
 def streams(settings: Settings, names: tuple[str, ...]) -> None:
     """Print the Redis keys of sources (given, or every registered one): for redis-cli, KEDA, dashboards."""
     if not names:
-        with broker_url(settings.redis_url) as url:
+        with broker_url(settings.redis_url, read_only=True) as url:
             names = tuple(sources(connect(url), settings.namespace))
     for name in names:
         keys = SourceKeys(settings.namespace, check_source(name))
