@@ -7,14 +7,22 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import redis
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from common.bundle import InputSpec
 from common.errors import Interrupted, SourceError
@@ -100,16 +108,17 @@ def _send_file(pub: SourcePublisher, job: FileJob, start_seq: int, progress: boo
     # rethrown", exit 134) instead of the clean exit 130.
     frames = iter_preprocessed(job.path, job.sampling, job.spec, job.decoders, skip=start_seq)
     expected = estimate_frames(job.path, job.sampling)
-    with _progress_bar(progress, job.source, expected) as advance, \
+    with _progress_bar(progress, job.source, expected) as bar, \
             closing(frames):
+        pub.on_pause = bar.paused
         for seq, (ts, pixels) in enumerate(frames):
             if stop is not None and stop.is_set():
                 pub.send(chunk)  # the frames decoded so far go out: the next run starts after them
                 raise Interrupted(f"source {job.source}: stopped at frame {seq}; this run sent {pub.stats.sent} "
                                   "frames. Run the same command again to resume after the last one.")
-            advance()
             total = seq + 1
             if pixels is None:  # sent before the resume point
+                bar.advance(1)
                 continue
             if job.realtime:  # from the first frame sent: a resumed run does not wait out the media time before it
                 paced_from = paced_from or (time.monotonic(), ts)
@@ -118,8 +127,10 @@ def _send_file(pub: SourcePublisher, job: FileJob, start_seq: int, progress: boo
                                            job.jpeg_quality))
             if len(chunk) >= chunk_size:
                 pub.send(chunk)
+                bar.advance(len(chunk))  # the bar counts frames on the stream, not frames decoded
                 chunk = []
         pub.send(chunk)
+        bar.advance(len(chunk))
     pub.end(total)
     if expected and total < TRUNCATED_BELOW * expected:
         log.warning("source %s: %s ended after %d frames, but its container announces about %d: the file may be "
@@ -161,12 +172,28 @@ def _ends(file: Path, size: int = 1 << 20) -> bytes:
         return head + f.read()
 
 
+class _Bar:
+    """The progress bar's handle: frames on the stream so far, and whether the producer is paused."""
+
+    def __init__(self, progress: Progress | None = None, task: TaskID | None = None, source: str = "") -> None:
+        self._progress, self._task, self._source = progress, task, source
+
+    def advance(self, frames: int) -> None:
+        if self._progress is not None and self._task is not None and frames:
+            self._progress.advance(self._task, frames)
+
+    def paused(self, paused: bool) -> None:
+        if self._progress is not None and self._task is not None:
+            note = " [yellow](paused: the workers are behind)[/yellow]" if paused else ""
+            self._progress.update(self._task, description=f"{self._source}{note}")
+
+
 @contextmanager
-def _progress_bar(enabled: bool, source: str, total: int | None) -> Iterator[Callable[[], None]]:
+def _progress_bar(enabled: bool, source: str, total: int | None) -> Iterator[_Bar]:
     if not enabled:
-        yield lambda: None
+        yield _Bar()
         return
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, transient=False) as bar:
-        task = bar.add_task(source, total=total)
-        yield lambda: bar.advance(task)
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TimeRemainingColumn())
+    with Progress(*columns, transient=False) as progress:
+        yield _Bar(progress, progress.add_task(source, total=total), source)

@@ -24,6 +24,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -217,6 +218,7 @@ class SourcePublisher:
         self._token, self._calls = uuid.uuid4().hex, 0  # names each append call (APPEND_LUA)
         self.epoch = 0  # set by open()
         self.stop = stop  # set: a paused send gives up (Interrupted) instead of waiting for the workers
+        self.on_pause: Callable[[bool], None] | None = None  # told when a pause for the workers begins and ends
         self.owner = f"{socket.gethostname()}:{os.getpid()}"  # in the meta hash while this producer writes
 
     def open(self, path: str, restart: bool, identity: dict[str, str] | None = None) -> int:
@@ -392,7 +394,11 @@ class SourcePublisher:
             return
         start = time.monotonic()
         warn_at, seen_at = start + PAUSE_WARN_S, start + 1.0
+        paused = False
         while (lag := self.lag() * self._frames / self._entries) > self.high_water:
+            if not paused and self.on_pause is not None:
+                self.on_pause(True)
+            paused = True
             if self.stop is not None and self.stop.is_set():
                 raise Interrupted(f"source {self.keys.source}: stopped while paused for the workers; this run sent "
                                   f"{self.stats.sent} frames. Run the same command again to resume.")
@@ -403,6 +409,8 @@ class SourcePublisher:
                 self._warn_paused(time.monotonic() - start, lag)
                 warn_at = time.monotonic() + PAUSE_REWARN_S
             time.sleep(0.02)
+        if paused and self.on_pause is not None:
+            self.on_pause(False)
         self._room = int((self.high_water - lag) * self._entries / self._frames)
         self.stats.paused_s += time.monotonic() - start
 

@@ -292,3 +292,44 @@ def test_a_re_sent_append_is_recognised_after_another_producers_append(client: r
     assert [f.seq for _, fields in client.xrange(first.keys.frames) for f in decode_entry(fields)] == list(range(24))
     first.release()
     assert not [f for f in client.hkeys(first.keys.meta) if f.startswith(f"append:{first._token}".encode())]
+
+
+def test_a_pause_for_the_workers_is_told_when_it_begins_and_ends(client: redis.Redis, namespace: str) -> None:
+    """The progress bar says "paused" (it used to sit still with nothing to say why)."""
+    import threading
+
+    pub = SourcePublisher(client, namespace, "slow", high_water=4, pack=2)
+    pub.open("/videos/slow.mp4", restart=False)
+    told: list[bool] = []
+    pub.on_pause = told.append
+    frames = [Frame.from_pixels("slow", seq, np.zeros((4, 4, 1), np.uint8), float(seq), time.time())
+              for seq in range(16)]
+    pub.send(frames[:8])  # 4 entries of 2: the lag is now 8 frames, above the mark
+    sender = threading.Thread(target=pub.send, args=(frames[8:10],))
+    sender.start()
+    deadline = time.monotonic() + 10
+    while told != [True]:
+        assert time.monotonic() < deadline, told
+        time.sleep(0.01)
+    for _, entries in client.xreadgroup(GROUP, "w", {pub.keys.frames: ">"}):  # a worker takes them all
+        client.xack(pub.keys.frames, GROUP, *[entry_id for entry_id, _ in entries])
+    sender.join(10)
+    assert not sender.is_alive() and told == [True, False] and pub.stats.sent == 10
+
+
+def test_the_progress_bar_counts_frames_sent_and_says_when_paused() -> None:
+    import io
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from producers.file_producer import _Bar
+
+    with Progress(console=Console(file=io.StringIO())) as progress:
+        task = progress.add_task("cam", total=10)
+        bar = _Bar(progress, task, "cam")
+        bar.advance(4)
+        bar.paused(True)
+        assert progress.tasks[0].completed == 4 and "paused" in progress.tasks[0].description
+        bar.paused(False)
+        assert progress.tasks[0].description == "cam"
