@@ -99,7 +99,8 @@ def _unavailable(name: str, exc: ModuleNotFoundError) -> click.Command:
               help="Settings file (.toml or .yaml). Also VIGIL_CONFIG.")
 @click.option("--redis-url", default=None,
               help="Broker URL. Unset: a `vigil broker` on its default port, else an embedded server of the command's "
-                   "own. Also REDIS_URL.")
+                   "own (status, results and streams exit 5 instead: an empty broker has nothing to show). Also "
+                   "REDIS_URL.")
 @click.option("--bundle", type=click.Path(path_type=Path), default=None,
               help="Model bundle directory (workers, producers, results). Also VIGIL_BUNDLE.")
 @click.option("--log-level", default=None, type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))

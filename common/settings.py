@@ -25,7 +25,8 @@ class Settings(BaseSettings):
 
     redis_url: str | None = Field(
         default=None,
-        description="Broker URL (redis://, rediss://, unix://). Unset: start the embedded server.",
+        description="Broker URL (redis://, rediss://, unix://). Unset: a `vigil broker` on its default port, else "
+                    "the embedded server (read-only commands exit 5 instead).",
     )
     namespace: str = Field(default="vigil", pattern=r"^[A-Za-z0-9_.-]+$", description="Key prefix.")
     bundle: Path = Field(default=DEFAULT_BUNDLE, description="Model bundle directory.")

@@ -40,7 +40,7 @@ def train_options(fn: Any) -> Any:
         click.option("--batch-size", type=POSITIVE, default=128, show_default=True),
         click.option("--lr", type=click.FloatRange(0, min_open=True), default=2e-3, show_default=True,
                      help="Peak learning rate (cosine decay)."),
-        click.option("--patience", type=POSITIVE, default=4, show_default=True,
+        click.option("--patience", type=click.IntRange(0), default=4, show_default=True,
                      help="Early-stopping patience (epochs)."),
         click.option("--no-augment", is_flag=True, help="Disable random shift + horizontal flip."),
         click.option("--limit", type=POSITIVE, default=None, help="Train on the first N images only (smoke runs)."),

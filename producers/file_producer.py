@@ -114,6 +114,7 @@ def _send_file(pub: SourcePublisher, job: FileJob, start_seq: int, progress: boo
         for seq, (ts, pixels) in enumerate(frames):
             if stop is not None and stop.is_set():
                 pub.send(chunk)  # the frames decoded so far go out: the next run starts after them
+                bar.advance(len(chunk))
                 raise Interrupted(f"source {job.source}: stopped at frame {seq}; this run sent {pub.stats.sent} "
                                   "frames. Run the same command again to resume after the last one.")
             total = seq + 1

