@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -287,11 +288,19 @@ def broker_command(port: int, data_dir: Path | None, appendonly: bool) -> None:
     if appendonly and data_dir is None:
         log.warning("--appendonly without --dir: the append-only file lives in a temp dir deleted at stop, so "
                     "nothing survives a restart; pass --dir PATH to keep it")
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with EmbeddedBroker(port or None, appendonly, data_dir) as broker:
         click.echo(f"export REDIS_URL={broker.url}")
         try:
-            while broker.proc is not None and broker.proc.poll() is None:
-                time.sleep(0.5)
+            while not stop.is_set() and broker.proc is not None and broker.proc.poll() is None:
+                stop.wait(0.5)
         except KeyboardInterrupt:
-            pass
+            stop.set()
+        if not stop.is_set():  # the server went away on its own (killed, out of memory): not a clean stop
+            code = broker.proc.returncode if broker.proc is not None else None
+            tail = (broker.dir / "server.log").read_text()[-800:] if broker.dir is not None else ""
+            raise BrokerError(f"the broker's server (valkey-server) exited on its own, code {code}; every command "
+                              f"using it lost it. The end of its log:\n{tail}")
+    kept = f"; its data is kept in {data_dir}" if data_dir is not None else ""
+    log.info("broker on port %d stopped%s", broker.port, kept)

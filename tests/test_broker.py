@@ -89,6 +89,24 @@ def test_broker_command_prints_url_and_stops_on_sigterm() -> None:
         redis.Redis.from_url(url, socket_connect_timeout=0.5).ping()
 
 
+def test_broker_command_whose_server_dies_exits_5_saying_so() -> None:
+    """It used to exit 0 without a word when the server went away (killed, out of memory)."""
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+
+    proc = subprocess.Popen([sys.executable, "-m", "common.cli", "broker", "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    proc.stdout.readline()
+    [server] = psutil.Process(proc.pid).children()
+    server.send_signal(signal.SIGKILL)
+    _, err = proc.communicate(timeout=10)
+    assert proc.returncode == 5 and "exited on its own" in err and "Traceback" not in err
+
+
 def test_without_a_url_commands_find_a_vigil_broker_on_its_port(monkeypatch: pytest.MonkeyPatch,
                                                                 caplog: pytest.LogCaptureFixture) -> None:
     """Each command used to start its own private broker: a producer's frames were gone when it exited, and
