@@ -125,6 +125,8 @@ class Camera:
         self._opening = False
         self._state_lock = threading.Lock()
         self._offline_since = time.monotonic()
+        self._unrecorded: tuple[str, str] | None = None  # a state the broker did not take: flush() retries it
+        self._closed = False  # close() recorded the final state: a late reader must not write "online" after it
         self._flushed = {"captured": 0, "dropped_superseded": 0, "reconnects": 0}
         self._next_seq = 0
         self._threads: list[threading.Thread] = []
@@ -172,8 +174,13 @@ class Camera:
             if isinstance(opened, str):
                 reason = opened
             else:
-                frames, reason = self._read_until_lost(opened)
-                opened.release()
+                try:
+                    frames, reason = self._read_until_lost(opened)
+                except Exception as exc:  # a decoder or library error: this reader reconnects instead of dying
+                    log.exception("camera %s: reading failed", self.name)
+                    frames, reason = 0, f"read failed: {type(exc).__name__}: {exc}"
+                finally:
+                    opened.release()
                 attempt = 0 if frames else attempt
             if self.stop.is_set():
                 return
@@ -192,6 +199,9 @@ class Camera:
                                 self.timing.stall_timeout_s)
         except SourceError as exc:
             return str(exc)
+        except Exception as exc:  # not foreseen (check_camera_url refuses what is known to fail here): retried
+            log.exception("camera %s: opening failed", self.name)
+            return f"open failed: {type(exc).__name__}: {exc}"
         finally:
             self._opening = False
 
@@ -212,8 +222,8 @@ class Camera:
                 self._m.frames_dropped.labels(self.name, "superseded").inc()
             self._m.frames_captured.labels(self.name).inc()
             frames += 1
-            if self.state != "online":  # first frame, or frames again after the watchdog gave up on a read
-                self._came_online(img.shape[1], img.shape[0])
+            if self.state != "online" and not self.stop.is_set():  # first frame, or frames again after the
+                self._came_online(img.shape[1], img.shape[0])  # watchdog gave up on a read
         return frames, "producer stopping"
 
     def _came_online(self, width: int, height: int) -> None:
@@ -269,18 +279,28 @@ class Camera:
             self._m.frames_dropped.labels(self.name, "trimmed").inc(trimmed)
 
     # --- state, counters, watchdog -------------------------------------------------------------------
-    def _set_state(self, state: str, reason: str) -> None:
+    def _set_state(self, state: str, reason: str, final: bool = False) -> None:
         with self._state_lock:
-            if state == self.state and state != "connecting":
+            if self._closed or (state == self.state and state != "connecting" and not final):
                 return
+            self._closed = final
             self.state = state
             if state == "offline":
                 self._offline_since = time.monotonic()
             self._m.camera_online.labels(self.name).set(1 if state == "online" else 0)
-            try:
-                self.publisher.set_state(state, reason)
-            except redis.RedisError as exc:
-                log.error("camera %s: state %s not recorded in the broker: %s", self.name, state, exc)
+            self._record_state(state, reason)
+
+    def _record_state(self, state: str, reason: str) -> None:
+        """Write the state to the broker; one it does not take is kept for ``flush`` to retry (else the meta hash
+        said "online" for good about a camera that went down during a broker outage)."""
+        try:
+            self.publisher.set_state(state, reason)
+        except redis.RedisError as exc:
+            if self._unrecorded is None:
+                log.error("camera %s: state %s not recorded in the broker (%s); retrying", self.name, state, exc)
+            self._unrecorded = (state, reason)
+        else:
+            self._unrecorded = None
 
     def watchdog(self) -> None:
         """Mark a camera offline whose reader is stuck past the read timeout (it reconnects when it returns)."""
@@ -290,7 +310,10 @@ class Camera:
             log.warning("camera %s: no frame for %.1f s; reader blocked, marked offline", self.name, silent)
 
     def flush(self) -> None:
-        """Add the counters' growth since the last flush to the meta hash."""
+        """Add the counters' growth since the last flush to the meta hash, and record a state it did not take."""
+        with self._state_lock:
+            if self._unrecorded is not None:
+                self._record_state(*self._unrecorded)
         now = {"captured": self.mailbox.captured, "dropped_superseded": self.mailbox.superseded,
                "reconnects": self.reconnects}
         deltas = {k: v - self._flushed[k] for k, v in now.items()}
@@ -308,7 +331,7 @@ class Camera:
 
     def close(self, reason: str) -> None:
         self.flush()
-        self._set_state("offline", reason)
+        self._set_state("offline", reason, final=True)
 
 
 def run_cameras(client: redis.Redis, namespace: str, cameras: list[CameraConfig], spec: InputSpec,

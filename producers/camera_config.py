@@ -25,6 +25,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any, Literal
 
+import cv2
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -99,9 +100,19 @@ def check_camera_url(url: str) -> None:
                              f"use {URL_FORMS}")
         if not parts.hostname:
             raise ValueError(f"{redact_password(url)!r} names no host; use {URL_FORMS}")
+        try:
+            parts.port  # noqa: B018  (raises on a port that is not a number 0-65535)
+        except ValueError as exc:
+            raise ValueError(f"{redact_password(url)!r}: {exc}; use {URL_FORMS}") from None
         return
     if not Path(url).is_file():
         raise ValueError(f"{url!r} is neither a camera URL, a device nor an existing file; use {URL_FORMS}")
+    cap = cv2.VideoCapture(url, cv2.CAP_FFMPEG)  # a file cannot come back by retrying: it opens now or never
+    try:
+        if not cap.isOpened():
+            raise ValueError(f"{url!r} is a file OpenCV/FFmpeg cannot open as a video; use {URL_FORMS}")
+    finally:
+        cap.release()
 
 
 def parse_roi(text: str) -> tuple[int, int, int, int]:

@@ -16,6 +16,7 @@ import base64
 import http.client
 import socket
 import ssl
+import time
 import urllib.parse
 from typing import Protocol
 
@@ -45,6 +46,8 @@ def open_capture(url: str, device: int | None, open_timeout_s: float, read_timeo
             pass  # e.g. HLS or MP4 over HTTP: FFmpeg reads those
         except (OSError, ValueError, http.client.HTTPException) as exc:
             raise SourceError(f"cannot open {safe}: {exc or type(exc).__name__}") from exc
+    if "://" not in url:  # a video file (check_camera_url let only an existing one through)
+        return FileCapture(url)
     hint = ""
     if scheme in ("rtsp", "rtsps"):
         if problem := rtsp_probe(url, open_timeout_s):
@@ -100,6 +103,39 @@ def rtsp_probe(url: str, timeout: float) -> str | None:
     return None if answer.startswith(b"RTSP/") else f"{where} answered, but not as an RTSP server"
 
 
+class FileCapture:
+    """A video file read as a camera would deliver it (tests, demos): at its own frame rate, and from the start
+    again after its end, without a reconnect. Read unpaced, a file used to be decoded as fast as a core allowed
+    (most frames superseded before sampling) and each end counted as a lost connection."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._cap = self._open()
+        fps = self._cap.get(cv2.CAP_PROP_FPS)
+        self._period = 1.0 / fps if fps and 0 < fps <= 1000 else 1.0 / 25
+        self._next_at = time.monotonic()
+
+    def _open(self) -> cv2.VideoCapture:
+        cap = cv2.VideoCapture(self._path, cv2.CAP_FFMPEG)
+        if not cap.isOpened():
+            cap.release()
+            raise SourceError(f"cannot open {self._path} (OpenCV)")
+        return cap
+
+    def read(self) -> tuple[bool, np.ndarray | None]:
+        time.sleep(max(0.0, self._next_at - time.monotonic()))
+        self._next_at = max(self._next_at + self._period, time.monotonic() - self._period)  # late: no burst
+        ok, img = self._cap.read()
+        if not ok:  # the end: play it again from the start
+            self._cap.release()
+            self._cap = self._open()
+            ok, img = self._cap.read()
+        return ok, img if ok else None
+
+    def release(self) -> None:
+        self._cap.release()
+
+
 class NotMjpeg(Exception):
     """The HTTP URL serves something else than multipart JPEG; let OpenCV/FFmpeg read it."""
 
@@ -126,13 +162,16 @@ class MjpegHttpCapture:
         try:
             self._conn.request("GET", (parts.path or "/") + (f"?{parts.query}" if parts.query else ""),
                                headers=headers)
+            # Kept before getresponse(): for an HTTP/1.0 or "Connection: close" answer (many IP cameras) the
+            # response takes the socket over and the connection's ``sock`` becomes None.
+            sock = self._conn.sock
             self._resp = self._conn.getresponse()
             self._boundary, self._after_boundary = self._find_boundary()
         except BaseException:
             self._conn.close()
             raise
-        if self._conn.sock is not None:
-            self._conn.sock.settimeout(read_timeout_s)  # a silent camera is a stalled one
+        if sock is not None:
+            sock.settimeout(read_timeout_s)  # a silent camera is a stalled one
 
     def _find_boundary(self) -> tuple[bytes, bool]:
         """The part boundary from Content-Type, or sniffed from the first line (ffmpeg's server sends none)."""
@@ -182,6 +221,7 @@ class MjpegHttpCapture:
         return line
 
     def release(self) -> None:
+        self._resp.close()  # closes the socket when the response holds it (HTTP/1.0, Connection: close)
         self._conn.close()
 
 

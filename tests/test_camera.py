@@ -53,3 +53,54 @@ def test_a_bounded_run_names_the_cameras_that_sent_no_frame() -> None:
                                  "connection refused by h:554); yard (still connecting).")
     assert never_online([dropped], 3.0) is None
     assert never_online([dead], None) is None  # an unbounded run keeps retrying
+
+
+def test_a_video_file_as_a_camera_plays_at_its_frame_rate_and_loops_without_reconnecting(pipeline_env,
+                                                                                           small_video) -> None:
+    """A file used to be decoded as fast as a core allowed, and each end counted as a lost connection."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "common.cli", "produce", "camera", str(small_video), "--source", "c",
+                          "--fps", "5", "--duration", "4", "--json"], env=pipeline_env, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads(out.stdout)
+    # 60 frames at 25 fps (2.4 s): 4 s play it past its end once; unpaced it was thousands of frames
+    assert 60 < report["captured"] < 150 and report["reconnects"] == 0 and report["last_error"] == ""
+    assert "connection lost" not in out.stderr and report["produced"] >= 10
+
+
+def test_a_state_the_broker_did_not_take_is_recorded_once_it_is_back(client, namespace) -> None:
+    """`vigil status` said "online" for good about a camera that went down during a broker outage: the state was
+    written once, and later calls with the same state returned early."""
+    import redis
+
+    from common.bundle import InputSpec
+    from common.streams import SourceKeys
+    from producers.camera import Camera, LiveTiming
+    from producers.camera_config import build_camera
+    from producers.live_publisher import LivePublisher
+
+    publisher = LivePublisher(client, namespace, "cam", 8)
+    camera = Camera(build_camera({"id": "cam", "url": "rtsp://10.0.0.5/s", "fps": 2}, "camera cam"),
+                    InputSpec(height=28, width=28, channels=1, color="gray"), publisher, LiveTiming(),
+                    threading.Event())
+    camera.open()
+    camera._set_state("online", "receiving 320x240 frames")
+    real = publisher.set_state
+
+    def outage(state: str, reason: str) -> None:
+        raise redis.ConnectionError("broker unreachable")
+
+    publisher.set_state = outage  # type: ignore[method-assign]
+    camera._set_state("offline", "connection lost")  # the broker is down at that moment
+    camera._set_state("offline", "connection lost")  # and the camera stays down: an early return, as before
+    publisher.set_state = real  # type: ignore[method-assign]
+    camera.flush()  # the broker is back
+    meta = client.hgetall(SourceKeys(namespace, "cam").meta)
+    assert (meta[b"state"], meta[b"state_reason"]) == (b"offline", b"connection lost")
+    camera.close("producer stopped")
+    camera._set_state("online", "receiving 320x240 frames")  # a late reader after the stop writes nothing
+    assert client.hget(SourceKeys(namespace, "cam").meta, "state") == b"offline"

@@ -103,3 +103,47 @@ def test_rtsp_probe() -> None:
         thread.join(2)
         assert "no RTSP answer" in (rtsp_probe(f"rtsp://127.0.0.1:{port}/stream", 0.5) or "")  # never answers
     assert "connection refused" in (rtsp_probe(f"rtsp://127.0.0.1:{port}/stream", 0.5) or "")  # closed port
+
+
+class _SilentCamera(BaseHTTPRequestHandler):
+    """HTTP/1.0 (the handler's default, as many IP cameras answer): one frame, then silence until the client goes."""
+
+    closed = threading.Event()
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+        self.end_headers()
+        ok, jpeg = cv2.imencode(".jpg", np.full((48, 64, 3), 90, np.uint8))
+        assert ok
+        self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpeg.tobytes())
+                         + jpeg.tobytes() + b"\r\n")
+        self.wfile.flush()
+        self.connection.settimeout(10)
+        try:
+            if self.rfile.read(1) == b"":  # the client closed its end
+                _SilentCamera.closed.set()
+        except OSError:
+            pass
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_an_http_1_0_camera_gets_the_read_timeout_and_its_socket_closed_on_release() -> None:
+    """With HTTP/1.0 the response takes the socket over: the read timeout used to be skipped (a silent camera
+    waited out the longer open timeout) and release() left the connection open (a one-client camera then
+    refused the reconnect)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _SilentCamera)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        cap = MjpegHttpCapture(f"http://127.0.0.1:{server.server_address[1]}/video", 4.0, 0.5)
+        assert cap.read()[0]
+        started = time.monotonic()
+        assert cap.read() == (False, None)
+        assert time.monotonic() - started < 2.0  # the 0.5 s read timeout, not the 4 s open timeout
+        cap.release()
+        assert _SilentCamera.closed.wait(5)
+    finally:
+        server.shutdown()
+        server.server_close()

