@@ -324,13 +324,7 @@ def check_readable(path: Path) -> None:
         if cv2.imread(str(files[0]), cv2.IMREAD_COLOR) is None:  # the first only: reading them all costs a pass
             raise SourceError(f"image {files[0]} cannot be read (not an image, or damaged). Fix or remove it.")
         return
-    cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
-    try:
-        if not cap.isOpened():
-            raise SourceError(f"{path} cannot be opened as a video (OpenCV/FFmpeg; FFmpeg's messages above may say "
-                              "why). Is it a video file, and complete?")
-    finally:
-        cap.release()
+    open_single_threaded(path).release()
 
 
 def _iter_images(folder: Path) -> Iterator[tuple[float, np.ndarray]]:
