@@ -12,6 +12,7 @@ up to the group's last-delivered-id are popped from its head, and its length is 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 import time
@@ -25,14 +26,21 @@ from common.streams import GROUP, LUA_ENSURE_GROUP, LUA_ENTRY_IDS, SourceKeys, c
 
 log = logging.getLogger(__name__)
 EVENTS_MAXLEN = 10_000
+SEQ_RETRIES = 20  # publish: numbering a frame again after another producer of the source took its seq
 
 # KEYS: frames, meta, undelivered ids. ARGV: group, maxlen, frame field, frame payload, this call's key (publisher
-# token:seq). Returns {id, produced, trimmed}. A call whose key is the last one added is a re-send of the same frame
-# (redis-py re-sends a command after a lost reply: a timeout, a dropped connection): it adds nothing (id '').
-# Keyed by publisher, not by seq: two cameras writing one source (a rolling update) number from the same count.
+# token:seq), the frame's seq. Returns {id, produced, trimmed}, or {'', produced, 0, 'taken'} when the frame's seq
+# is not the source's next one (another producer of the source added frames: a rolling update): the caller numbers
+# it again and sends it again, so no two frames share a seq. A call whose key is the last one added is a re-send of
+# the same frame (redis-py re-sends a command after a lost reply: a timeout, a dropped connection): it adds nothing
+# (id ''). Keyed by publisher, not by seq: two cameras writing one source number from the same count.
 LIVE_LUA = LUA_ENTRY_IDS + """
 if redis.call('HGET', KEYS[2], 'last_add') == ARGV[5] then
   return {'', tonumber(redis.call('HGET', KEYS[2], 'produced')), 0}
+end
+local next_seq = tonumber(redis.call('HGET', KEYS[2], 'produced') or '0')
+if tonumber(ARGV[6]) ~= next_seq then
+  return {'', next_seq, 0, 'taken'}
 end
 local id = redis.call('XADD', KEYS[1], '*', ARGV[3], ARGV[4])
 local produced = redis.call('HINCRBY', KEYS[2], 'produced', 1)
@@ -111,10 +119,18 @@ class LivePublisher:
 
     def publish(self, frame: Frame) -> tuple[int, int]:
         """XADD one frame under the live cap; returns (next seq, entries trimmed by this call). Idempotent: the
-        same frame sent again adds nothing."""
-        reply = self._script(keys=[self.keys.frames, self.keys.meta, self.undelivered],
-                             args=[GROUP, self.maxlen, FRAME_FIELD, frame.encode(), f"{self.token}:{frame.seq}"])
-        return int(reply[1]), int(reply[2])
+        same frame sent again adds nothing. A frame whose seq another producer of the source took meanwhile is
+        numbered again with the next free one (``LIVE_LUA``)."""
+        for _ in range(SEQ_RETRIES):
+            reply = self._script(keys=[self.keys.frames, self.keys.meta, self.undelivered],
+                                 args=[GROUP, self.maxlen, FRAME_FIELD, frame.encode(), f"{self.token}:{frame.seq}",
+                                       frame.seq])
+            if len(reply) < 4:
+                return int(reply[1]), int(reply[2])
+            frame = dataclasses.replace(frame, seq=int(reply[1]))
+        # As an error of the broker's (the camera drops frames until a publish goes through, then carries on)
+        raise redis.ResponseError(f"source {self.keys.source!r}: other producers of this camera took every seq this "
+                                  f"frame was given, {SEQ_RETRIES} times in a row")
 
     def next_seq(self) -> int:
         """The seq of the next frame: how many this source has produced (a publish whose reply was lost may have

@@ -89,6 +89,10 @@ def test_two_cameras_on_one_source_each_add_every_frame(client: redis.Redis, nam
         old.publish(frame(seq))
         new.publish(frame(seq))
     assert client.xlen(old.keys.frames) == 20 and meta_int(client, old.keys, "produced") == 20
+    # and no two share a seq (a frame_id): each frame the other producer's numbering collided with was numbered
+    # again with the next free seq (they used to be 0, 0, 1, 1, ...: two results per frame_id)
+    seqs = [Frame.decode(f[b"f"]).seq for _, f in client.xrange(old.keys.frames)]
+    assert seqs == list(range(20))
 
 
 def test_producer_restart_continues_seq(client: redis.Redis, namespace: str) -> None:
