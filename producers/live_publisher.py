@@ -138,11 +138,13 @@ class LivePublisher:
         return int(self.client.hget(self.keys.meta, "produced") or 0)
 
     def count(self, counters: dict[str, int]) -> None:
-        """HINCRBY the producer's counters (captured, dropped_superseded, reconnects) in one round trip."""
+        """HINCRBY the producer's counters (captured, dropped_superseded, reconnects) and record that it is alive
+        (``producer_seen``: `vigil status` tells a camera whose producer was killed), in one round trip."""
         pipe = self.client.pipeline(transaction=False)
         for name, delta in counters.items():
             if delta:
                 pipe.hincrby(self.keys.meta, name, delta)
+        pipe.hset(self.keys.meta, "producer_seen", f"{time.time():.3f}")
         pipe.execute()
 
     def set_state(self, state: str, reason: str) -> None:

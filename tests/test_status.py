@@ -89,3 +89,15 @@ def test_status_watch_json_prints_a_line_per_refresh_until_interrupted(redis_url
     proc.send_signal(signal.SIGINT)
     assert proc.wait(10) == 0
     assert [[r["source"] for r in json.loads(line)] for line in lines] == [["cam1", "clip"]] * 2
+
+
+def test_a_camera_whose_producer_stopped_being_seen_shows_offline(env, camera, client, capsys) -> None:
+    """A killed camera producer records nothing: its last state, "online", used to stand for good."""
+    client.hset(camera.meta, "producer_seen", f"{time.time() - 1:.3f}")
+    assert main(["status", "--json"]) == 0
+    row = next(r for r in json.loads(capsys.readouterr().out) if r["source"] == "cam1")
+    assert row["state"] == "online"
+    client.hset(camera.meta, "producer_seen", f"{time.time() - 60:.3f}")
+    assert main(["status", "--json"]) == 0
+    row = next(r for r in json.loads(capsys.readouterr().out) if r["source"] == "cam1")
+    assert row["state"] == "offline" and "producer not seen for 60 s" in row["state_reason"]

@@ -26,6 +26,7 @@ from workers.results import sources
 THROUGHPUT_WINDOW_S = 10.0
 THROUGHPUT_SAMPLE = 200  # newest result ids fetched at most; past that the rate comes from their time span
 UNDELIVERED_CAP = 10_000
+PRODUCER_GONE_S = 15.0  # a camera producer writes producer_seen 4 times a second; allows for clock skew too
 COUNTERS = ("captured", "produced", "processed", "dead", "reconnects")
 DROP_REASONS = ("superseded", "trimmed", "stale")
 
@@ -82,11 +83,16 @@ def source_status(client: redis.Redis, namespace: str, source: str, now_ms: int 
     ended = meta.get(b"eos") == b"1"
     # Cameras write their state; a file source has none, only eos once its producer reached the end.
     state = (meta.get(b"state") or b"").decode() or ("ended" if ended else None)
+    reason = (meta.get(b"state_reason") or b"").decode() or None
+    seen = meta.get(b"producer_seen")
+    if live and state != "offline" and seen and now_ms / 1000 - float(seen) > PRODUCER_GONE_S:
+        # A killed producer records nothing: its last state ("online") would stand for good.
+        state, reason = "offline", f"producer not seen for {now_ms / 1000 - float(seen):.0f} s (killed or cut off?)"
     row: dict[str, Any] = {
         "source": source, "mode": "live" if live else "file",
         "state": state,
         "state_since": float(since) if since else None,
-        "state_reason": (meta.get(b"state_reason") or b"").decode() or None,
+        "state_reason": reason,
         "url": (meta.get(b"url") or meta.get(b"path") or b"").decode() or None,
         "ended": ended,
         "entries": int(client.xlen(keys.frames)), **group_state(client, keys.frames),
