@@ -105,6 +105,7 @@ class CameraReport:
     reconnects: int
     last_error: str  # why the camera last failed or was lost ("" if it never did)
     refused: bool = False  # the broker refused it a command (an ACL rule): every camera was stopped
+    dropped_unpublished: int = 0  # taken by the sampler while the broker was unreachable
 
 
 class Camera:
@@ -127,7 +128,8 @@ class Camera:
         self._offline_since = time.monotonic()
         self._unrecorded: tuple[str, str] | None = None  # a state the broker did not take: flush() retries it
         self._closed = False  # close() recorded the final state: a late reader must not write "online" after it
-        self._flushed = {"captured": 0, "dropped_superseded": 0, "reconnects": 0}
+        self.unpublished = 0  # frames the sampler took while the broker was unreachable (flushed once it is back)
+        self._flushed = {"captured": 0, "dropped_superseded": 0, "reconnects": 0, "dropped_unpublished": 0}
         self._next_seq = 0
         self._threads: list[threading.Thread] = []
         self._broker_ok = True
@@ -252,7 +254,9 @@ class Camera:
         try:
             if not self._broker_ok:  # the publish that failed may have added its frame before its reply was lost
                 seq = self.publisher.next_seq()
-                self.produced += max(0, seq - self._next_seq)
+                added = max(0, seq - self._next_seq)  # (another producer of the source counts here too)
+                self.produced += added
+                self.unpublished -= min(added, self.unpublished)
                 self._next_seq = seq
             frame = Frame.from_pixels(self.name, self._next_seq, pixels, captured_at, time.time(),
                                       self.config.transport, self.config.jpeg_quality)
@@ -268,6 +272,8 @@ class Camera:
                 log.error("camera %s: cannot publish to the broker (%s); dropping frames until it is back",
                           self.name, exc)
             self._broker_ok = False
+            self.unpublished += 1
+            self._m.frames_dropped.labels(self.name, "unpublished").inc()
             return
         if not self._broker_ok:
             log.info("camera %s: broker reachable again", self.name)
@@ -315,7 +321,7 @@ class Camera:
             if self._unrecorded is not None:
                 self._record_state(*self._unrecorded)
         now = {"captured": self.mailbox.captured, "dropped_superseded": self.mailbox.superseded,
-               "reconnects": self.reconnects}
+               "reconnects": self.reconnects, "dropped_unpublished": self.unpublished}
         deltas = {k: v - self._flushed[k] for k, v in now.items()}
         try:
             self.publisher.count(deltas)
@@ -327,7 +333,8 @@ class Camera:
     def report(self) -> CameraReport:
         return CameraReport(self.name, self.config.safe_url, self.state, self.mailbox.captured, self.produced,
                             self.mailbox.superseded, self.trimmed, self.reconnects,
-                            str(self.fatal) if self.fatal else self.last_error, self.fatal is not None)
+                            str(self.fatal) if self.fatal else self.last_error, self.fatal is not None,
+                            self.unpublished)
 
     def close(self, reason: str) -> None:
         self.flush()

@@ -206,7 +206,8 @@ def _serve(settings: Settings, cameras: list[CameraConfig], flags: dict[str, Any
             click.echo(json.dumps(asdict(report)))
         else:
             click.echo(f"{report.id}: {report.state}, captured {report.captured}, produced {report.produced}, "
-                       f"dropped superseded {report.dropped_superseded}, trimmed {report.dropped_trimmed}, "
+                       f"dropped superseded {report.dropped_superseded}, unpublished {report.dropped_unpublished}, "
+                       f"trimmed {report.dropped_trimmed}, "
                        f"reconnects {report.reconnects}")
     error = refusal(reports) or never_online(reports, flags["duration"])
     if left_behind():

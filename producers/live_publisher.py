@@ -160,5 +160,5 @@ class LivePublisher:
 
     def counters(self) -> dict[str, int]:
         raw = self.client.hgetall(self.keys.meta)
-        names = ("captured", "produced", "dropped_superseded", "dropped_trimmed", "reconnects")
+        names = ("captured", "produced", "dropped_superseded", "dropped_trimmed", "dropped_unpublished", "reconnects")
         return {name: int(raw.get(name.encode(), 0)) for name in names}

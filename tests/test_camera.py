@@ -104,3 +104,36 @@ def test_a_state_the_broker_did_not_take_is_recorded_once_it_is_back(client, nam
     camera.close("producer stopped")
     camera._set_state("online", "receiving 320x240 frames")  # a late reader after the stop writes nothing
     assert client.hget(SourceKeys(namespace, "cam").meta, "state") == b"offline"
+
+
+def test_frames_sampled_during_a_broker_outage_are_counted_once_it_is_back(client, namespace) -> None:
+    """They were dropped with a log line and counted nowhere: captured did not balance."""
+    import redis
+
+    from common.bundle import InputSpec
+    from common.streams import SourceKeys
+    from producers.camera import Camera, LiveTiming
+    from producers.camera_config import build_camera
+    from producers.live_publisher import LivePublisher
+
+    publisher = LivePublisher(client, namespace, "cam", 8)
+    camera = Camera(build_camera({"id": "cam", "url": "rtsp://10.0.0.5/s", "fps": 2}, "camera cam"),
+                    InputSpec(height=28, width=28, channels=1, color="gray"), publisher, LiveTiming(),
+                    threading.Event())
+    camera.open()
+    real, down = publisher.publish, [True]
+
+    def publish(frame):  # the broker unreachable for the first three frames
+        if down[0]:
+            raise redis.ConnectionError("broker unreachable")
+        return real(frame)
+
+    publisher.publish = publish  # type: ignore[method-assign]
+    img = np.zeros((48, 64, 3), np.uint8)
+    for i in range(5):
+        down[0] = i < 3
+        camera._publish(img, time.time())
+    camera.flush()
+    meta = client.hgetall(SourceKeys(namespace, "cam").meta)
+    assert (int(meta[b"dropped_unpublished"]), int(meta[b"produced"])) == (3, 2)
+    assert camera.report().dropped_unpublished == 3

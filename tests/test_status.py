@@ -52,7 +52,7 @@ def test_status_json_reports_live_state_backlog_throughput_counters(env, camera,
     assert (cam["entries"], cam["lag"], cam["pending"]) == (9, 5, 4)  # lag counted after the XDEL
     assert cam["results"] == 30 and cam["results_per_s"] == pytest.approx(3.0)
     assert cam["counters"] == {"captured": 17, "produced": 10, "processed": 4, "dead": 0, "reconnects": 2}
-    assert cam["dropped"] == {"superseded": 7, "trimmed": 1, "stale": 0}
+    assert cam["dropped"] == {"superseded": 7, "unpublished": 0, "trimmed": 1, "stale": 0}
     assert [(c["name"], c["pending"]) for c in cam["consumers"]] == [("host:1", 4)]
     assert 0 <= cam["consumers"][0]["idle_ms"] < 60_000
     clip = rows["clip"]

@@ -28,7 +28,7 @@ THROUGHPUT_SAMPLE = 200  # newest result ids fetched at most; past that the rate
 UNDELIVERED_CAP = 10_000
 PRODUCER_GONE_S = 15.0  # a camera producer writes producer_seen 4 times a second; allows for clock skew too
 COUNTERS = ("captured", "produced", "processed", "dead", "reconnects")
-DROP_REASONS = ("superseded", "trimmed", "stale")
+DROP_REASONS = ("superseded", "unpublished", "trimmed", "stale")
 
 # Counts entries after the group's last-delivered id, server side, when XINFO's lag is null (it is after
 # deletions inside the undelivered range, which is how live sources trim).
@@ -172,7 +172,8 @@ def status(settings: Settings, as_json: bool, watch: float | None) -> None:
                          source's produced and results count its end-of-stream marker too (300 frames:
                          produced 301, processed 300, results 301)
       dropped            frames dropped by reason (dropped.*): superseded (a newer camera frame replaced it
-                         before sampling), trimmed (live cap), stale (older than max_age_ms at the worker)
+                         before sampling), unpublished (sampled while the broker was unreachable), trimmed
+                         (live cap), stale (older than max_age_ms at the worker)
       consumers          worker processes of the group with their idle time (consumers[].idle_ms)
     A drained live source: produced == processed + dropped.trimmed + dropped.stale + dead; a drained file
     source: produced == processed + dead + 1.
