@@ -59,7 +59,7 @@ def open_capture(url: str, device: int | None, open_timeout_s: float, read_timeo
     return _opencv(cv2.VideoCapture(url, cv2.CAP_FFMPEG, timeouts), safe, hint)
 
 
-def _opencv(cap: cv2.VideoCapture, name: str, hint: str = "") -> Capture:
+def _opencv(cap: cv2.VideoCapture, name: str, hint: str = "") -> cv2.VideoCapture:
     if cap.isOpened():
         return cap
     cap.release()
@@ -116,11 +116,7 @@ class FileCapture:
         self._next_at = time.monotonic()
 
     def _open(self) -> cv2.VideoCapture:
-        cap = cv2.VideoCapture(self._path, cv2.CAP_FFMPEG)
-        if not cap.isOpened():
-            cap.release()
-            raise SourceError(f"cannot open {self._path} (OpenCV)")
-        return cap
+        return _opencv(cv2.VideoCapture(self._path, cv2.CAP_FFMPEG), self._path)
 
     def read(self) -> tuple[bool, np.ndarray | None]:
         time.sleep(max(0.0, self._next_at - time.monotonic()))
