@@ -31,6 +31,23 @@ def test_the_heap_is_frozen_at_exit_not_before() -> None:
     assert out.split()[-2:] == ["0", "True"]
 
 
+def test_openblas_starts_no_threads_unless_the_user_asks() -> None:
+    """numpy and OpenCV each bundle OpenBLAS, whose threads spun ~0.1 s of CPU after import in every process."""
+    import os
+
+    code = ("import os; from common.cli import main; main(['config']); import numpy, cv2; "
+            "print(os.environ['OPENBLAS_NUM_THREADS'], len(os.listdir('/proc/self/task')))")
+
+    def run(**env: str) -> list[str]:
+        base = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                              env={**base, **env}).stdout.split()[-2:]
+
+    (ours, threads), (theirs, more) = run(), run(OPENBLAS_NUM_THREADS="3")
+    assert (ours, theirs) == ("1", "3")
+    assert int(threads) < int(more)
+
+
 def test_config_redacts_the_broker_password(monkeypatch, capsys) -> None:
     monkeypatch.setenv("REDIS_URL", "redis://vigil:s3cret@10.0.0.5:6379/0")
     assert main(["config"]) == 0
