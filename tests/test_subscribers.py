@@ -96,6 +96,22 @@ def test_subscriber_started_before_the_producer(kind, pipeline_env, redis_url, c
     assert_same_results(kind, out, err, client, namespace)
 
 
+@pytest.mark.parametrize("kind", SUBSCRIBERS)
+def test_consumers_sharing_a_group_all_exit(kind, pipeline_env, redis_url, client, namespace, small_video) -> None:
+    """--until-eos waited for ever in a consumer that did not itself read the end-of-stream entry: the other
+    consumer of a shared group, or an earlier run with the same group, had it."""
+    run_pipeline(pipeline_env, small_video)
+    cmds = [command(kind, redis_url, namespace, "--until-eos", "--group", "shared", "--consumer", name)
+            for name in ("a", "b")]
+    subs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for cmd in cmds]
+    outs = [finish(sub) for sub in subs]
+    assert [sub.returncode for sub in subs] == [0, 0], [err for _, err in outs]
+    lines = [line for out, _ in outs for line in printed(kind, out)]
+    assert sorted(lines) == sorted(expected(client, namespace)) and len(lines) == 60  # split, none twice
+    again = subprocess.run(cmds[0], capture_output=True, text=True, timeout=60)  # every entry already acked
+    assert again.returncode == 0 and again.stdout == "", again.stderr
+
+
 def wait_for_group(client: redis.Redis, key: str, group: str, sub: subprocess.Popen[str]) -> None:
     for _ in range(400):
         if sub.poll() is not None:

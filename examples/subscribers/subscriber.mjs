@@ -10,7 +10,8 @@ const BLOCK_MS = 2000;
 const NUMBERS = ["seq", "score", "captured_at", "produced_at", "inferred_at"];
 const USAGE = `usage: node subscriber.mjs --source SRC [--url redis://[user:pass@]host:port/db] [--namespace NS]
                            [--group NAME] [--consumer NAME] [--count N] [--until-eos]
-Prints one JSON line per result; --until-eos exits 0 once the source ended and every result was printed.`;
+Prints one JSON line per result; --until-eos exits 0 once the source ended and every result was printed
+(by this consumer or, sharing --group, by the others).`;
 
 class ReplyError extends Error {}
 
@@ -124,6 +125,14 @@ async function accounted(redis, metaKey) {
   return counts.reduce((sum, n) => sum + Number(n || 0), 0);
 }
 
+// The frame count once the producer ended the source (its meta hash holds eos and total), else null. Read
+// there when this consumer did not see the end-of-stream entry: another consumer of a shared group, or an
+// earlier run with the same group, read and acked it.
+async function ended(redis, metaKey) {
+  const [eos, total] = await redis.call("HMGET", metaKey, "eos", "total");
+  return eos === "1" && total !== null ? Number(total) : null;
+}
+
 // Print one entry (a result of a known version) and say whether it was the end-of-stream marker.
 function show(entryId, result) {
   if (result === null) return false;  // deleted (trimmed) while pending: nothing to show
@@ -151,6 +160,7 @@ async function subscribe(redis, keys, opts) {
     const entries = reply === null ? [] : reply[0][1];
     if (id === "0" && entries.length === 0) id = ">";
     else if (draining && entries.length === 0) return;
+    else if (entries.length === 0 && opts.untilEos && frames === null) frames = await ended(redis, keys.meta);
     for (const [entryId, fields] of entries) {
       const result = fields === null ? null : toResult(fields);
       if (show(entryId, result)) frames = result.seq;

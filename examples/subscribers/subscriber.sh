@@ -7,7 +7,8 @@ usage() {
     cat <<'EOF'
 usage: subscriber.sh --source SRC [--url redis://[user:pass@]host:port/db] [--namespace NS]
                      [--group NAME] [--consumer NAME] [--until-eos]
-Prints "seq<TAB>label<TAB>score" per result; --until-eos exits 0 after the end-of-stream entry.
+Prints "seq<TAB>label<TAB>score" per result; --until-eos exits 0 once the source ended and every result was
+printed (by this consumer or, sharing --group, by the others).
 EOF
 }
 
@@ -59,6 +60,14 @@ accounted() {
     rcli HMGET "$ns:{$source}:meta" processed dead dropped_stale dropped_trimmed | awk '{ n += $0 } END { print n + 0 }'
 }
 
+# The frame count once the producer ended the source (its meta hash holds eos and total), else nothing. Read there
+# when this consumer did not see the end-of-stream entry: another consumer of a shared group, or an earlier run
+# with the same group, read and acked it.
+ended() {
+    rcli HMGET "$ns:{$source}:meta" eos total | awk 'NR == 1 { eos = $0 } NR == 2 { total = $0 }
+        END { if (eos == "1" && total ~ /^[0-9]+$/) print total }'
+}
+
 # COUNT 1: redis-cli prints a reply flat, one string per line (key, entry id, field, value, ...), so one entry
 # per call keeps field/value pairs unambiguous. No value of a result entry contains a newline.
 id=0        # first our own pending entries (a previous run that died before XACK), then new ones: ">"
@@ -93,6 +102,8 @@ EOF
         id='>'
     elif [ "$block" = 0 ]; then
         exit 0
+    elif [ "$until_eos" = 1 ] && [ -z "$frames" ]; then  # nothing new for $block ms
+        frames=$(ended)
     fi
     # The eos entry comes from the worker that handled the producer's last message; other workers may still be
     # writing results of earlier frames, so it is not the last entry of the stream.
