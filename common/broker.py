@@ -29,7 +29,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from common.errors import BrokerError
+from common.errors import BrokerError, ConfigError
 
 log = logging.getLogger(__name__)
 MAX_BLOCK_MS = 2_000
@@ -38,11 +38,12 @@ SOCKET_TIMEOUT_S = MAX_BLOCK_MS / 1000 + 8
 
 
 def connect(url: str, *, decode: bool = False, retries: int = 6) -> redis.Redis:
-    """A client for ``redis://``, ``rediss://`` or ``unix://`` URLs (ACL user and password in the URL)."""
+    """A client for ``redis://``, ``rediss://`` or ``unix://`` URLs (ACL user and password in the URL). A URL
+    that is not one is a ``ConfigError`` (exit 2), not a broker's failure."""
     retry = Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=retries)
     db = re.fullmatch(r"rediss?://[^/?#]*/([^?#]*)(?:[?#].*)?", url)
     if db and db[1] and not db[1].isdigit():  # redis-py falls back to db 0 for "/abc"
-        raise BrokerError(f"invalid broker URL {redact(url)!r}: the database after the port must be a number "
+        raise ConfigError(f"invalid broker URL {redact(url)!r}: the database after the port must be a number "
                           f"(redis://HOST:PORT/0), not {db[1]!r}.")
     try:
         client: redis.Redis = redis.Redis.from_url(
@@ -55,7 +56,7 @@ def connect(url: str, *, decode: bool = False, retries: int = 6) -> redis.Redis:
             health_check_interval=30,
         )
     except ValueError as exc:
-        raise BrokerError(f"invalid broker URL {redact(url)!r}: {exc}. Use redis://, rediss:// or unix://.") from exc
+        raise ConfigError(f"invalid broker URL {redact(url)!r}: {exc}. Use redis://, rediss:// or unix://.") from exc
     return client
 
 
@@ -127,8 +128,8 @@ def free_port() -> int:
         return port
 
 
-def _die_with_parent() -> None:
-    """Linux: the server gets SIGTERM when the process that started it dies, even by SIGKILL."""
+def die_with_parent() -> None:
+    """Linux: this process gets SIGTERM when the process that started it dies, even by SIGKILL."""
     if sys.platform.startswith("linux"):
         import ctypes
 
@@ -170,7 +171,7 @@ class EmbeddedBroker:
             "--logfile", str(self.dir / "server.log"),
         ]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     preexec_fn=_die_with_parent)
+                                     preexec_fn=die_with_parent)
         atexit.register(self.stop)
         self._wait_ready(timeout)
         return self
@@ -214,7 +215,10 @@ class EmbeddedBroker:
 
 
 def port_is_free(port: int) -> bool:
+    """Nothing listens on ``port``. SO_REUSEADDR, as the server sets it: connections of a stopped server linger in
+    TIME_WAIT for a minute, and a plain bind refused the port (a restarted `vigil broker` said it was in use)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:

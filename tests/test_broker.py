@@ -2,7 +2,7 @@ import pytest
 import redis
 
 from common.broker import EmbeddedBroker, broker_url, connect, ping, redact
-from common.errors import BrokerError
+from common.errors import BrokerError, ConfigError
 
 
 def test_embedded_broker_starts_answers_and_stops() -> None:
@@ -26,8 +26,34 @@ def test_unreachable_broker_is_a_named_error() -> None:
 
 
 def test_bad_scheme_is_a_named_error() -> None:
-    with pytest.raises(BrokerError, match="invalid broker URL"):
+    with pytest.raises(ConfigError, match="invalid broker URL"):
         connect("http://example.com")
+
+
+def test_a_bad_url_exits_as_a_configuration_error(monkeypatch, capsys) -> None:
+    from common.cli import main
+
+    monkeypatch.setenv("REDIS_URL", "foo")
+    assert main(["results", "export"]) == 2
+    assert "invalid broker URL 'foo'" in capsys.readouterr().err
+
+
+def test_a_port_left_in_time_wait_is_free() -> None:
+    """A stopped `vigil broker` leaves its closed connections in TIME_WAIT for a minute; restarting it on its port
+    was refused as "in use" although the server (SO_REUSEADDR) could listen there."""
+    import socket
+
+    from common.broker import free_port, port_is_free
+
+    port = free_port()
+    with socket.create_server(("127.0.0.1", port)) as server:
+        client = socket.create_connection(("127.0.0.1", port))
+        conn, _ = server.accept()
+        conn.close()  # the server's side closes first: its end of the connection stays in TIME_WAIT
+        client.close()
+    assert port_is_free(port)
+    with socket.create_server(("127.0.0.1", port)):
+        assert not port_is_free(port)  # a listener is still refused
 
 
 def test_password_is_redacted() -> None:
@@ -38,7 +64,7 @@ def test_password_is_redacted() -> None:
 
 @pytest.mark.parametrize("url", ["http://vigil:s3cret@example.com", "vigil:s3cret@example.com:6379"])
 def test_invalid_url_error_does_not_show_the_password(url: str) -> None:
-    with pytest.raises(BrokerError, match="invalid broker URL") as err:
+    with pytest.raises(ConfigError, match="invalid broker URL") as err:
         connect(url)
     assert "s3cret" not in str(err.value) and "***@example.com" in str(err.value)
 
@@ -145,7 +171,7 @@ def test_vigil_broker_refuses_a_port_in_use_and_keeps_data_in_dir(embedded_broke
 
 
 def test_a_database_that_is_not_a_number_is_refused() -> None:
-    with pytest.raises(BrokerError, match="must be a number"):
+    with pytest.raises(ConfigError, match="must be a number"):
         connect("redis://127.0.0.1:6379/abc")
     assert connect("redis://127.0.0.1:6379/3").connection_pool.connection_kwargs["db"] == 3
     assert connect("redis://127.0.0.1:6379").connection_pool.connection_kwargs.get("db", 0) == 0
