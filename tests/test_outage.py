@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from common.broker import EmbeddedBroker, connect
-from common.errors import BrokerError, WorkerError
+from common.errors import BrokerError, BundleError, WorkerError
 from common.streams import SourceKeys
 from tests.conftest import TINY_BUNDLE
 
@@ -74,3 +74,82 @@ def test_burst_pool_gives_up_on_workers_that_keep_failing() -> None:
             workers.kill()
     assert workers.returncode == WorkerError.exit_code, err
     assert "error: worker 0 failed 5 times in a row" in err and "--burst gives up" in err
+    assert "was unreachable each time" in err and "lost the broker" in err
+    assert "Traceback" not in err  # one line per lost worker, not a traceback (about 50 lines) per respawn
+
+
+def worker_pids(client: redis.Redis) -> list[int]:
+    return [int(c["name"].rsplit(":", 1)[1]) for c in client.client_list() if c["name"].startswith("outage:worker:")]
+
+
+def test_pool_is_back_soon_after_the_broker_is(small_video: Path) -> None:
+    """Respawns during an outage back off to OUTAGE_MAX_BACKOFF_S at most (the pool's own backoff, up to 30 s,
+    delayed recovery), and the restarted broker (same port, moments later: its old connections in TIME_WAIT) is
+    served again."""
+    broker = EmbeddedBroker(appendonly=True).start()
+    workers = subprocess.Popen([*VIGIL, "work", "-n", "1"], env=env_for(broker.url), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        with connect(broker.url) as client:
+            wait_for(lambda: worker_pids(client))
+        broker.stop()
+        time.sleep(20)  # redis-py's retries run out (~5 s), then respawns fail, each backing off more
+        broker = EmbeddedBroker(port=broker.port).start()
+        back = time.monotonic()
+        with connect(broker.url) as client:
+            wait_for(lambda: worker_pids(client), timeout=30)
+        assert time.monotonic() - back < 15  # a respawn within 4 s, its start-up, redis-py's retries
+    finally:
+        workers.terminate()
+        _, err = workers.communicate(timeout=30)
+        broker.stop()
+    assert workers.returncode == 0, err
+    assert "the broker is unreachable" in err and "lost the broker" in err and "Traceback" not in err
+
+
+def test_workers_die_with_a_killed_pool() -> None:
+    with EmbeddedBroker() as broker, connect(broker.url) as client:
+        pool = subprocess.Popen([*VIGIL, "work", "-n", "2"], env=env_for(broker.url), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        try:
+            wait_for(lambda: len(worker_pids(client)) == 2)
+            children = worker_pids(client)
+            pool.kill()  # SIGKILL: no chance to stop its children
+            pool.wait()
+            wait_for(lambda: not worker_pids(client), timeout=20)
+        finally:
+            pool.kill()
+    for pid in children:
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+
+
+def test_pool_stops_when_a_respawn_cannot_load_the_bundle(tmp_path: Path) -> None:
+    """A bundle moved away after the pool started: the respawned child failed for ever, a traceback each time."""
+    import shutil
+    import signal
+
+    bundle = shutil.copytree(TINY_BUNDLE, tmp_path / "bundle")
+    with EmbeddedBroker() as broker, connect(broker.url) as client:
+        env = {**env_for(broker.url), "VIGIL_BUNDLE": str(bundle)}
+        pool = subprocess.Popen([*VIGIL, "work", "-n", "2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        try:
+            wait_for(lambda: len(worker_pids(client)) == 2)
+            shutil.rmtree(bundle)
+            os.kill(worker_pids(client)[0], signal.SIGKILL)
+            _, err = pool.communicate(timeout=60)
+        finally:
+            pool.kill()
+    assert pool.returncode == BundleError.exit_code, err
+    assert "cannot load the bundle" in err and "does not exist" in err and "Traceback" not in err
+
+
+def test_burst_pool_with_no_source_says_so_at_once() -> None:
+    """A mistyped VIGIL_NAMESPACE hung a burst job with nothing in the log but 'ready'."""
+    with EmbeddedBroker() as broker:
+        env = {**env_for(broker.url), "VIGIL_LOG_LEVEL": "INFO", "VIGIL_NAMESPACE": "typo"}
+        done = subprocess.run([*VIGIL, "work", "-n", "1", "--burst", "--burst-idle", "3"], env=env,
+                              capture_output=True, text=True, timeout=90)
+    assert done.returncode == 0, done.stderr
+    said = done.stderr.index("no source is registered under namespace 'typo' yet")
+    assert said < done.stderr.index("no source was registered within")  # before the --burst-idle exit

@@ -121,7 +121,7 @@ def test_sigkilled_worker_is_respawned_and_nothing_is_lost(pipeline_env, client,
     assert proc.wait(30) == 0
     log = proc.stderr.read() if proc.stderr else ""
     assert_exactly_once(client, namespace, 60)
-    assert "respawning" in log and "janitor reclaimed" in log
+    assert "respawning" in log and "janitor reclaimed" in log and "entries of source cam" in log
 
 
 def wait_for_pending_consumer(client: redis.Redis, key: str, timeout: float = 20.0) -> str:

@@ -5,8 +5,12 @@ In burst mode a child that exits 0 has drained the streams and is not replaced, 
 BURST_MAX_FAILURES times in a row (no healthy run between) ends the run: the pool drains the other children and
 exits 8 (``WorkerError``), so that a batch job whose broker is gone ends. Outside burst mode a failing child is
 respawned for ever, with backoff, as a supervised service should be; but a child the broker refuses a command
-(an ACL rule lacks it: exit code ``REFUSED_EXIT``) stops the pool, which exits 5 (``BrokerError``): every respawn
-would be refused the same way.
+(an ACL rule lacks it: exit code ``REFUSED_EXIT``) stops the pool, which exits 5 (``BrokerError``), and so does a
+child that cannot load the bundle (moved or deleted since the pool started: ``BUNDLE_EXIT``; exit 4): every respawn
+would fail the same way. A child that lost the broker (``UNREACHABLE_EXIT``, after redis-py's retries) is respawned
+within OUTAGE_MAX_BACKOFF_S, so that the pool is back soon after the broker is; those exits do not count against
+the child's own failures. Children die with the pool (PR_SET_PDEATHSIG): a pool killed by SIGKILL or the OOM
+killer leaves no worker behind.
 
 With a metrics port the supervisor serves Prometheus metrics in multiprocess mode: children write their
 counters to files in a private directory, the supervisor sums them on each scrape, drops a dead child's live
@@ -26,18 +30,19 @@ from types import FrameType
 import redis
 
 from common import metrics
-from common.broker import ACL_HINT, connect
-from common.errors import BrokerError, ConfigError, WorkerError
+from common.broker import ACL_HINT, connect, redact
+from common.errors import BrokerError, BundleError, ConfigError, WorkerError
 from common.streams import SourceKeys
 from workers.results import sources
 from workers.status import group_state
-from workers.worker import REFUSED_EXIT, WorkerConfig, child_main
+from workers.worker import BUNDLE_EXIT, REFUSED_EXIT, UNREACHABLE_EXIT, WorkerConfig, child_main
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF_S = 30.0
 HEALTHY_AFTER_S = 30.0
 GAUGES_EVERY_S = 5.0
 BURST_MAX_FAILURES = 5  # with backoff and redis-py's retries: ~40 s of a broker outage before a burst pool gives up
+OUTAGE_MAX_BACKOFF_S = 4.0
 
 
 @dataclass
@@ -46,6 +51,7 @@ class Slot:
     proc: SpawnProcess | None = None
     started: float = 0.0
     failures: int = 0
+    outages: int = 0  # exits in a row for an unreachable broker
     respawn_at: float = 0.0
     done: bool = False
 
@@ -59,7 +65,7 @@ class Pool:
     stopping: bool = False
     killed: bool = False
     gave_up: str | None = None  # burst: why the pool stopped respawning
-    fatal: BrokerError | None = None  # a child was refused a command: the pool stopped, the CLI exits 5
+    fatal: BrokerError | BundleError | None = None  # a child was refused a command or has no bundle: the pool stopped
     _gauges: BrokerGauges | None = field(default=None, init=False)
 
     def run(self) -> int:
@@ -124,10 +130,16 @@ class Pool:
             multiprocess.mark_process_dead(slot.proc.pid)
         slot.proc.close()
         slot.proc = None
-        if code == REFUSED_EXIT:  # an ACL rule, not an outage: every respawn would be refused the same way
-            self.fatal = BrokerError(f"worker {slot.index}: the broker refuses a command the workers need (the log "
-                                     f"above names it). {ACL_HINT}")
-            log.error("worker %d was refused a command by the broker: stopping the pool", slot.index)
+        if code in (REFUSED_EXIT, BUNDLE_EXIT):  # every respawn would fail the same way
+            if code == REFUSED_EXIT:
+                self.fatal = BrokerError(f"worker {slot.index}: the broker refuses a command the workers need (the "
+                                         f"log above names it). {ACL_HINT}")
+                log.error("worker %d was refused a command by the broker: stopping the pool", slot.index)
+            else:
+                self.fatal = BundleError(f"worker {slot.index} cannot load the bundle {self.config.bundle} (the log "
+                                         "above says why; it loaded when the pool started: was it moved, deleted or "
+                                         "replaced?). Restore it, or restart the pool with --bundle PATH.")
+                log.error("worker %d cannot load the bundle: stopping the pool", slot.index)
             slot.done = True
             if not self.stopping:
                 self._drain()
@@ -136,20 +148,32 @@ class Pool:
             slot.done = True
             return
         lived = time.monotonic() - slot.started
-        slot.failures = 1 if lived > HEALTHY_AFTER_S else slot.failures + 1
-        if self.config.burst and slot.failures >= BURST_MAX_FAILURES:
-            self._give_up(slot, code)
+        if lived > HEALTHY_AFTER_S:
+            slot.failures = slot.outages = 0
+        if code == UNREACHABLE_EXIT:
+            slot.outages += 1
+            tries, delay = slot.outages, min(OUTAGE_MAX_BACKOFF_S, 0.5 * 2 ** (slot.outages - 1))
+        else:
+            slot.failures += 1
+            tries, delay = slot.failures, min(MAX_BACKOFF_S, 0.5 * 2 ** (slot.failures - 1))
+        if self.config.burst and tries >= BURST_MAX_FAILURES:
+            self._give_up(slot, code, tries)
             return
-        delay = min(MAX_BACKOFF_S, 0.5 * 2 ** (slot.failures - 1))
         slot.respawn_at = time.monotonic() + delay
-        log.error("worker %d exited with code %s after %.1fs; respawning in %.1fs", slot.index, code, lived, delay)
+        if code == UNREACHABLE_EXIT:
+            log.error("worker %d lost the broker (%s); respawning in %.1fs", slot.index,
+                      redact(self.config.redis_url), delay)
+        else:
+            log.error("worker %d exited with code %s after %.1fs; respawning in %.1fs", slot.index, code, lived,
+                      delay)
 
-    def _give_up(self, slot: Slot, code: int | None) -> None:
-        self.gave_up = (f"worker {slot.index} failed {slot.failures} times in a row (last exit code {code}) with no "
-                        f"run over {HEALTHY_AFTER_S:.0f}s between; --burst gives up instead of respawning it. "
-                        "The log above says why (is the broker up? REDIS_URL?).")
+    def _give_up(self, slot: Slot, code: int | None, tries: int) -> None:
+        why = (f"the broker at {redact(self.config.redis_url)} was unreachable each time: is it up? Is REDIS_URL "
+               "right?" if code == UNREACHABLE_EXIT else f"last exit code {code}; the log above says why")
+        self.gave_up = (f"worker {slot.index} failed {tries} times in a row with no run over {HEALTHY_AFTER_S:.0f}s "
+                        f"between ({why}); --burst gives up instead of respawning it.")
         log.error("worker %d failed %d times in a row: giving up (--burst), draining the other workers", slot.index,
-                  slot.failures)
+                  tries)
         slot.done = True
         self._drain()
 

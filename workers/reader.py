@@ -280,7 +280,10 @@ class BatchReader:
                 if self._cursors[source] == "0-0":
                     break
         if out:
-            log.warning("janitor reclaimed %d entries idle > %d ms", len(out), self.policy.claim_idle_ms)
+            by_source = Counter(entry.source for entry in out)
+            log.warning("janitor reclaimed %s: idle > %d ms, their worker died, hung or was cut off",
+                        ", ".join(f"{n} entries of source {source}" for source, n in sorted(by_source.items())),
+                        self.policy.claim_idle_ms)
         self._forget_gone_consumers()
         return out
 

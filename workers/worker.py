@@ -14,6 +14,7 @@ import sys
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
+from multiprocessing import parent_process
 from pathlib import Path
 from types import FrameType
 
@@ -21,9 +22,9 @@ import numpy as np
 import prometheus_client as prom
 import redis
 
-from common.broker import ACL_HINT, connect, refused
+from common.broker import ACL_HINT, connect, die_with_parent, refused
 from common.bundle import Bundle
-from common.errors import DecodeError
+from common.errors import BundleError, DecodeError
 from common.inference import Classifier, Model
 from common.log import setup_logging
 from common.metrics import metrics, observe_many
@@ -36,7 +37,10 @@ log = logging.getLogger(__name__)
 TOPK = 3
 SAME_REQUEST_S = 1.0  # child_main: a second SIGTERM sooner than this is the same request
 WAITING_SAY_EVERY_S = 30.0  # --burst: how often a worker says which end-of-stream markers it still waits for
-REFUSED_EXIT = 78  # a child's exit code when the broker refuses it a command (sysexits' EX_CONFIG): not respawned
+# A child's exit codes the pool acts on (sysexits' values):
+REFUSED_EXIT = 78  # the broker refuses it a command (EX_CONFIG): not respawned, the pool stops
+BUNDLE_EXIT = 66  # the bundle cannot be loaded (EX_NOINPUT): not respawned, the pool stops
+UNREACHABLE_EXIT = 75  # the broker is unreachable (EX_TEMPFAIL): respawned after a short backoff
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,7 @@ class Worker:
         self.policies = SourcePolicies(self.client, config.namespace, config.max_age_ms)
         self.metrics = BatchMetrics() if config.metrics else None
         self.stopping = False
+        self._looked = False  # burst_done has looked at the sources once
         self.processed = 0
         self._encoders: dict[str, ResultJSON] = {}
 
@@ -101,7 +106,14 @@ class Worker:
             return True
         quiet_s = quiet.observe(state)
         limit = self.config.burst_idle_s
-        if quiet.due_to_say(WAITING_SAY_EVERY_S) and state.not_ended:
+        first_look = not self._looked
+        self._looked = True
+        due = quiet.due_to_say(WAITING_SAY_EVERY_S)
+        if not state.any_source and (due or first_look):
+            log.info("worker %s: no source is registered under namespace %r yet; waiting for a producer (is "
+                     "VIGIL_NAMESPACE the producer's? Pass --burst-idle SECONDS to stop waiting)", self.name,
+                     self.config.namespace)
+        elif due and state.not_ended:
             log.info("worker %s: every frame is answered; waiting for the end-of-stream marker of %s (a producer "
                      "still running, or one that stopped early: run it again to finish, or pass --burst-idle "
                      "SECONDS to stop waiting)", self.name, ", ".join(state.not_ended))
@@ -356,9 +368,19 @@ def child_main(config: WorkerConfig) -> None:
     SIGTERM soon after the first is the same request (systemd's KillMode=control-group signals every process of
     the unit, then the supervisor forwards its own)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent()  # a pool killed by SIGKILL or the OOM killer must not leave its workers reading on
     setup_logging(config.log_level, config.log_json)
+    parent = parent_process()
+    if parent is not None and not parent.is_alive():  # it died before the line above
+        sys.exit(0)
     try:
         _serve(config)
+    except BundleError as exc:  # it loaded when the pool started: moved, deleted or replaced since
+        log.error("worker %d: %s", os.getpid(), exc)
+        sys.exit(BUNDLE_EXIT)
+    except (redis.ConnectionError, redis.TimeoutError) as exc:  # redis-py's retries are spent: one line, no trace
+        log.error("worker %d: the broker is unreachable (%s)", os.getpid(), exc)
+        sys.exit(UNREACHABLE_EXIT)
     except redis.RedisError as exc:
         if not refused(exc):
             raise  # an outage or a bug: the traceback, and the supervisor respawns this process with backoff
