@@ -8,6 +8,7 @@ import gc
 import importlib
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,10 @@ RET_INTERRUPTED = 130
 log = logging.getLogger(__name__)
 
 
+class _ClosedPipe(Exception):
+    """stdout's reader went away. Not an OSError: click turns a broken pipe into exit 1, as if the command failed."""
+
+
 class LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted([*SUBCOMMANDS, *super().list_commands(ctx)])
@@ -68,6 +73,8 @@ class LazyGroup(click.Group):
         except redis.RedisError as exc:  # redis-py's retries gave up; here the settings still name the broker
             log.debug("broker error", exc_info=True)
             raise _broker_failed(ctx.obj, exc) from exc
+        except BrokenPipeError as exc:
+            raise _ClosedPipe from exc
 
 
 def _broker_failed(settings: Any, exc: redis.RedisError) -> BrokerError:
@@ -141,8 +148,13 @@ def config_cmd(settings: Any) -> None:
 def main(argv: list[str] | None = None) -> int:
     _quick_exit()
     _one_blas_thread()
+    previous = _sigterm_as_interrupt()
     try:
         cli.main(args=argv, prog_name="vigil", standalone_mode=False)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at interpreter exit (exit 120)
+    except (BrokenPipeError, _ClosedPipe):  # the reader of stdout went away (`vigil results export | head`)
+        _discard_stdout()
+        return RET_OK
     except Interrupted as exc:
         click.echo(f"interrupted: {exc}", err=True)
         return exc.exit_code
@@ -159,7 +171,36 @@ def main(argv: list[str] | None = None) -> int:
         return RET_INTERRUPTED
     except KeyboardInterrupt:
         return RET_INTERRUPTED
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return RET_OK
+
+
+def _sigterm_as_interrupt() -> Any:
+    """SIGTERM stops a command as Ctrl-C does (exit 130, its clean-up run), unless the command handles it itself
+    (`vigil work` drains, producers stop between frames). Returns the handler it replaced, None when it could not
+    (not the main thread)."""
+    def interrupt(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        return signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:
+        return None
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null: what is still buffered would fail again when the interpreter flushes it."""
+    import os
+
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (captured in tests)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 def _one_blas_thread() -> None:

@@ -247,3 +247,59 @@ def test_status_counts(monkeypatch, capsys, redis_url, namespace, published) -> 
 def test_streams_prints_key_names(capsys) -> None:
     assert main(["streams", "cam1"]) == 0
     assert json.loads(capsys.readouterr().out)["frames"] == "vigil:{cam1}:frames"
+
+
+@pytest.mark.integration
+def test_a_malformed_result_entry_is_skipped_and_named(cli_env, capsys, client, published) -> None:
+    """One entry of another writer, version 1 but without topk, made export print nothing and exit 6."""
+    bad = client.xadd(published.results, {"v": "1", "type": "result", "source": "cam", "frame_id": "cam:9",
+                                           "seq": "9", "label": "coat", "score": "0.5"}).decode()
+    assert main(["results", "export"]) == 0
+    out, err = capsys.readouterr()
+    assert [json.loads(x)["seq"] for x in out.splitlines()] == [0, 1, 2, 3, 4]
+    assert f"{published.results} entry {bad}: skipped, not a valid result" in err and "topk" in err
+    assert main(["results", "summary", "--json"]) == 0
+    assert sum(s["frames"] for s in json.loads(capsys.readouterr().out)["cam"]) == 5
+    assert main(["results", "tail", "--from-start", "--max", "5"]) == 0
+    assert f"entry {bad}: skipped" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_export_lines_carry_the_schema_version(cli_env, capsys, published) -> None:
+    assert main(["results", "export"]) == 0
+    first = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert first["v"] == "1" and first["frame_id"] == "cam:0" and first["topk"] == [["coat", 0.9]]
+    assert main(["results", "tail", "--from-start", "--max", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["v"] == "1"
+
+
+@pytest.mark.integration
+def test_a_reader_that_stops_reading_is_not_an_error(client, namespace, pipeline_env) -> None:
+    """`vigil results export | head -1` exited 1 with no message."""
+    keys = SourceKeys(namespace, "cam")
+    client.sadd(registry_key(namespace), "cam")
+    for seq in range(2000):  # more than a pipe and stdout's buffer hold
+        client.xadd(keys.results, _res(seq, "coat", seq / 10).encode())
+    export = subprocess.Popen([sys.executable, "-m", "common.cli", "results", "export"], env=pipeline_env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert export.stdout is not None and export.stderr is not None
+    assert json.loads(export.stdout.readline())["seq"] == 0
+    export.stdout.close()  # as `head -1` does
+    err = export.stderr.read().decode()
+    assert export.wait(30) == 0, err
+    assert "Traceback" not in err and "Exception ignored" not in err
+
+
+@pytest.mark.integration
+def test_sigterm_stops_tail_as_ctrl_c_does(namespace, pipeline_env) -> None:
+    tail = subprocess.Popen([sys.executable, "-m", "common.cli", "results", "tail"], env=pipeline_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert tail.stderr is not None
+        said = tail.stderr.readline()  # written once it is following: the handler is in place
+        assert f"no source is registered under namespace '{namespace}' yet" in said
+        tail.send_signal(signal.SIGTERM)
+        assert tail.wait(20) == 130
+    finally:
+        tail.kill()
+        tail.wait()

@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 
+from common.errors import DecodeError
 from common.schemas import RESULT_VERSION, Result
 from common.streams import SourceKeys, registry_key
 
@@ -34,31 +35,55 @@ def iter_stream(client: redis.Redis, key: str, start: str = "-") -> Iterator[tup
         start = "(" + (last.decode() if isinstance(last, bytes) else last)
 
 
-def decode_known(fields: dict[Any, Any], unknown: Counter[str]) -> Result | None:
-    """The result in ``fields``, or None when its schema version is not one this reader knows (counted in
-    ``unknown`` by version): docs/results-schema.md says readers skip those rather than fail."""
+@dataclass
+class Skipped:
+    """Result entries a reader skipped: of a schema version it does not know (counted by version; the schema says
+    readers skip those rather than fail), and malformed ones (of a known version, but fields missing or invalid:
+    never written by Vigil's workers, so another writer's), each logged by key and id up to SAY_MALFORMED."""
+
+    versions: Counter[str] = field(default_factory=Counter)
+    malformed: int = 0
+
+
+SAY_MALFORMED = 5
+
+
+def decode_known(key: str, entry_id: str, fields: dict[Any, Any], skipped: Skipped) -> Result | None:
+    """The result in ``fields`` (entry ``entry_id`` of stream ``key``), or None when it is skipped (``Skipped``)."""
     version = fields.get(b"v", fields.get("v"))
     version = version.decode() if isinstance(version, bytes) else version
     if version != RESULT_VERSION:
-        unknown[repr(version)] += 1
+        skipped.versions[repr(version)] += 1
         return None
-    return Result.decode(fields)
+    try:
+        return Result.decode(fields)
+    except DecodeError as exc:
+        skipped.malformed += 1
+        if skipped.malformed <= SAY_MALFORMED:
+            log.warning("%s entry %s: skipped, not a valid result (%s); Vigil's workers never write such an entry, "
+                        "so another writer did", key, entry_id, exc)
+        return None
 
 
-def warn_unknown(unknown: Counter[str], where: str) -> None:
-    """One warning for every entry ``decode_known`` skipped, by version."""
-    if unknown:
-        versions = ", ".join(f"v={v}: {n}" for v, n in sorted(unknown.items()))
+def warn_skipped(skipped: Skipped, where: str) -> None:
+    """One warning for the entries ``decode_known`` skipped by version, and a count of the malformed ones."""
+    if skipped.versions:
+        versions = ", ".join(f"v={v}: {n}" for v, n in sorted(skipped.versions.items()))
         log.warning("%s: skipped %d results of an unknown schema version (%s); this reader knows version %s. "
-                    "Upgrade vigil to read them.", where, unknown.total(), versions, RESULT_VERSION)
+                    "Upgrade vigil to read them.", where, skipped.versions.total(), versions, RESULT_VERSION)
+    if skipped.malformed > SAY_MALFORMED:
+        log.warning("%s: skipped %d malformed result entries in all (the first %d are named above)", where,
+                    skipped.malformed, SAY_MALFORMED)
 
 
 def read_results(client: redis.Redis, namespace: str, source: str, include_eos: bool = False) -> list[Result]:
-    """Every result of ``source`` in stream order; entries of an unknown version are skipped with one warning."""
-    unknown: Counter[str] = Counter()
-    decoded = (decode_known(f, unknown) for _, f in iter_stream(client, SourceKeys(namespace, source).results))
+    """Every result of ``source`` in stream order; entries of an unknown version, or malformed, are skipped with
+    a warning."""
+    skipped = Skipped()
+    key = SourceKeys(namespace, source).results
+    decoded = (decode_known(key, eid, f, skipped) for eid, f in iter_stream(client, key))
     out = [r for r in decoded if r is not None and (include_eos or r.type == "result")]
-    warn_unknown(unknown, f"source {source}")
+    warn_skipped(skipped, f"source {source}")
     return out
 
 

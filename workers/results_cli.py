@@ -7,7 +7,6 @@ import json
 import logging
 import sys
 import time
-from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TextIO
@@ -18,10 +17,10 @@ import redis
 from common.broker import broker_url, connect
 from common.bundle import Bundle
 from common.errors import BundleError, ConfigError
-from common.schemas import Result
+from common.schemas import RESULT_VERSION, Result
 from common.settings import Settings
 from common.streams import SourceKeys, check_source
-from workers.results import decode_known, read_results, segments, sources, warn_unknown
+from workers.results import Skipped, decode_known, read_results, segments, sources, warn_skipped
 
 CSV_FIELDS = ["source", "frame_id", "seq", "label", "score", "captured_at", "produced_at", "inferred_at",
               "model_version", "worker", "topk"]
@@ -107,7 +106,10 @@ def tail(settings: Settings, source: str | None, label: str | None, min_score: f
         cursors: dict[str, str] = {} if from_start else {key: _last_id(client, key) for key in keys}
         if problem:  # after the cursors: a result written once this is said must not fall before them
             log.warning("results tail: %s; waiting for it to appear.", problem)
-        unknown: Counter[str] = Counter()
+        skipped = Skipped()
+        if not source and not keys:
+            log.warning("results tail: no source is registered under namespace %r yet (VIGIL_NAMESPACE); waiting "
+                        "for one: `vigil produce` registers its source when it starts.", settings.namespace)
         try:
             while limit is None or shown < limit:
                 for name in _sources(client, settings, source):
@@ -119,13 +121,13 @@ def tail(settings: Settings, source: str | None, label: str | None, min_score: f
                 for stream, entries in reply or []:
                     for eid, fields in entries:
                         cursors[stream.decode()] = eid.decode()
-                        res = decode_known(fields, unknown)
+                        res = decode_known(stream.decode(), eid.decode(), fields, skipped)
                         if (res is not None and res.type == "result" and (not label or res.label == label)
                                 and res.score >= min_score and (limit is None or shown < limit)):
                             click.echo(_line(res, as_json))
                             shown += 1
         finally:
-            warn_unknown(unknown, "results tail")
+            warn_skipped(skipped, "results tail")
 
 
 def _last_id(client: redis.Redis, key: str) -> str:
@@ -140,9 +142,14 @@ def _last_id(client: redis.Redis, key: str) -> str:
     return last.decode() if isinstance(last, bytes) else str(last)
 
 
+def _json(res: Result) -> str:
+    """One result as a JSON object: the schema version, then the typed fields (topk as [[label, p], ...])."""
+    return json.dumps({"v": RESULT_VERSION, **asdict(res)})
+
+
 def _line(res: Result, as_json: bool) -> str:
     if as_json:
-        return json.dumps(asdict(res))
+        return _json(res)
     latency_ms = (res.inferred_at - res.produced_at) * 1000
     return (f"{res.source:<16} {res.seq:>7} {res.label:<14} {res.score:6.3f}  "
             f"t={res.captured_at:8.2f}s  latency {latency_ms:6.1f} ms")
@@ -179,7 +186,7 @@ def export(settings: Settings, source: str | None, fmt: str, output: Path | None
                     if writer:
                         writer.writerow(res.encode())
                     else:
-                        out.write(json.dumps(asdict(res)) + "\n")
+                        out.write(_json(res) + "\n")
         finally:
             if output:
                 out.close()
