@@ -23,7 +23,17 @@ def _res(seq: int, label: str, ts: float) -> Result:
 def test_segments_group_consecutive_labels_in_seq_order() -> None:
     results = [_res(2, "bag", 0.2), _res(0, "coat", 0.0), _res(1, "coat", 0.1), _res(3, "bag", 0.3)]
     segs = segments(results)
-    assert [(s.label, s.start, s.end, s.frames) for s in segs] == [("coat", 0.0, 0.1, 2), ("bag", 0.2, 0.3, 2)]
+    assert [(s.label, s.start, s.end, s.frames) for s in segs] == [("coat", 0.0, 0.2, 2), ("bag", 0.2, 0.4, 2)]
+    assert [(s.first_seq, s.last_seq) for s in segs] == [(0, 1), (2, 3)]
+
+
+def test_segments_cover_time_and_end_at_frames_without_a_result() -> None:
+    """A segment ended at its last frame's capture time (a one-frame segment lasted 0 s, and time between
+    segments belonged to none), and runs were merged across frames that got no result."""
+    results = [_res(0, "coat", 0.0), _res(1, "bag", 0.5), _res(2, "bag", 1.0), _res(5, "bag", 2.5)]
+    segs = segments(results)
+    assert [(s.label, s.start, s.end, s.first_seq, s.last_seq) for s in segs] == [
+        ("coat", 0.0, 0.5, 0, 0), ("bag", 0.5, 1.5, 1, 2), ("bag", 2.5, 3.0, 5, 5)]
 
 
 def _pending_entries(client, keys: SourceKeys, n: int, consumer: str = "a") -> None:
@@ -303,3 +313,22 @@ def test_sigterm_stops_tail_as_ctrl_c_does(namespace, pipeline_env) -> None:
     finally:
         tail.kill()
         tail.wait()
+
+
+@pytest.mark.integration
+def test_summary_text_names_frames_and_a_cameras_clock_and_cap(cli_env, capsys, client, namespace, published) -> None:
+    assert main(["results", "summary"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "cam: 5 frames with a result, 2 segments"
+    assert "    0.00s -     0.30s  frames      0-2      coat" in out[1]
+    keys = SourceKeys(namespace, "gate")
+    client.sadd(registry_key(namespace), "gate")
+    client.hset(keys.meta, mapping={"mode": "live", "results_maxlen": 3, "processed": 12})
+    for seq in range(9, 12):  # a camera's capture times are Unix times; its oldest results were trimmed
+        client.xadd(keys.results, {**_res(seq, "bag", 1_800_000_000 + seq / 10).encode(), "source": "gate"})
+    assert main(["results", "summary", "--source", "gate"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == ("gate: 3 frames with a result, 1 segments (of 12 processed: its results stream keeps about the "
+                      "newest 3)")
+    start = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(1_800_000_000.9)) + ".90"
+    assert out[1].startswith(f"  {start} - ") and "frames      9-11" in out[1]

@@ -6,6 +6,7 @@ import logging
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 import redis
@@ -99,27 +100,42 @@ def dead_frames(dead: list[dict[str, str]]) -> int:
 
 @dataclass(frozen=True)
 class Segment:
+    """Consecutive frames with one label: frames ``first_seq..last_seq``, from ``start`` (the first's capture
+    time) to ``end`` (the last's plus one frame period: where the next frame begins)."""
+
     label: str
     start: float
     end: float
     frames: int
     mean_score: float
+    first_seq: int
+    last_seq: int
 
 
 def segments(results: list[Result]) -> list[Segment]:
-    """Consecutive runs of the same label, in frame order, with media time bounds."""
+    """Runs of the same label over consecutive frames, in frame order. A frame without a result (dead-lettered,
+    or a live frame dropped as stale) ends the run: nothing is known of the time it covers."""
+    ordered = sorted(results, key=lambda r: r.seq)
+    step = frame_period(ordered)
     out: list[Segment] = []
     run: list[Result] = []
-    for res in sorted(results, key=lambda r: r.seq):
-        if run and res.label != run[0].label:
-            out.append(_segment(run))
+    for res in ordered:
+        if run and (res.label != run[0].label or res.seq != run[-1].seq + 1):
+            out.append(_segment(run, step))
             run = []
         run.append(res)
     if run:
-        out.append(_segment(run))
+        out.append(_segment(run, step))
     return out
 
 
-def _segment(run: list[Result]) -> Segment:
-    return Segment(run[0].label, run[0].captured_at, run[-1].captured_at, len(run),
-                   sum(r.score for r in run) / len(run))
+def frame_period(ordered: list[Result]) -> float:
+    """The median capture-time step between consecutive frames (0 when there are none): after sampling, the
+    time one frame stands for."""
+    steps = sorted(b.captured_at - a.captured_at for a, b in pairwise(ordered) if b.seq == a.seq + 1)
+    return steps[len(steps) // 2] if steps else 0.0
+
+
+def _segment(run: list[Result], step: float) -> Segment:
+    return Segment(run[0].label, run[0].captured_at, run[-1].captured_at + step, len(run),
+                   sum(r.score for r in run) / len(run), run[0].seq, run[-1].seq)

@@ -204,7 +204,11 @@ def _open_output(path: Path) -> TextIO:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object: source -> list of segments.")
 @click.pass_obj
 def summary(settings: Settings, source: str | None, as_json: bool) -> None:
-    """Per video: label segments over media time (consecutive frames with the same label).
+    """Per source: label segments over time (consecutive frames with the same label).
+
+    A segment runs from its first frame's capture time to where the frame after its last one begins; a frame
+    with no result (dead-lettered, or a camera frame dropped as stale) ends it. Times are media seconds for a
+    file and clock times for a camera.
 
     \b
     Examples:
@@ -213,14 +217,38 @@ def summary(settings: Settings, source: str | None, as_json: bool) -> None:
     """
     with broker_url(settings.redis_url, read_only=True) as url:
         client = connect(url)
+        names = _known_sources(client, settings, source)
         report = {name: [asdict(s) for s in segments(read_results(client, settings.namespace, name))]
-                  for name in _known_sources(client, settings, source)}
+                  for name in names}
+        metas: dict[str, dict[bytes, bytes]] = {
+            name: client.hgetall(SourceKeys(settings.namespace, name).meta) for name in names}  # type: ignore[misc]
     _note_if_none(list(report), settings)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
     for name, segs in report.items():
-        click.echo(f"{name}: {sum(s['frames'] for s in segs)} frames, {len(segs)} segments")
+        meta = metas[name]
+        live = meta.get(b"mode") == b"live"
+        with_result = sum(s["frames"] for s in segs)
+        click.echo(f"{name}: {with_result} frames with a result, {len(segs)} segments{_capped(meta, with_result)}")
         for s in segs:
-            click.echo(f"  {s['start']:8.2f}s - {s['end']:8.2f}s  {s['label']:<14} {s['frames']:>5} frames  "
-                       f"mean score {s['mean_score']:.3f}")
+            span = f"{_when(s['start'], live)} - {_when(s['end'], live)}"
+            click.echo(f"  {span}  frames {s['first_seq']:>6}-{s['last_seq']:<6} {s['label']:<14} "
+                       f"{s['frames']:>5} frames  mean score {s['mean_score']:.3f}")
+
+
+def _when(t: float, live: bool) -> str:
+    """Media seconds for a file; local clock time for a camera (its capture times are Unix times)."""
+    if live:
+        t = round(t, 2)
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) + f"{t:.2f}"[-3:]
+    return f"{t:8.2f}s"
+
+
+def _capped(meta: dict[bytes, bytes], with_result: int) -> str:
+    """A note when a camera's capped results stream no longer holds every result it got."""
+    processed = int(meta.get(b"processed", b"0") or 0)
+    if b"results_maxlen" in meta and processed > with_result:
+        return (f" (of {processed} processed: its results stream keeps about the newest "
+                f"{int(meta[b'results_maxlen'])})")
+    return ""
