@@ -81,14 +81,10 @@ def produce_file(client: redis.Redis, namespace: str, job: FileJob, high_water: 
     pub = SourcePublisher(client, namespace, job.source, high_water, 1 if job.realtime else job.pack, stop)
     start_seq = pub.open(str(job.path.resolve()), job.restart, identity(job))
     try:
-        report = _send_file(pub, job, start_seq, progress, stop)
-    except Interrupted:
+        return _send_file(pub, job, start_seq, progress, stop)
+    finally:  # done, stopped or failed (an unreadable image, say): this producer no longer writes the source
         with suppress(redis.RedisError):
             pub.release()
-        raise
-    with suppress(redis.RedisError):  # after any other error the mark stays: a rerun soon after only warns
-        pub.release()
-    return report
 
 
 def _send_file(pub: SourcePublisher, job: FileJob, start_seq: int, progress: bool,

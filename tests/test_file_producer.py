@@ -194,7 +194,8 @@ def test_bad_paths_are_refused_before_any_source_is_registered(pipeline_env: dic
     assert client.smembers(f"{namespace}:sources") == set() and not list(client.scan_iter(match=f"{namespace}:*"))
 
 
-def test_a_path_that_fails_midway_still_gets_a_json_record(pipeline_env: dict[str, str], tmp_path: Path) -> None:
+def test_a_path_that_fails_midway_still_gets_a_json_record(pipeline_env: dict[str, str], tmp_path: Path,
+                                                           client: redis.Redis, namespace: str) -> None:
     shots = tmp_path / "shots"
     shots.mkdir()
     for i in range(3):
@@ -206,3 +207,5 @@ def test_a_path_that_fails_midway_still_gets_a_json_record(pipeline_env: dict[st
     record = json.loads(out.stdout)
     assert record["source"] == "shots" and "9.png cannot be read" in record["error"]
     assert "--restart" in out.stderr  # the folder's content changes when the image is fixed: a resume is refused
+    meta = client.hgetall(SourceKeys(namespace, "shots").meta)
+    assert b"producer" not in meta and b"producer_seen" not in meta  # it no longer writes the source: no mark left

@@ -101,3 +101,18 @@ def test_a_camera_whose_producer_stopped_being_seen_shows_offline(env, camera, c
     assert main(["status", "--json"]) == 0
     row = next(r for r in json.loads(capsys.readouterr().out) if r["source"] == "cam1")
     assert row["state"] == "offline" and "producer not seen for 60 s" in row["state_reason"]
+
+
+def test_a_consumer_that_stopped_reading_is_marked(env, camera, client, monkeypatch, capsys) -> None:
+    """A killed worker cannot leave the group and was listed exactly like a live one until the janitor forgot it."""
+    from workers import status
+
+    monkeypatch.setattr(status, "READING_WITHIN_S", 0.5)
+    time.sleep(0.6)  # host:1 read at the fixture's set-up
+    client.xreadgroup(GROUP, "host:2", {camera.frames: ">"}, count=1)
+    assert main(["status", "--json"]) == 0
+    cam = next(r for r in json.loads(capsys.readouterr().out) if r["source"] == "cam1")
+    assert {c["name"]: c["reading"] for c in cam["consumers"]} == {"host:1": False, "host:2": True}
+    assert main(["status"]) == 0
+    out = capsys.readouterr().out
+    assert "not reading, gone?" in out and out.count("gone?") == 1, out

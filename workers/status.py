@@ -26,6 +26,7 @@ from workers.results import sources
 THROUGHPUT_WINDOW_S = 10.0
 THROUGHPUT_SAMPLE = 200  # newest result ids fetched at most; past that the rate comes from their time span
 UNDELIVERED_CAP = 10_000
+READING_WITHIN_S = 30.0  # a running worker reads every block_ms (<= 2 s); longer: killed, hung or cut off
 PRODUCER_GONE_S = 15.0  # a camera producer writes producer_seen 4 times a second; allows for clock skew too
 COUNTERS = ("captured", "produced", "processed", "dead", "reconnects")
 DROP_REASONS = ("superseded", "unpublished", "trimmed", "stale")
@@ -55,7 +56,7 @@ def consumers(client: redis.Redis, frames: str) -> list[dict[str, Any]]:
     except redis.ResponseError:  # no stream or no group yet
         return []
     return [{"name": c["name"].decode(), "pending": int(c["pending"]), "idle_ms": int(c["idle"]),
-             "inactive_ms": c.get("inactive")} for c in reply]
+             "inactive_ms": c.get("inactive"), "reading": int(c["idle"]) <= READING_WITHIN_S * 1000} for c in reply]
 
 
 def results_per_s(client: redis.Redis, results: str, now_ms: int) -> float:
@@ -138,11 +139,18 @@ def render(rows: list[dict[str, Any]]) -> Table:
         if r["state_since"] is not None:
             state += f" {_ago(r['state_since'], now)}"
         dropped = " ".join(f"{k} {v}" for k, v in r["dropped"].items() if v) or "0"
-        cons = "\n".join(f"{c['name']} {c['idle_ms'] / 1000:.1f}s" for c in r["consumers"]) or "-"
+        cons = "\n".join(_consumer(c) for c in r["consumers"]) or "-"
         table.add_row(r["source"], r["mode"], state, str(r["entries"]), _dash(r["lag"]), _dash(r["pending"]),
                       str(r["results"]), f"{r['results_per_s']:.1f}", str(r["counters"]["produced"]),
                       str(r["counters"]["processed"]), dropped, str(r["counters"]["dead"]), cons)
     return table
+
+
+def _consumer(c: dict[str, Any]) -> str:
+    idle = c["idle_ms"] / 1000
+    if c["reading"]:
+        return f"{c['name']} {idle:.1f}s"
+    return f"{c['name']} {_ago(time.time() - idle, time.time())}: not reading, gone?"
 
 
 def _dash(value: Any) -> str:
@@ -174,7 +182,11 @@ def status(settings: Settings, as_json: bool, watch: float | None) -> None:
       dropped            frames dropped by reason (dropped.*): superseded (a newer camera frame replaced it
                          before sampling), unpublished (sampled while the broker was unreachable), trimmed
                          (live cap), stale (older than max_age_ms at the worker)
-      consumers          worker processes of the group with their idle time (consumers[].idle_ms)
+      consumers          worker processes of the group with their idle time (consumers[].idle_ms); one
+                         that has not read for over 30 s (consumers[].reading false) is marked "gone?": a
+                         running worker reads at least every block_ms. A killed worker cannot leave the
+                         group; the janitor deletes it once it has been idle forget_idle_ms with nothing
+                         pending
     A drained live source: produced == processed + dropped.trimmed + dropped.stale + dead; a drained file
     source: produced == processed + dead + 1.
 
