@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from common.broker import EmbeddedBroker, _die_with_parent, connect
+from common.broker import EmbeddedBroker, die_with_parent, connect
 from tests.conftest import TINY_BUNDLE
 
 pytestmark = pytest.mark.integration
@@ -140,7 +140,7 @@ def test_the_pipeline_runs_over_a_unix_socket(tmp_path: Path, small_video: Path)
     server = subprocess.Popen([str(get_binary_path()), "--port", "0", "--unixsocket", str(sock), "--unixsocketperm",
                                "700", "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              preexec_fn=_die_with_parent)  # not left behind if the test is killed
+                              preexec_fn=die_with_parent)  # not left behind if the test is killed
     try:
         deadline = time.monotonic() + 10
         while not sock.exists():
