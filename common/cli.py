@@ -8,7 +8,6 @@ import gc
 import importlib
 import json
 import logging
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -74,7 +73,9 @@ class LazyGroup(click.Group):
             log.debug("broker error", exc_info=True)
             raise _broker_failed(ctx.obj, exc) from exc
         except BrokenPipeError as exc:
-            raise _ClosedPipe from exc
+            if _stdout_closed():  # another pipe that broke is a failure, not the reader's doing
+                raise _ClosedPipe from exc
+            raise
 
 
 def _broker_failed(settings: Any, exc: redis.RedisError) -> BrokerError:
@@ -148,11 +149,15 @@ def config_cmd(settings: Any) -> None:
 def main(argv: list[str] | None = None) -> int:
     _quick_exit()
     _one_blas_thread()
-    previous = _sigterm_as_interrupt()
     try:
         cli.main(args=argv, prog_name="vigil", standalone_mode=False)
         sys.stdout.flush()  # here, where a closed pipe is caught, not at interpreter exit (exit 120)
-    except (BrokenPipeError, _ClosedPipe):  # the reader of stdout went away (`vigil results export | head`)
+    except _ClosedPipe:  # the reader of stdout went away (`vigil results export | head`): not an error
+        _discard_stdout()
+        return RET_OK
+    except BrokenPipeError:  # the same, found by the flush above
+        if not _stdout_closed():
+            raise
         _discard_stdout()
         return RET_OK
     except Interrupted as exc:
@@ -171,23 +176,19 @@ def main(argv: list[str] | None = None) -> int:
         return RET_INTERRUPTED
     except KeyboardInterrupt:
         return RET_INTERRUPTED
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
     return RET_OK
 
 
-def _sigterm_as_interrupt() -> Any:
-    """SIGTERM stops a command as Ctrl-C does (exit 130, its clean-up run), unless the command handles it itself
-    (`vigil work` drains, producers stop between frames). Returns the handler it replaced, None when it could not
-    (not the main thread)."""
-    def interrupt(_signum: int, _frame: Any) -> None:
-        raise KeyboardInterrupt
+def _stdout_closed() -> bool:
+    """stdout is a pipe whose reader went away (poll reports an error on its write end)."""
+    import select
 
     try:
-        return signal.signal(signal.SIGTERM, interrupt)
-    except ValueError:
-        return None
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # not a real file (captured in tests)
+        return False
 
 
 def _discard_stdout() -> None:

@@ -32,10 +32,13 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return out
 
 
-def make_interpreter(model_path: Path, num_threads: int) -> Any:
+def make_interpreter(model_path: Path, num_threads: int, content: bytes | None = None) -> Any:
+    """An interpreter of the model at ``model_path``, or of its bytes ``content`` read from there before."""
     from ai_edge_litert.interpreter import Interpreter
 
     try:
+        if content is not None:
+            return Interpreter(model_content=content, num_threads=num_threads)
         return Interpreter(model_path=str(model_path), num_threads=num_threads)
     except (ValueError, RuntimeError) as exc:
         raise BundleError(f"{model_path} is not a loadable LiteRT model: {exc}") from exc
@@ -49,7 +52,13 @@ class Classifier:
         self.outputs_logits = outputs_logits
         self.num_threads = num_threads
         self._by_batch: dict[int, Any] = {}
-        probe = make_interpreter(self.model_path, num_threads)
+        # Read once: an interpreter per batch size is made when that size first comes, and reading the file then
+        # failed a running worker whose bundle was being replaced (a deploy), stopping the whole pool.
+        try:
+            self._content = self.model_path.read_bytes()
+        except OSError as exc:
+            raise BundleError(f"{model_path} cannot be read: {exc}. Re-export the bundle.") from exc
+        probe = make_interpreter(self.model_path, num_threads, self._content)
         self._in = probe.get_input_details()[0]
         self._out = probe.get_output_details()[0]
         self.input_shape = tuple(int(d) for d in self._in["shape"][1:])
@@ -68,7 +77,7 @@ class Classifier:
     def _interpreter(self, batch: int) -> Any:
         interp = self._by_batch.get(batch)
         if interp is None:
-            interp = make_interpreter(self.model_path, self.num_threads)
+            interp = make_interpreter(self.model_path, self.num_threads, self._content)
             interp.resize_tensor_input(self._in["index"], [batch, *self.input_shape])
             interp.allocate_tensors()
             self._by_batch[batch] = interp

@@ -269,8 +269,11 @@ class Result:
 
     @classmethod
     def decode(cls, fields: dict[Any, Any]) -> Result:
-        f = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-             for k, v in fields.items()}
+        try:
+            f = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+                 for k, v in fields.items()}
+        except UnicodeDecodeError as exc:
+            raise DecodeError(f"result fields are not UTF-8 text: {exc}") from exc
         if f.get("v") != RESULT_VERSION:
             raise DecodeError(f"not a version {RESULT_VERSION} result: {f.get('v')!r}")
         try:

@@ -99,3 +99,14 @@ def test_read_only_commands_without_a_broker_exit_5_instead_of_reading_an_empty_
         assert main(args) == 5, args
         err = capsys.readouterr().err
         assert "no broker to read from" in err and "vigil broker" in err
+
+
+def test_a_broken_pipe_other_than_stdout_is_not_success() -> None:
+    """Only stdout's reader going away (| head) ends a command with 0; another pipe breaking is a failure."""
+    code = ("import click, sys; from common.cli import cli, main\n"
+            "@cli.command('boom')\n"
+            "def boom():\n"
+            "    raise BrokenPipeError(32, 'Broken pipe')\n"
+            "sys.exit(main(['boom']))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode not in (0, None)

@@ -52,6 +52,21 @@ def test_corrupt_bundle_raises_bundle_error(bundle_dir: Path, tmp_path: Path) ->
         Bundle.load(broken)
 
 
+def test_a_running_classifier_does_not_read_the_model_file_again(tmp_path: Path) -> None:
+    """An interpreter per batch size is made when that size first comes; reading the file then failed a running
+    worker whose bundle a deploy was replacing (and the pool stopped)."""
+    import shutil
+
+    from tests.conftest import TINY_BUNDLE
+
+    bundle = Bundle.load(shutil.copytree(TINY_BUNDLE, tmp_path / "b"))
+    clf = Classifier.from_bundle(bundle)
+    frames = np.zeros((4, *clf.input_shape), np.uint8)
+    first = clf.predict_proba(frames[:1])
+    (bundle.root / TFLITE_FILE).unlink()
+    np.testing.assert_allclose(clf.predict_proba(frames)[:1], first, atol=1e-6)  # a new batch size: 4
+
+
 def test_bucketed_batches_match_one_frame_at_a_time(bundle_dir: Path) -> None:
     clf = Classifier.from_bundle(Bundle.load(bundle_dir))
     frames = np.random.default_rng(1).integers(0, 256, (23, 28, 28, 1), dtype=np.uint8)

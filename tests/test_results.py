@@ -34,6 +34,8 @@ def test_segments_cover_time_and_end_at_frames_without_a_result() -> None:
     segs = segments(results)
     assert [(s.label, s.start, s.end, s.first_seq, s.last_seq) for s in segs] == [
         ("coat", 0.0, 0.5, 0, 0), ("bag", 0.5, 1.5, 1, 2), ("bag", 2.5, 3.0, 5, 5)]
+    offline = [_res(0, "bag", 0.0), _res(1, "bag", 0.5), _res(2, "bag", 1.0), _res(3, "bag", 9.0)]  # 8 s away
+    assert [(s.start, s.end, s.frames) for s in segments(offline)] == [(0.0, 1.5, 3), (9.0, 9.5, 1)]
 
 
 def _pending_entries(client, keys: SourceKeys, n: int, consumer: str = "a") -> None:
@@ -272,6 +274,9 @@ def test_a_malformed_result_entry_is_skipped_and_named(cli_env, capsys, client, 
     assert sum(s["frames"] for s in json.loads(capsys.readouterr().out)["cam"]) == 5
     assert main(["results", "tail", "--from-start", "--max", "5"]) == 0
     assert f"entry {bad}: skipped" in capsys.readouterr().err
+    binary = client.xadd(published.results, {**_res(10, "coat", 1.0).encode(), "label": b"\xff"}).decode()
+    assert main(["results", "export"]) == 0
+    assert f"entry {binary}: skipped, not a valid result (result fields are not UTF-8" in capsys.readouterr().err
 
 
 @pytest.mark.integration

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from common.broker import EmbeddedBroker, die_with_parent, connect
+from common.broker import EmbeddedBroker, connect, die_with_parent
 from tests.conftest import TINY_BUNDLE
 
 pytestmark = pytest.mark.integration

@@ -15,6 +15,7 @@ from common.broker import broker_url
 from common.bundle import Bundle
 from common.inference import Classifier
 from common.settings import Settings
+from common.signals import sigterm_as_interrupt
 from workers.conveyor import FASHION_DIR, build_conveyor
 from workers.runner import PipelineRun
 
@@ -34,7 +35,8 @@ def demo(settings: Settings, items: int, hold: int, workers: int | None, data_di
     the bundle on the same images without the pipeline (no codec, no broker).
     """
     bundle = Bundle.load(settings.bundle)
-    with tempfile.TemporaryDirectory(prefix="vigil-demo-") as tmp:
+    # SIGTERM as Ctrl-C: the worker pool and a private broker are stopped, not left behind
+    with sigterm_as_interrupt(), tempfile.TemporaryDirectory(prefix="vigil-demo-") as tmp:
         conveyor = build_conveyor(Path(tmp) / "conveyor.avi", bundle.spec.input, items, hold, data_dir=data_dir)
         offline = _offline_accuracy(bundle, conveyor.items, conveyor.labels)
         namespace = f"{settings.namespace}-demo-{uuid.uuid4().hex[:6]}"

@@ -132,13 +132,14 @@ class Pool:
         slot.proc = None
         if code in (REFUSED_EXIT, BUNDLE_EXIT):  # every respawn would fail the same way
             if code == REFUSED_EXIT:
-                self.fatal = BrokerError(f"worker {slot.index}: the broker refuses a command the workers need (the "
-                                         f"log above names it). {ACL_HINT}")
-                log.error("worker %d was refused a command by the broker: stopping the pool", slot.index)
+                self.fatal = BrokerError(f"worker {slot.index}: the broker refuses the workers' login or a command "
+                                         "they need (the log above says which). Check the user and password in "
+                                         f"REDIS_URL; for a refused command: {ACL_HINT}")
+                log.error("worker %d was refused by the broker: stopping the pool", slot.index)
             else:
                 self.fatal = BundleError(f"worker {slot.index} cannot load the bundle {self.config.bundle} (the log "
-                                         "above says why; it loaded when the pool started: was it moved, deleted or "
-                                         "replaced?). Restore it, or restart the pool with --bundle PATH.")
+                                         "above says why: was it moved, deleted or replaced since the pool started?)."
+                                         " Restore it, or restart the pool with --bundle PATH.")
                 log.error("worker %d cannot load the bundle: stopping the pool", slot.index)
             slot.done = True
             if not self.stopping:
@@ -152,12 +153,12 @@ class Pool:
             slot.failures = slot.outages = 0
         if code == UNREACHABLE_EXIT:
             slot.outages += 1
-            tries, delay = slot.outages, min(OUTAGE_MAX_BACKOFF_S, 0.5 * 2 ** (slot.outages - 1))
+            delay = min(OUTAGE_MAX_BACKOFF_S, 0.5 * 2 ** (slot.outages - 1))
         else:
             slot.failures += 1
-            tries, delay = slot.failures, min(MAX_BACKOFF_S, 0.5 * 2 ** (slot.failures - 1))
-        if self.config.burst and tries >= BURST_MAX_FAILURES:
-            self._give_up(slot, code, tries)
+            delay = min(MAX_BACKOFF_S, 0.5 * 2 ** (slot.failures - 1))
+        if self.config.burst and slot.failures + slot.outages >= BURST_MAX_FAILURES:  # either kind, in a row
+            self._give_up(slot, code, slot.failures + slot.outages)
             return
         slot.respawn_at = time.monotonic() + delay
         if code == UNREACHABLE_EXIT:

@@ -52,7 +52,7 @@ SAY_MALFORMED = 5
 def decode_known(key: str, entry_id: str, fields: dict[Any, Any], skipped: Skipped) -> Result | None:
     """The result in ``fields`` (entry ``entry_id`` of stream ``key``), or None when it is skipped (``Skipped``)."""
     version = fields.get(b"v", fields.get("v"))
-    version = version.decode() if isinstance(version, bytes) else version
+    version = version.decode(errors="replace") if isinstance(version, bytes) else version
     if version != RESULT_VERSION:
         skipped.versions[repr(version)] += 1
         return None
@@ -114,13 +114,15 @@ class Segment:
 
 def segments(results: list[Result]) -> list[Segment]:
     """Runs of the same label over consecutive frames, in frame order. A frame without a result (dead-lettered,
-    or a live frame dropped as stale) ends the run: nothing is known of the time it covers."""
+    or a live frame dropped as stale) ends the run, and so does a jump in capture time over two frame periods (a
+    camera that was offline numbers its next frame consecutively): nothing is known of the time between."""
     ordered = sorted(results, key=lambda r: r.seq)
     step = frame_period(ordered)
     out: list[Segment] = []
     run: list[Result] = []
     for res in ordered:
-        if run and (res.label != run[0].label or res.seq != run[-1].seq + 1):
+        if run and (res.label != run[0].label or res.seq != run[-1].seq + 1
+                    or (step > 0 and res.captured_at - run[-1].captured_at > 2 * step)):
             out.append(_segment(run, step))
             run = []
         run.append(res)

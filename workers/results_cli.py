@@ -19,6 +19,7 @@ from common.bundle import Bundle
 from common.errors import BundleError, ConfigError
 from common.schemas import RESULT_VERSION, Result
 from common.settings import Settings
+from common.signals import sigterm_as_interrupt
 from common.streams import SourceKeys, check_source
 from workers.results import Skipped, decode_known, read_results, segments, sources, warn_skipped
 
@@ -96,7 +97,7 @@ def tail(settings: Settings, source: str | None, label: str | None, min_score: f
     """
     if label:
         _check_label(settings, label)
-    with broker_url(settings.redis_url, read_only=True) as url:
+    with sigterm_as_interrupt(), broker_url(settings.redis_url, read_only=True) as url:
         client = connect(url)
         problem = _unknown_source(client, settings, source) if source else None
         shown = 0

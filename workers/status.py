@@ -56,7 +56,17 @@ def consumers(client: redis.Redis, frames: str) -> list[dict[str, Any]]:
     except redis.ResponseError:  # no stream or no group yet
         return []
     return [{"name": c["name"].decode(), "pending": int(c["pending"]), "idle_ms": int(c["idle"]),
-             "inactive_ms": c.get("inactive"), "reading": int(c["idle"]) <= READING_WITHIN_S * 1000} for c in reply]
+             "inactive_ms": c.get("inactive"), "reading": _reading(c)} for c in reply]
+
+
+def _reading(consumer: dict[str, Any]) -> bool | None:
+    """Whether the consumer still reads, or None when the server cannot tell. Servers that report ``inactive``
+    (Redis >= 7.2, Valkey) reset ``idle`` on every read attempt, and a running worker reads at least every
+    block_ms; Redis 7.0 resets it only when a read delivers, so an idle but healthy worker looks the same as a
+    dead one there."""
+    if "inactive" not in consumer:
+        return None
+    return int(consumer["idle"]) <= READING_WITHIN_S * 1000
 
 
 def results_per_s(client: redis.Redis, results: str, now_ms: int) -> float:
@@ -148,7 +158,7 @@ def render(rows: list[dict[str, Any]]) -> Table:
 
 def _consumer(c: dict[str, Any]) -> str:
     idle = c["idle_ms"] / 1000
-    if c["reading"]:
+    if c["reading"] is not False:
         return f"{c['name']} {idle:.1f}s"
     return f"{c['name']} {_ago(time.time() - idle, time.time())}: not reading, gone?"
 
@@ -182,11 +192,11 @@ def status(settings: Settings, as_json: bool, watch: float | None) -> None:
       dropped            frames dropped by reason (dropped.*): superseded (a newer camera frame replaced it
                          before sampling), unpublished (sampled while the broker was unreachable), trimmed
                          (live cap), stale (older than max_age_ms at the worker)
-      consumers          worker processes of the group with their idle time (consumers[].idle_ms); one
-                         that has not read for over 30 s (consumers[].reading false) is marked "gone?": a
-                         running worker reads at least every block_ms. A killed worker cannot leave the
-                         group; the janitor deletes it once it has been idle forget_idle_ms with nothing
-                         pending
+      consumers          worker processes of the group with their idle time (consumers[].idle_ms); on
+                         Redis >= 7.2 and Valkey, one that has not read for over 30 s (consumers[].reading
+                         false; null on Redis 7.0, which cannot tell) is marked "gone?": a running worker
+                         reads at least every block_ms. A killed worker cannot leave the group; the janitor
+                         deletes it once it has been idle forget_idle_ms with nothing pending
     A drained live source: produced == processed + dropped.trimmed + dropped.stale + dead; a drained file
     source: produced == processed + dead + 1.
 

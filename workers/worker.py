@@ -38,7 +38,7 @@ TOPK = 3
 SAME_REQUEST_S = 1.0  # child_main: a second SIGTERM sooner than this is the same request
 WAITING_SAY_EVERY_S = 30.0  # --burst: how often a worker says which end-of-stream markers it still waits for
 # A child's exit codes the pool acts on (sysexits' values):
-REFUSED_EXIT = 78  # the broker refuses it a command (EX_CONFIG): not respawned, the pool stops
+REFUSED_EXIT = 78  # the broker refuses its login or a command (EX_CONFIG): not respawned, the pool stops
 BUNDLE_EXIT = 66  # the bundle cannot be loaded (EX_NOINPUT): not respawned, the pool stops
 UNREACHABLE_EXIT = 75  # the broker is unreachable (EX_TEMPFAIL): respawned after a short backoff
 
@@ -378,6 +378,10 @@ def child_main(config: WorkerConfig) -> None:
     except BundleError as exc:  # it loaded when the pool started: moved, deleted or replaced since
         log.error("worker %d: %s", os.getpid(), exc)
         sys.exit(BUNDLE_EXIT)
+    except (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError) as exc:  # no retry fixes
+        log.error("worker %d: the broker refuses the login (%s). Check the user and password in REDIS_URL.",
+                  os.getpid(), exc)
+        sys.exit(REFUSED_EXIT)
     except (redis.ConnectionError, redis.TimeoutError) as exc:  # redis-py's retries are spent: one line, no trace
         log.error("worker %d: the broker is unreachable (%s)", os.getpid(), exc)
         sys.exit(UNREACHABLE_EXIT)
