@@ -54,6 +54,9 @@ class Settings(BaseSettings):
                           description="Decoder threads of a file producer: 0 = auto (cores + 1, at most 4; "
                                       "GOP-parallel, see docs/pipeline.md); 1: one FFmpeg-threaded decoder.")
     live_maxlen: int = Field(default=8, ge=1, description="Stream cap for live sources (undelivered frames).")
+    broker_patience_s: float = Field(default=60.0, ge=0,
+                                     description="How long a file producer waits out an unreachable broker (a "
+                                                 "restart, a failover) before it fails; it resumes when run again.")
 
     # Live sources (cameras)
     max_age_ms: int = Field(default=500, ge=1, description="Workers skip live frames older than this (stale).")

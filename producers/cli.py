@@ -93,7 +93,8 @@ def produce_file_cmd(settings: Settings, paths: tuple[Path, ...], source: str | 
                           "jpeg" if transport == "jpeg" else "raw", jpeg_quality, restart, realtime,
                           settings.decoders if decoders is None else decoders, pack or settings.pack_frames)
             try:
-                report = produce_file(client, settings.namespace, job, settings.high_water, show, stop)
+                report = produce_file(client, settings.namespace, job, settings.high_water, show, stop,
+                                      settings.broker_patience_s)
             except SourceError as exc:
                 if as_json:  # a record for the path that failed too, then the error (exit 7)
                     click.echo(json.dumps({"source": name, "path": str(path), "error": str(exc)}))

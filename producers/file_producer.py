@@ -64,7 +64,8 @@ class FileReport:
 
 
 def produce_file(client: redis.Redis, namespace: str, job: FileJob, high_water: int,
-                 progress: bool = False, stop: threading.Event | None = None) -> FileReport:
+                 progress: bool = False, stop: threading.Event | None = None,
+                 broker_patience_s: float = 0.0) -> FileReport:
     """Send every sampled frame not yet on the stream, then the end-of-stream marker.
 
     ``stop`` (set by a signal handler, ``producers.cli``): stop between two frames, raising ``Interrupted``; what
@@ -72,13 +73,17 @@ def produce_file(client: redis.Redis, namespace: str, job: FileJob, high_water: 
     raised at any bytecode could leave a lock of the decoder threads held (a ``with lock:`` entered but not yet
     protected, bpo-29988), and the producer then hung in its exit for good.
 
+    ``broker_patience_s``: how long a send waits out an unreachable broker (a restart, a failover) before the
+    run fails (exit 5; it resumes when run again).
+
     OpenCV's own thread pool is set to one thread: resizing one frame is too small a job to split (splitting
     it cost ~30% more CPU on 720p, CPU the workers need). One decode thread runs ahead while this thread
     preprocesses and publishes; with ``job.decoders`` >= 2 (or 0, auto, on a multi-core machine), that many
     threads decode and preprocess chunks of GOPs (``producers/gop.py``) and this thread only publishes.
     """
     cv2.setNumThreads(1)
-    pub = SourcePublisher(client, namespace, job.source, high_water, 1 if job.realtime else job.pack, stop)
+    pub = SourcePublisher(client, namespace, job.source, high_water, 1 if job.realtime else job.pack, stop,
+                          broker_patience_s)
     start_seq = pub.open(str(job.path.resolve()), job.restart, identity(job))
     try:
         return _send_file(pub, job, start_seq, progress, stop)

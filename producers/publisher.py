@@ -197,7 +197,7 @@ class PublishStats:
 
 class SourcePublisher:
     def __init__(self, client: redis.Redis, namespace: str, source: str, high_water: int, pack: int = 1,
-                 stop: threading.Event | None = None) -> None:
+                 stop: threading.Event | None = None, patience_s: float = 0.0) -> None:
         if not 1 <= pack <= MAX_PACK_FRAMES:
             raise ConfigError(f"pack must be 1..{MAX_PACK_FRAMES} frames per entry, not {pack}")
         self.client = client
@@ -220,6 +220,7 @@ class SourcePublisher:
         self.stop = stop  # set: a paused send gives up (Interrupted) instead of waiting for the workers
         self.on_pause: Callable[[bool], None] | None = None  # told when a pause for the workers begins and ends
         self.owner = f"{socket.gethostname()}:{os.getpid()}"  # in the meta hash while this producer writes
+        self.patience_s = patience_s  # how long a send waits out an unreachable broker (``_patiently``)
 
     def open(self, path: str, restart: bool, identity: dict[str, str] | None = None) -> int:
         """Register the source and its group; return the first seq still to send (resume point).
@@ -302,7 +303,7 @@ class SourcePublisher:
             for pack in packs:
                 fields = encode_entry(pack)
                 args += [pack[0].seq, pack[-1].seq, len(fields), *(x for kv in fields.items() for x in kv)]
-            reply: Any = self._append(keys=[self.keys.frames, self.keys.meta], args=args)
+            reply: Any = self._patiently(self._append, keys=[self.keys.frames, self.keys.meta], args=args)
             added, last, status = int(reply[0]), int(reply[1]), reply[2]
             frames = frames[self._count_sent(packs[:added]):]
             if status == 0:
@@ -366,9 +367,9 @@ class SourcePublisher:
         self.stats.sent, self.stats.skipped = counts
         # The stream's last id must be the marker's; the entry itself, if still there (an interrupted run may have
         # sent it, and workers processed it and this run trimmed it since), must be the marker.
-        marker: Any = self.client.xrange(self.keys.frames, self.entry_id(seq), self.entry_id(seq))
+        marker: Any = self._patiently(self.client.xrange, self.keys.frames, self.entry_id(seq), self.entry_id(seq))
         ended = -1 if marker and not decode_entry(marker[0][1])[-1].eos else \
-            int(self._end(keys=[self.keys.frames, self.keys.meta], args=[self.epoch, seq]))
+            int(self._patiently(self._end, keys=[self.keys.frames, self.keys.meta], args=[self.epoch, seq]))
         if ended == 0:
             raise self._started_over()
         if ended != 1:
@@ -378,8 +379,8 @@ class SourcePublisher:
     def lag(self) -> int:
         """Entries not yet delivered to the group; trims, in the same step, the entries it has delivered and
         acked (``LAG_TRIM_LUA``)."""
-        lag, trimmed = (int(x) for x in self._lag_trim(keys=[self.keys.frames, self.keys.meta],
-                                                       args=[GROUP, self.epoch]))
+        lag, trimmed = (int(x) for x in self._patiently(self._lag_trim, keys=[self.keys.frames, self.keys.meta],
+                                                        args=[GROUP, self.epoch]))
         if lag < 0:
             raise self._started_over()
         if trimmed:
@@ -404,7 +405,7 @@ class SourcePublisher:
                     raise Interrupted(f"source {self.keys.source}: stopped while paused for the workers; this run "
                                       f"sent {self.stats.sent} frames. Run the same command again to resume.")
                 if time.monotonic() >= seen_at:  # still running, though paused (_warn_if_another_producer)
-                    self.client.hset(self.keys.meta, "producer_seen", f"{time.time():.3f}")
+                    self._patiently(self.client.hset, self.keys.meta, "producer_seen", f"{time.time():.3f}")
                     seen_at = time.monotonic() + 1.0
                 if time.monotonic() >= warn_at:
                     self._warn_paused(time.monotonic() - start, lag)
@@ -415,6 +416,37 @@ class SourcePublisher:
                 self.on_pause(False)
         self._room = int((self.high_water - lag) * self._entries / self._frames)
         self.stats.paused_s += time.monotonic() - start
+
+    def _patiently(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``call``, retried while the broker is unreachable, for up to ``patience_s`` from the first failure
+        (redis-py's own retries cover a few seconds; a broker restart or failover takes longer). Each call is
+        safe to send twice: the append script answers a re-sent call from its record, the others only read or
+        set. A refused login is not waited out, nor a stop request."""
+        since: float | None = None
+        while True:
+            try:
+                result = call(*args, **kwargs)
+            except (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError):
+                raise
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                now = time.monotonic()
+                if since is None:
+                    since = now
+                    if self.patience_s > 0:
+                        log.warning("source %s: the broker is unreachable (%s); waiting up to %.0f s for it "
+                                    "(broker_patience_s)", self.keys.source, exc, self.patience_s)
+                if now - since >= self.patience_s:
+                    raise
+                if self.stop is not None and self.stop.is_set():
+                    raise Interrupted(f"source {self.keys.source}: stopped while the broker was unreachable; this "
+                                      f"run sent {self.stats.sent} frames. Run the same command again to resume.") \
+                        from exc
+                time.sleep(min(1.0, self.patience_s - (now - since)))
+                continue
+            if since is not None:
+                log.warning("source %s: the broker is back after %.1f s; going on", self.keys.source,
+                            time.monotonic() - since)
+            return result
 
     def _warn_paused(self, paused_s: float, lag: float) -> None:
         """A producer waiting on workers that never come looked hung: say what it waits for."""

@@ -46,8 +46,8 @@ def test_broker_lost_mid_run_exits_with_the_broker_code_and_no_traceback(small_v
             admin.config_set("requirepass", "s3cret")
         url = broker.url.replace("redis://", "redis://:s3cret@")
         cmd = [*VIGIL, "produce", "file", str(small_video), "--source", "cam", "--no-progress", "--realtime"]
-        producer = subprocess.Popen(cmd, env=env_for(url), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    text=True)  # --realtime: 2.4 s for the 60 frames, one per entry
+        producer = subprocess.Popen(cmd, env={**env_for(url), "VIGIL_BROKER_PATIENCE_S": "3"}, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)  # --realtime: 2.4 s for the 60 frames
         try:
             with connect(url) as client:
                 wait_for(lambda: client.xlen(SourceKeys("outage", "cam").frames) >= 3)
@@ -59,6 +59,35 @@ def test_broker_lost_mid_run_exits_with_the_broker_code_and_no_traceback(small_v
     assert "Traceback" not in err and "s3cret" not in err
     assert f"error: broker redis://***@127.0.0.1:{broker.port}/0 failed: ConnectionError" in err
     assert "Is the server up" in err and "REDIS_URL" in err
+    assert "waiting up to 3 s for it (broker_patience_s)" in err
+
+
+def test_a_file_producer_waits_out_a_broker_restart(small_video: Path, tmp_path: Path) -> None:
+    """It exited 5 once redis-py's retries (a few seconds) were spent; a restart or failover takes longer."""
+    data = tmp_path / "data"
+    broker = EmbeddedBroker(appendonly=True, data_dir=data).start()
+    cmd = [*VIGIL, "produce", "file", str(small_video), "--source", "cam", "--no-progress", "--realtime"]
+    producer = subprocess.Popen(cmd, env={**env_for(broker.url), "VIGIL_BROKER_PATIENCE_S": "60"},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        with connect(broker.url) as client:
+            wait_for(lambda: client.xlen(SourceKeys("outage", "cam").frames) >= 3)
+        broker.stop()
+        time.sleep(10)  # longer than redis-py's own retries
+        broker = EmbeddedBroker(port=broker.port, appendonly=True, data_dir=data).start()
+        _, err = producer.communicate(timeout=90)
+        assert producer.returncode == 0, err
+        assert "the broker is unreachable" in err and "the broker is back after" in err
+        workers = subprocess.run([*VIGIL, "work", "-n", "1", "--burst"], env=env_for(broker.url), timeout=90,
+                                 capture_output=True, text=True)
+        assert workers.returncode == 0, workers.stderr
+        with connect(broker.url) as client:
+            seqs = [int(f[b"seq"]) for _, f in client.xrange(SourceKeys("outage", "cam").results)
+                    if f[b"type"] == b"result"]
+        assert sorted(seqs) == list(range(60))  # every frame once: none lost, none twice
+    finally:
+        producer.kill()
+        broker.stop()
 
 
 def test_burst_pool_gives_up_on_workers_that_keep_failing() -> None:
