@@ -72,6 +72,10 @@ class Classifier:
             raise BundleError(
                 f"bundle {bundle.root}: model input {clf.input_shape} does not match spec {bundle.spec.input.shape}."
             )
+        outputs = int(clf._out["shape"][-1])
+        if outputs != len(bundle.labels):  # every result would index a label that is not there
+            raise BundleError(f"bundle {bundle.root}: the model has {outputs} outputs but labels.txt lists "
+                              f"{len(bundle.labels)} labels. Re-export it with the --data the model was trained on.")
         return clf
 
     def _interpreter(self, batch: int) -> Any:

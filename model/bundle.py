@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from common.bundle import LABELS_FILE, TFLITE_FILE, BundleSpec, InputSpec, check_labels, file_digest, write_spec
+from common.bundle import (
+    LABELS_FILE,
+    SPEC_FILE,
+    TFLITE_FILE,
+    BundleSpec,
+    InputSpec,
+    check_labels,
+    file_digest,
+    write_spec,
+)
+from common.errors import ConfigError
 from model.quantize import quant_spec
 
 SAVED_MODEL_DIR = "saved_model"
@@ -18,11 +29,44 @@ KERAS_FILE = "model.keras.h5"
 def export_bundle(out: Path, model: Any, int8: bytes, labels: list[str], *, name: str, version: str,
                   command: str, metrics: dict[str, Any] | None = None, color: str = "gray",
                   extra: dict[str, Any] | None = None, saved_model: bool = True) -> BundleSpec:
-    """Write model.tflite, labels.txt, model.keras.h5, saved_model/ and spec.json into ``out`` (replaced)."""
+    """Write model.tflite, labels.txt, model.keras.h5, saved_model/ and spec.json into ``out``. An existing
+    bundle there is replaced whole, and only once the new one is complete (written beside it, then renamed over
+    it): an interrupted export leaves the old bundle, never half of one. Anything else at ``out`` is refused."""
     check_labels(labels, f"bundle {out}")  # before anything in ``out`` is replaced
+    check_replaceable(out)
+    final, out = out, out.parent / f".{out.name}.partial-{os.getpid()}"
+    out.parent.mkdir(parents=True, exist_ok=True)
     if out.exists():
         shutil.rmtree(out)
-    out.mkdir(parents=True)
+    out.mkdir()
+    try:
+        spec = _write(out, model, int8, labels, name=name, version=version, command=command, metrics=metrics,
+                      color=color, extra=extra, saved_model=saved_model)
+        old = final.parent / f".{final.name}.old-{os.getpid()}"
+        if final.exists():
+            final.rename(old)
+        out.rename(final)
+        if old.exists():
+            shutil.rmtree(old)
+    finally:
+        if out.exists():
+            shutil.rmtree(out, ignore_errors=True)
+    return spec
+
+
+def check_replaceable(out: Path) -> None:
+    """``out`` is free, an empty directory or a bundle (it holds spec.json): `--out ~` deleted a home directory."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; a bundle is a directory. Pick another path.")
+    if any(out.iterdir()) and not (out / SPEC_FILE).is_file():
+        raise ConfigError(f"--out {out} is a directory that is not a bundle (no {SPEC_FILE}); it would be deleted. "
+                          "Pick a new path, or a bundle directory to replace.")
+
+
+def _write(out: Path, model: Any, int8: bytes, labels: list[str], *, name: str, version: str, command: str,
+           metrics: dict[str, Any] | None, color: str, extra: dict[str, Any] | None, saved_model: bool) -> BundleSpec:
     (out / TFLITE_FILE).write_bytes(int8)
     (out / LABELS_FILE).write_text("\n".join(labels) + "\n")
     model.save(str(out / KERAS_FILE), include_optimizer=False, save_format="h5")

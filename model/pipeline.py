@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from common.bundle import BundleSpec
+from common.errors import ConfigError
 from model.data import Dataset
 from model.train import TrainConfig
 
@@ -24,12 +25,26 @@ INT8_TFLITE = "model.int8.tflite"
 
 
 def load_keras(path: Path) -> Any:
+    """The Keras model saved at ``path`` (a run's model.keras.h5); a file that is not one is a usage error."""
     from model.runtime import setup_tf
 
     setup_tf()
     import tf_keras as keras
 
-    return keras.models.load_model(str(path), compile=False)
+    try:
+        return keras.models.load_model(str(path), compile=False)
+    except (OSError, ValueError, ImportError) as exc:
+        raise ConfigError(f"--model {path} is not a Keras model file ({str(exc).splitlines()[0][:200]}). Pass a "
+                          f"run's {KERAS_FILE} (written by `vigil model train`, `prune` or `structured`).") from exc
+
+
+def check_outputs(model: Any, labels: list[str], what: str) -> None:
+    """The model has one output per label: a bundle whose labels do not match crashed every worker."""
+    outputs = int(model.output_shape[-1])
+    if outputs != len(labels):
+        raise ConfigError(f"{what}: the model has {outputs} outputs but the data has {len(labels)} labels "
+                          f"({', '.join(labels[:12])}{', ...' if len(labels) > 12 else ''}). Pass the --data the "
+                          "model was trained on.")
 
 
 def save_run(model: Any, data: Dataset, out: Path, metrics: dict[str, Any], **config: Any) -> dict[str, Any]:
@@ -134,11 +149,13 @@ def quantize_run(data: Dataset, model_path: Path, samples: int = 300, threads: i
 def bundle_run(data: Dataset, model_path: Path, out: Path, *, name: str, version: str, command: str,
                samples: int = 300, threads: int = 2, limit: int | None = None,
                saved_model: bool = True, int8_path: Path | None = None) -> BundleSpec:
-    from model.bundle import export_bundle
+    from model.bundle import check_replaceable, export_bundle
     from model.evaluate import evaluate_tflite
     from model.quantize import to_int8_tflite
 
+    check_replaceable(out)  # before the minutes of converting and evaluating
     model = load_keras(model_path)
+    check_outputs(model, data.labels, f"bundle of {model_path}")  # before the minutes of converting
     if int8_path is not None:  # e.g. a QAT run's INT8 model; the float files still come from ``model_path``
         from model.quantize import assert_integer_only
 

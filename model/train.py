@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,8 +92,9 @@ def fit(model: Any, data: Dataset, cfg: TrainConfig, out: Path, extra_callbacks:
             keras.callbacks.ModelCheckpoint(str(out / "checkpoint.weights.h5"), "val_accuracy",
                                             save_best_only=True, save_weights_only=True),
         ]
-    history = model.fit(make_dataset(train, cfg, True), validation_data=make_dataset(data.val, cfg, False),
-                        epochs=cfg.epochs, callbacks=callbacks, verbose=2)
+    with contextlib.redirect_stdout(sys.stderr):  # Keras's epoch lines are progress: stdout is the JSON result
+        history = model.fit(make_dataset(train, cfg, True), validation_data=make_dataset(data.val, cfg, False),
+                            epochs=cfg.epochs, callbacks=callbacks, verbose=2)
     hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
     (out / "history.json").write_text(json.dumps(hist, indent=1))
     plot_curves(hist, out / "curves.png")

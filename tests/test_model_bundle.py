@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import numpy as np
@@ -99,3 +100,78 @@ def test_exporting_a_label_with_a_comma_is_refused_before_anything_is_replaced(t
     with pytest.raises(BundleError, match=r"label 'a,b' in labels\.txt contains a comma"):
         export_bundle(out, None, b"", ["a,b", "c"], name="x", version="1", command="test")
     assert (out / "keep").read_text() == "an earlier export"
+
+
+def _model_and_int8(bundle_dir: Path):
+    from model.pipeline import load_keras
+
+    return load_keras(bundle_dir / "model.keras.h5"), (bundle_dir / TFLITE_FILE).read_bytes()
+
+
+def _export(out: Path, model, int8: bytes) -> None:
+    from model.bundle import export_bundle
+
+    export_bundle(out, model, int8, [f"c{i}" for i in range(10)], name="tiny", version="0.0.2", command="pytest",
+                  saved_model=False)
+
+
+def test_bundle_out_that_is_not_a_bundle_is_refused_and_kept(bundle_dir: Path, tmp_path: Path) -> None:
+    """`--out` was deleted whatever it held: `--out ~` deleted a home directory."""
+    from common.errors import ConfigError
+
+    model, int8 = _model_and_int8(bundle_dir)
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "thesis.tex").write_text("years of work")
+    with pytest.raises(ConfigError, match="not a bundle"):
+        _export(home, model, int8)
+    assert (home / "thesis.tex").read_text() == "years of work"
+    _export(tmp_path / "new", model, int8)  # a new path, then the same bundle again: replaced
+    _export(tmp_path / "new", model, int8)
+    assert Bundle.load(tmp_path / "new").spec.version.startswith("0.0.2+")
+
+
+def test_an_interrupted_re_export_leaves_the_old_bundle(bundle_dir: Path, tmp_path: Path) -> None:
+    model, int8 = _model_and_int8(bundle_dir)
+    out = tmp_path / "b"
+    _export(out, model, int8)
+    before = Bundle.load(out).spec.version
+
+    class Interrupted:  # Ctrl-C while the Keras file is written
+        def __getattr__(self, name):
+            return getattr(model, name)
+
+        def save(self, *args, **kwargs):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _export(out, Interrupted(), int8)
+    assert Bundle.load(out).spec.version == before
+    assert [p.name for p in tmp_path.iterdir()] == ["b"]  # no partial directory left beside it
+
+
+def test_labels_that_do_not_match_the_outputs_are_refused(bundle_dir: Path, tmp_path: Path) -> None:
+    """A bundle with 3 labels for 10 outputs loaded, then every worker crashed (IndexError) and respawned."""
+    import shutil
+
+    from common.errors import ConfigError
+    from model.pipeline import check_outputs
+
+    copy = shutil.copytree(bundle_dir, tmp_path / "b")
+    (copy / "labels.txt").write_text("a\nb\nc\n")  # labels and spec agree with each other, not with the model
+    spec = json.loads((copy / "spec.json").read_text())
+    (copy / "spec.json").write_text(json.dumps({**spec, "num_classes": 3}))
+    with pytest.raises(BundleError, match=r"10 outputs but labels\.txt lists 3"):
+        Classifier.from_bundle(Bundle.load(copy, verify_hashes=False))
+    model, _ = _model_and_int8(bundle_dir)
+    with pytest.raises(ConfigError, match="10 outputs but the data has 3 labels"):
+        check_outputs(model, ["a", "b", "c"], "bundle")
+
+
+def test_a_model_file_that_is_not_one_is_a_usage_error(tmp_path: Path) -> None:
+    from common.errors import ConfigError
+    from model.pipeline import load_keras
+
+    (tmp_path / "notamodel.h5").write_text("hello")
+    with pytest.raises(ConfigError, match="is not a Keras model file"):
+        load_keras(tmp_path / "notamodel.h5")

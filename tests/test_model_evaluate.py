@@ -11,6 +11,8 @@ from common.settings import DEFAULT_BUNDLE
 from model.evaluate import classification_metrics
 from tests.conftest import TINY_BUNDLE
 
+SHIPPED = DEFAULT_BUNDLE  # Fashion-MNIST's classes
+
 REQUIRED = {"accuracy", "precision", "recall", "f1", "size_bytes", "gzip_bytes", "latency_ms_b1", "throughput_b8"}
 needs_bundle = pytest.mark.skipif(not (DEFAULT_BUNDLE / "spec.json").is_file(), reason="no shipped bundle")
 
@@ -57,9 +59,15 @@ def test_confusion_path_is_checked_before_evaluating(tmp_path, capsys, name, pro
 
 
 def test_missing_dataset_names_the_data_path_option(tmp_path, capsys) -> None:
-    assert main(["model", "evaluate", "--bundle", str(TINY_BUNDLE), "--data-path", str(tmp_path)]) == 3
+    assert main(["model", "evaluate", "--bundle", str(SHIPPED), "--data-path", str(tmp_path)]) == 3
     err = capsys.readouterr().err
     assert f"not found in {tmp_path}" in err and "pass --data-path DIR" in err
+
+
+def test_a_bundle_of_other_classes_is_not_scored_on_fashion_mnist(capsys) -> None:
+    """A folder-trained bundle got a traceback (3 classes) or a meaningless Fashion-MNIST accuracy (10)."""
+    assert main(["model", "evaluate", "--bundle", str(TINY_BUNDLE)]) == 2
+    assert "classifies class0, class1" in capsys.readouterr().err
 
 
 def test_evaluate_help_shows_examples(capsys) -> None:

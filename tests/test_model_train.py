@@ -16,7 +16,7 @@ def small_data():
         pytest.skip(str(exc))
 
 
-def test_one_epoch_on_a_few_hundred_images_beats_chance(small_data, tmp_path: Path) -> None:
+def test_one_epoch_on_a_few_hundred_images_beats_chance(small_data, tmp_path: Path, capsys) -> None:
     from model.architectures import build
     from model.train import fit, keras_accuracy
 
@@ -24,6 +24,8 @@ def test_one_epoch_on_a_few_hundred_images_beats_chance(small_data, tmp_path: Pa
     cfg = TrainConfig(epochs=1, batch_size=32, limit=640, augment=False, warmup_epochs=0, threads=1)
     hist = fit(model, small_data, cfg, tmp_path)
     assert len(hist["loss"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and "val_accuracy" in err  # the epoch lines are progress: stdout is the command's JSON
     assert (tmp_path / "curves.png").is_file() and (tmp_path / "history.json").is_file()
     assert keras_accuracy(model, small_data.test.head(500)) > 0.3  # chance is 0.1
 
