@@ -97,17 +97,25 @@ def load_image_folder(root: Path, size: tuple[int, int], channels: int = 1, val_
     """One subfolder per class; images are stretched to ``size`` (h, w). Split is seeded and stratified-free."""
     import cv2
 
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    if not root.is_dir():
+        raise DataError(f"--data {root}: no such directory. Pass fashion-mnist, or a folder with one subfolder per "
+                        "class.")
+    # Hidden folders (.ipynb_checkpoints, .git) are not classes.
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if len(classes) < 2:
         raise DataError(f"{root} must hold one subfolder per class (at least two) with images inside.")
     xs, ys = [], []
     for idx, name in enumerate(classes):
         for f in sorted((root / name).iterdir()):
-            if f.suffix.lower() in IMAGE_SUFFIXES:
+            if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("."):
                 xs.append(_read_image(f, size, channels, cv2))
                 ys.append(idx)
     if not xs:
         raise DataError(f"{root}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found in class folders.")
+    seen = set(ys)
+    if empty := [name for idx, name in enumerate(classes) if idx not in seen]:  # a class it could never learn
+        raise DataError(f"{root}: class folder(s) {', '.join(empty)} hold no images "
+                        f"({', '.join(sorted(IMAGE_SUFFIXES))}). Add some, or remove the folder(s).")
     full = Split(np.stack(xs), np.asarray(ys, dtype=np.int64))
     rest, test = split_train_val(full, test_fraction, seed)
     train, val = split_train_val(rest, val_fraction / (1 - test_fraction), seed + 1)

@@ -48,3 +48,21 @@ def test_image_folder_one_subfolder_per_class(tmp_path: Path) -> None:
 def test_image_folder_without_classes_is_a_data_error(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="one subfolder per class"):
         load_image_folder(tmp_path, (28, 28))
+
+
+def test_hidden_folders_are_not_classes_and_empty_classes_are_refused(tmp_path: Path) -> None:
+    """.ipynb_checkpoints became a class, and an empty class folder a class with no example."""
+    import cv2
+
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        for i in range(3):
+            cv2.imwrite(str(tmp_path / cls / f"{i}.png"), np.full((28, 28), 50 * i, np.uint8))
+    (tmp_path / ".ipynb_checkpoints").mkdir()
+    cv2.imwrite(str(tmp_path / ".ipynb_checkpoints" / "0.png"), np.zeros((28, 28), np.uint8))
+    assert load_image_folder(tmp_path, (28, 28)).labels == ["a", "b"]
+    (tmp_path / "c").mkdir()
+    with pytest.raises(DataError, match=r"class folder\(s\) c hold no images"):
+        load_image_folder(tmp_path, (28, 28))
+    with pytest.raises(DataError, match="no such directory"):
+        load_image_folder(tmp_path / "nope", (28, 28))
