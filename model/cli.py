@@ -119,9 +119,9 @@ def recalibrate_bn_cmd(data: str, data_path: Path | None, model_path: Path, imag
 
     dataset = _load_data(data, data_path)
     model = load_keras(model_path)
-    layers = recalibrate_bn(model, dataset.train.x[:images])
+    layers, used = recalibrate_bn(model, dataset.train.x[:images])
     result = save_run(model, dataset, out, {"parent": str(model_path), "bn_recalibrated": {"layers": layers,
-                      "images": min(images, len(dataset.train.x))}}, parent=str(model_path), command=_command_line())
+                      "images": used}}, parent=str(model_path), command=_command_line())
     click.echo(json.dumps(result, indent=2))
 
 

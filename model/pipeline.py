@@ -79,8 +79,8 @@ def recalibrate_run(model: Any, data: Dataset, arch: str, images: int = 2048) ->
         return {}
     from model.train import recalibrate_bn
 
-    layers = recalibrate_bn(model, data.train.x[:images])
-    return {"bn_recalibrated": {"layers": layers, "images": min(images, len(data.train.x))}}
+    layers, used = recalibrate_bn(model, data.train.x[:images])
+    return {"bn_recalibrated": {"layers": layers, "images": used}}
 
 
 def prune_run(data: Dataset, model_path: Path, sparsity: float, cfg: TrainConfig, out: Path, *,

@@ -101,11 +101,12 @@ def fit(model: Any, data: Dataset, cfg: TrainConfig, out: Path, extra_callbacks:
     return hist
 
 
-def recalibrate_bn(model: Any, x: np.ndarray, batch_size: int = 128) -> int:
+def recalibrate_bn(model: Any, x: np.ndarray, batch_size: int = 128) -> tuple[int, int]:
     """Re-estimate every BatchNormalization layer's moving mean/variance as the plain average of its batch
     statistics over ``x`` (forward passes in training mode; weights untouched). After a short run the moving
     statistics lag the weights — inference then collapses to one class while training accuracy looks fine.
-    Returns how many BN layers were re-estimated."""
+    Returns ``(BN layers re-estimated, images used)``: whole batches only (a batch of every image when there are
+    fewer than ``batch_size``; with fewer than 128 images it used to do nothing and report success)."""
     import tf_keras as keras
 
     def bn_layers(layer: Any) -> list[Any]:
@@ -115,13 +116,15 @@ def recalibrate_bn(model: Any, x: np.ndarray, batch_size: int = 128) -> int:
 
     layers = bn_layers(model)
     saved = [bn.momentum for bn in layers]
-    for step, start in enumerate(range(0, len(x) - batch_size + 1, batch_size)):
+    batch_size = max(1, min(batch_size, len(x)))
+    starts = range(0, len(x) - batch_size + 1, batch_size)
+    for step, start in enumerate(starts):
         for bn in layers:
             bn.momentum = step / (step + 1)  # moving = running average of the batches seen so far
         model(x[start:start + batch_size].astype(np.float32), training=True)
     for bn, momentum in zip(layers, saved, strict=True):
         bn.momentum = momentum
-    return len(layers)
+    return len(layers), len(starts) * batch_size if len(x) else 0
 
 
 def keras_accuracy(model: Any, split: Split, batch_size: int = 256) -> float:

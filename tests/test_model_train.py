@@ -68,6 +68,19 @@ def test_recalibrated_bn_makes_inference_match_training_statistics() -> None:
     x = np.random.default_rng(0).integers(0, 256, (128, 28, 28, 1)).astype(np.float32)
     train_mode = model(x, training=True).numpy()  # batch statistics
     stale = np.abs(model(x).numpy() - train_mode).mean()  # moving statistics still near their init
-    assert recalibrate_bn(model, x.astype(np.uint8), batch_size=128) > 10
+    layers, used = recalibrate_bn(model, x.astype(np.uint8), batch_size=128)
+    assert layers > 10 and used == 128
     fresh = np.abs(model(x).numpy() - train_mode).mean()  # left: Bessel's correction of the moving variance
     assert fresh < 0.2 * stale, (fresh, stale)
+
+
+def test_recalibration_with_fewer_images_than_a_batch_still_runs() -> None:
+    """With fewer than 128 images no batch ran: nothing changed, and the run reported success."""
+    from model.architectures import build
+    from model.train import recalibrate_bn
+
+    model = build("keras-mobilenet-v2", (28, 28, 1), 10, width=0.35, size=32)
+    x = np.random.default_rng(0).integers(0, 256, (72, 28, 28, 1)).astype(np.uint8)
+    before = [w.copy() for w in model.get_weights()]
+    assert recalibrate_bn(model, x)[1] == 72
+    assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights(), strict=True))
