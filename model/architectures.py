@@ -4,13 +4,17 @@ ends at logits (no softmax: XNNPACK has no int8 SOFTMAX kernel). Layers carry st
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import tf_keras as keras
 
 from common.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 L = keras.layers
 
@@ -131,7 +135,7 @@ def keras_application(input_shape: Sequence[int], num_classes: int, app: str = "
     kwargs: dict[str, Any] = {"alpha": width} if "mobilenet" in app else {}
     base = ctor(input_shape=(size, size, 3), include_top=False, weights=None, pooling="avg", **kwargs)
     if weights is not None:
-        base.load_weights(str(weights), by_name=True, skip_mismatch=True)
+        _load_backbone_weights(base, weights)
     else:
         # From scratch, the applications' BN momentum (0.999) leaves the moving statistics near their initial
         # values after a short run (validation accuracy at chance); 0.9 lets them follow the training batches.
@@ -154,3 +158,19 @@ def build(name: str, input_shape: Sequence[int], num_classes: int, **kwargs: Any
     if name not in ARCHITECTURES:
         raise ConfigError(f"unknown architecture {name!r}; choose one of {', '.join(ARCHITECTURES)}.")
     return ARCHITECTURES[name](input_shape, num_classes, **kwargs)
+
+
+def _load_backbone_weights(base: Any, weights: Path) -> None:
+    """Load ``weights`` into the backbone by layer name, refusing a file that sets none of its weights (they
+    were silently skipped: the run then trained from scratch under a config that named the weights)."""
+    before = [w.copy() for w in base.get_weights()]
+    try:
+        base.load_weights(str(weights), by_name=True, skip_mismatch=True)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--weights {weights} is not a Keras weights file ({str(exc).splitlines()[0][:200]}).") \
+            from exc
+    changed = sum(not np.array_equal(a, b) for a, b in zip(before, base.get_weights(), strict=True))
+    if changed == 0:
+        raise ConfigError(f"--weights {weights}: none of its layers match the {base.name} backbone by name, so no "
+                          "weight would load. Pass weights saved from the same Keras application.")
+    log.info("--weights %s: loaded %d of %d weight arrays of %s", weights, changed, len(before), base.name)

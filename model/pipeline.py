@@ -65,6 +65,16 @@ def train_run(data: Dataset, arch: str, cfg: TrainConfig, out: Path, *, command:
     from model.architectures import build
     from model.train import fit
 
+    ignored = []  # options the architecture would ignore, while config.json recorded them as if they took effect
+    if not arch.startswith("keras-"):
+        ignored += [flag for flag, given in (("--weights", weights is not None), ("--size", size is not None))
+                    if given]
+    if arch == "baseline-cnn" and width != 1.0:
+        ignored.append("--width")
+    if ignored:
+        raise ConfigError(f"{', '.join(ignored)}: not used by --arch {arch} (--weights and --size are for keras-* "
+                          "architectures; baseline-cnn has no width). Drop them, or pick an architecture they "
+                          "apply to.")
     extra = {"size": size} if size else {}
     model = build(arch, data.input_shape, len(data.labels), width=width, weights=weights, **extra)
     hist = fit(model, data, cfg, out)

@@ -89,6 +89,20 @@ def test_model_training_numbers_are_checked_before_anything_runs(tmp_path, capsy
     assert not (tmp_path / "run").exists()
 
 
+def test_model_options_an_architecture_would_ignore_are_refused(tmp_path, capsys) -> None:
+    """They were accepted and recorded in config.json as if they took effect (--width 0.01 on baseline-cnn)."""
+    import pytest
+
+    for args, said in ((["--arch", "baseline-cnn", "--width", "0.5"], "--width: not used by --arch baseline-cnn"),
+                       (["--arch", "vgg-bn", "--weights", str(tmp_path / "w.h5")], "--weights: not used by")):
+        code = main(["model", "train", *args, "--epochs", "1", "--limit", "64", "--out", str(tmp_path / "run")])
+        err = capsys.readouterr().err
+        if code == 3:
+            pytest.skip(f"no Fashion-MNIST here: {err}")
+        assert code == 2 and said in err, err
+    assert not (tmp_path / "run").exists()
+
+
 def test_read_only_commands_without_a_broker_exit_5_instead_of_reading_an_empty_one(monkeypatch, capsys) -> None:
     """They used to start a private broker (~4 s), find it empty, and exit 0: "no sources" and "no broker" looked
     alike to a script."""

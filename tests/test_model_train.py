@@ -84,3 +84,20 @@ def test_recalibration_with_fewer_images_than_a_batch_still_runs() -> None:
     before = [w.copy() for w in model.get_weights()]
     assert recalibrate_bn(model, x)[1] == 72
     assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights(), strict=True))
+
+
+def test_backbone_weights_that_match_no_layer_are_refused(tmp_path: Path) -> None:
+    """--weights of another model loaded nothing (skip_mismatch) and the run trained from scratch, silently."""
+    from common.errors import ConfigError
+    from model.architectures import build
+
+    other = build("baseline-cnn", (28, 28, 1), 10)
+    other.save_weights(str(tmp_path / "other.h5"))
+    with pytest.raises(ConfigError, match="none of its layers match"):
+        build("keras-mobilenet-v2", (28, 28, 1), 10, width=0.35, size=32, weights=tmp_path / "other.h5")
+    with pytest.raises(ConfigError, match="does not exist"):
+        build("keras-mobilenet-v2", (28, 28, 1), 10, width=0.35, size=32, weights=tmp_path / "nope.h5")
+    source = build("keras-mobilenet-v2", (28, 28, 1), 10, width=0.35, size=32)
+    backbone = next(layer for layer in source.layers if hasattr(layer, "layers"))
+    backbone.save_weights(str(tmp_path / "backbone.h5"))
+    build("keras-mobilenet-v2", (28, 28, 1), 10, width=0.35, size=32, weights=tmp_path / "backbone.h5")
