@@ -52,6 +52,7 @@ class WorkerError(VigilError):
 
 
 class Interrupted(VigilError):
-    """Stopped by a signal (Ctrl-C, SIGTERM) after a clean stop: what was done is kept; running again resumes."""
+    """Stopped by a signal (Ctrl-C, SIGTERM) after a clean stop: what was done is kept (a file producer's run
+    resumes when run again)."""
 
     exit_code = 130

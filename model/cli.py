@@ -14,7 +14,8 @@ import click
 
 from common.errors import ConfigError
 
-DATA_HELP = "'fashion-mnist' or a folder with one subfolder of images per class."
+DATA_HELP = ("'fashion-mnist' or a folder with one subfolder of images per class (hidden ones skipped); a folder's "
+             "images are read as gray and stretched to 28x28, the input of the shipped architectures.")
 POSITIVE = click.IntRange(min=1)
 
 
