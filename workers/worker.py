@@ -387,7 +387,7 @@ def child_main(config: WorkerConfig) -> None:
         sys.exit(UNREACHABLE_EXIT)
     except redis.RedisError as exc:
         if not refused(exc):
-            raise  # an outage or a bug: the traceback, and the supervisor respawns this process with backoff
+            raise  # a reply no check foresaw: the traceback, and the supervisor respawns this process with backoff
         log.error("worker %d: the broker refuses a command the workers need (%s). %s", os.getpid(), exc, ACL_HINT)
         sys.exit(REFUSED_EXIT)
 
