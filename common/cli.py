@@ -152,11 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cli.main(args=argv, prog_name="vigil", standalone_mode=False)
         sys.stdout.flush()  # here, where a closed pipe is caught, not at interpreter exit (exit 120)
-    except _ClosedPipe:  # the reader of stdout went away (`vigil results export | head`): not an error
-        _discard_stdout()
-        return RET_OK
-    except BrokenPipeError:  # the same, found by the flush above
-        if not _stdout_closed():
+    except (_ClosedPipe, BrokenPipeError) as exc:  # stdout's reader went away (`vigil results export | head`)
+        if isinstance(exc, BrokenPipeError) and not _stdout_closed():  # from the flush above, or another pipe
             raise
         _discard_stdout()
         return RET_OK

@@ -131,7 +131,10 @@ def snapshot(client: redis.Redis, namespace: str) -> list[dict[str, Any]]:
 def _ago(since: float | None, now: float) -> str:
     if since is None:
         return ""
-    secs = max(0.0, now - since)
+    return _duration(max(0.0, now - since))
+
+
+def _duration(secs: float) -> str:
     return f"{secs:.0f}s" if secs < 120 else f"{secs / 60:.0f}m" if secs < 7200 else f"{secs / 3600:.1f}h"
 
 
@@ -160,7 +163,7 @@ def _consumer(c: dict[str, Any]) -> str:
     idle = c["idle_ms"] / 1000
     if c["reading"] is not False:
         return f"{c['name']} {idle:.1f}s"
-    return f"{c['name']} {_ago(time.time() - idle, time.time())}: not reading, gone?"
+    return f"{c['name']} {_duration(idle)}: not reading, gone?"
 
 
 def _dash(value: Any) -> str:
