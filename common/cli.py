@@ -17,6 +17,7 @@ import redis
 
 from common.broker import ACL_HINT, redact, refused
 from common.errors import BrokerError, Interrupted, VigilError
+from common.exitcodes import ExitCode
 from common.log import setup_logging
 from common.settings import load_settings
 
@@ -25,18 +26,14 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "model": ("model.cli", "model", "Train, prune, quantize, evaluate and bundle models (needs the [train] extra)."),
     "produce": ("producers.cli", "produce", "Push frames from files or cameras into Redis streams."),
     "work": ("workers.cli", "work", "Run the supervised worker pool that classifies frames."),
-    "results": ("workers.results_cli", "results", "Tail, export and summarise classification results."),
-    "status": ("workers.status", "status", "Show streams, lag, pending, consumers and camera states."),
-    "streams": ("workers.status", "streams", "Print the Redis key names of sources (for redis-cli, KEDA)."),
-    "bench": ("workers.bench", "bench", "Benchmarks that print side-by-side ratios."),
-    "demo": ("workers.demo", "demo", "Run the whole pipeline on a conveyor video of real test images."),
-    "broker": ("common.broker", "broker_command", "Run the embedded Redis-protocol broker in the foreground."),
+    "results": ("vigil_results.cli", "results", "Tail, export and summarise classification results."),
+    "status": ("vigil_ops.status", "status", "Show streams, lag, pending, consumers and camera states."),
+    "streams": ("vigil_ops.status", "streams", "Print the Redis key names of sources (for redis-cli, KEDA)."),
+    "bench": ("vigil_bench.cli", "bench", "Benchmarks that print side-by-side ratios."),
+    "demo": ("vigil_bench.demo", "demo", "Run the whole pipeline on a conveyor video of real test images."),
+    "broker": ("vigil_ops.broker", "broker_command", "Run the embedded Redis-protocol broker in the foreground."),
 }
 
-RET_OK = 0
-RET_ERROR = 1
-RET_USAGE = 2
-RET_INTERRUPTED = 130
 log = logging.getLogger(__name__)
 
 
@@ -156,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, BrokenPipeError) and not _stdout_closed():  # from the flush above, or another pipe
             raise
         _discard_stdout()
-        return RET_OK
+        return ExitCode.OK
     except Interrupted as exc:
         click.echo(f"interrupted: {exc}", err=True)
         return exc.exit_code
@@ -170,10 +167,10 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except click.Abort:
         click.echo("interrupted", err=True)
-        return RET_INTERRUPTED
+        return ExitCode.INTERRUPTED
     except KeyboardInterrupt:
-        return RET_INTERRUPTED
-    return RET_OK
+        return ExitCode.INTERRUPTED
+    return ExitCode.OK
 
 
 def _stdout_closed() -> bool:

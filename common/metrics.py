@@ -106,7 +106,7 @@ def observe_many(histogram: Histogram, values: np.ndarray) -> None:
     In multiprocess mode each ``observe()`` takes a lock and writes two mmapped values (~3 µs); a worker
     records one latency per frame at thousands of frames/s, so it counts a batch's values per bucket first.
     Relies on prometheus_client's Histogram internals (``_upper_bounds``, ``_buckets``, ``_sum``, stable
-    since 0.4); tests/test_metrics.py checks the result equals per-value ``observe()``.
+    since 0.4); tests/workers/test_metrics.py checks the result equals per-value ``observe()``.
     """
     if not len(values):
         return

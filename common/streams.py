@@ -13,31 +13,8 @@ GROUP = "workers"
 SOURCE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 
 
-# Lua for scripts that compare stream entry ids ("ms-seq"): split(id) -> ms, seq; lt(a, b); le(a, b).
-LUA_ENTRY_IDS = """
-local function split(id)
-  local dash = string.find(id, '-', 1, true)
-  return tonumber(string.sub(id, 1, dash - 1)), tonumber(string.sub(id, dash + 1))
-end
-local function lt(a, b)
-  local am, as = split(a)
-  local bm, bs = split(b)
-  return am < bm or (am == bm and as < bs)
-end
-local function le(a, b)
-  return not lt(b, a)
-end
-"""
 
 
-# Lua for scripts that open a source: ensure_group(stream, group) creates the consumer group from the stream's first
-# entry (MKSTREAM), unless it exists; any other error is raised as the script's error.
-LUA_ENSURE_GROUP = """
-local function ensure_group(stream, group)
-  local made = redis.pcall('XGROUP', 'CREATE', stream, group, '0', 'MKSTREAM')
-  if type(made) == 'table' and made.err and not string.find(made.err, 'BUSYGROUP', 1, true) then error(made) end
-end
-"""
 
 
 def check_source(name: str) -> str:
@@ -91,9 +68,3 @@ class SourceKeys:
     def all(self) -> list[str]:
         return [self.frames, self.results, self.dead, self.meta, self.undelivered]
 
-
-def source_of_stream(namespace: str, stream: str) -> str:
-    prefix = f"{namespace}:{{"
-    if not stream.startswith(prefix) or "}:" not in stream:
-        raise ConfigError(f"{stream!r} is not a Vigil frames stream under namespace {namespace!r}")
-    return stream[len(prefix):stream.index("}:")]

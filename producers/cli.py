@@ -17,15 +17,16 @@ from typing import Any
 
 import click
 
-from common.broker import broker_url, connect
+from common.broker import connect
 from common.bundle import Bundle
+from common.embedded import broker_url
 from common.errors import ConfigError, SourceError
 from common.metrics import serve
 from common.settings import Settings
-from producers.camera import CameraReport, LiveTiming, left_behind, refusal, run_cameras
-from producers.camera_config import CameraConfig, build_camera, load_cameras_file
-from producers.file_producer import FileJob, produce_file
-from producers.sources import Sampling, check_readable, default_source_name
+from producers.cameras.camera import CameraReport, LiveTiming, left_behind, refusal, run_cameras
+from producers.cameras.config import CameraConfig, build_camera, load_cameras_file
+from producers.files.producer import FileJob, produce_file
+from producers.files.sources import Sampling, check_readable, default_source_name
 
 log = logging.getLogger(__name__)
 

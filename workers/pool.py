@@ -5,9 +5,9 @@ In burst mode a child that exits 0 has drained the streams and is not replaced, 
 BURST_MAX_FAILURES times in a row (no healthy run between) ends the run: the pool drains the other children and
 exits 8 (``WorkerError``), so that a batch job whose broker is gone ends. Outside burst mode a failing child is
 respawned for ever, with backoff, as a supervised service should be; but a child the broker refuses a command
-(an ACL rule lacks it: exit code ``REFUSED_EXIT``) stops the pool, which exits 5 (``BrokerError``), and so does a
-child that cannot load the bundle (moved or deleted since the pool started: ``BUNDLE_EXIT``; exit 4): every respawn
-would fail the same way. A child that lost the broker (``UNREACHABLE_EXIT``, after redis-py's retries) is respawned
+(an ACL rule lacks it: exit code ``ChildExit.REFUSED``) stops the pool, which exits 5 (``BrokerError``), and so does a
+child that cannot load the bundle (moved or deleted since the pool started: ``ChildExit.BUNDLE``; exit 4): every respawn
+would fail the same way. A child that lost the broker (``ChildExit.UNREACHABLE``, after redis-py's retries) is respawned
 within OUTAGE_MAX_BACKOFF_S, so that the pool is back soon after the broker is; those exits do not count against
 the child's own failures. Children die with the pool (PR_SET_PDEATHSIG): a pool killed by SIGKILL or the OOM
 killer leaves no worker behind.
@@ -32,10 +32,10 @@ import redis
 from common import metrics
 from common.broker import ACL_HINT, connect, redact
 from common.errors import BrokerError, BundleError, ConfigError, WorkerError
+from common.exitcodes import ChildExit, ExitCode
+from common.groups import group_state, sources
 from common.streams import SourceKeys
-from workers.results import sources
-from workers.status import group_state
-from workers.worker import BUNDLE_EXIT, REFUSED_EXIT, UNREACHABLE_EXIT, WorkerConfig, child_main
+from workers.worker import WorkerConfig, child_main
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF_S = 30.0
@@ -89,7 +89,7 @@ class Pool:
             raise self.fatal
         if self.gave_up is not None and not self.killed:
             raise WorkerError(self.gave_up)
-        return 130 if self.killed else 0
+        return ExitCode.INTERRUPTED if self.killed else ExitCode.OK
 
     def _serve_metrics(self) -> str:
         """Before the first spawn: children inherit PROMETHEUS_MULTIPROC_DIR from this process."""
@@ -130,8 +130,8 @@ class Pool:
             multiprocess.mark_process_dead(slot.proc.pid)
         slot.proc.close()
         slot.proc = None
-        if code in (REFUSED_EXIT, BUNDLE_EXIT):  # every respawn would fail the same way
-            if code == REFUSED_EXIT:
+        if code in (ChildExit.REFUSED, ChildExit.BUNDLE):  # every respawn would fail the same way
+            if code == ChildExit.REFUSED:
                 self.fatal = BrokerError(f"worker {slot.index}: the broker refuses the workers' login or a command "
                                          "they need (the log above says which). Check the user and password in "
                                          f"REDIS_URL; for a refused command: {ACL_HINT}")
@@ -151,7 +151,7 @@ class Pool:
         lived = time.monotonic() - slot.started
         if lived > HEALTHY_AFTER_S:
             slot.failures = slot.outages = 0
-        if code == UNREACHABLE_EXIT:
+        if code == ChildExit.UNREACHABLE:
             slot.outages += 1
             delay = min(OUTAGE_MAX_BACKOFF_S, 0.5 * 2 ** (slot.outages - 1))
         else:
@@ -161,7 +161,7 @@ class Pool:
             self._give_up(slot, code, slot.failures + slot.outages)
             return
         slot.respawn_at = time.monotonic() + delay
-        if code == UNREACHABLE_EXIT:
+        if code == ChildExit.UNREACHABLE:
             log.error("worker %d lost the broker (%s); respawning in %.1fs", slot.index,
                       redact(self.config.redis_url), delay)
         else:
@@ -170,7 +170,7 @@ class Pool:
 
     def _give_up(self, slot: Slot, code: int | None, tries: int) -> None:
         why = (f"the broker at {redact(self.config.redis_url)} was unreachable each time: is it up? Is REDIS_URL "
-               "right?" if code == UNREACHABLE_EXIT else f"last exit code {code}; the log above says why")
+               "right?" if code == ChildExit.UNREACHABLE else f"last exit code {code}; the log above says why")
         self.gave_up = (f"worker {slot.index} failed {tries} times in a row with no run over {HEALTHY_AFTER_S:.0f}s "
                         f"between ({why}); --burst gives up instead of respawning it.")
         log.error("worker %d failed %d times in a row: giving up (--burst), draining the other workers", slot.index,

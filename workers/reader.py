@@ -1,5 +1,5 @@
-"""Micro-batches from the frames streams of every registered source, plus the janitor that reclaims
-entries a crashed consumer left pending (XAUTOCLAIM) and flags those delivered too often."""
+"""Micro-batches from the frames streams of every registered source: max batch (in frames) and max wait, shared
+fairly among the sources that have frames, with the janitor's reclaimed entries first (``workers/janitor.py``)."""
 
 from __future__ import annotations
 
@@ -11,55 +11,21 @@ from typing import Any
 
 import redis
 
+from common import scripts
 from common.broker import ensure_group
 from common.schemas import entry_frames
-from common.settings import DEFAULT_PACK_FRAMES
 from common.streams import GROUP, SourceKeys, registry_key
+from workers.entry import PACK_GUESS, Entry, frames_in
+from workers.janitor import Janitor
 
 log = logging.getLogger(__name__)
 REFRESH_S = 0.1  # how often the registry's size (SCARD) is checked; SMEMBERS only when it changed
 IDLE_BLOCK_MS = 100  # an idle worker wakes this often, so a new source is picked up within ~0.1 s
 POLL_S = 0.001  # while a batch fills (at most max_wait_ms), poll this often
-PACK_GUESS = float(DEFAULT_PACK_FRAMES)  # frames per entry assumed for a file source not read yet
 
 
-# KEYS: frames. ARGV: group, min idle ms, this consumer. Deletes the other consumers that own no pending entry and
-# were idle that long; returns how many.
-FORGET_CONSUMERS_LUA = """
-local gone = 0
-for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
-  local f = {}
-  for i = 1, #c, 2 do f[c[i]] = c[i + 1] end
-  if f['name'] ~= ARGV[3] and f['pending'] == 0 and f['idle'] >= tonumber(ARGV[2]) then
-    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], f['name'])
-    gone = gone + 1
-  end
-end
-return gone
-"""
 
 
-# KEYS: frames. ARGV: group, consumer. Deletes the consumer unless it owns a pending entry; 1 if deleted.
-LEAVE_LUA = """
-if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) > 0 then return 0 end
-redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
-return 1
-"""
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One stream entry: one frame, or a pack of ``frames`` frames (``common.schemas.decode_entry``)."""
-
-    source: str
-    entry_id: str
-    fields: dict[bytes, bytes] | None
-    deliveries: int = 1
-    frames: int = 1
-
-
-def frames_in(entries: list[Entry]) -> int:
-    return sum(e.frames for e in entries)
 
 
 def _unique(entries: list[Entry]) -> list[Entry]:
@@ -110,21 +76,19 @@ class BatchReader:
         self.sources: dict[str, SourceKeys] = {}
         self._by_stream: dict[bytes, str] = {}
         self._refreshed = 0.0
-        self._claimed_at = time.monotonic()
-        self._cursors: dict[str, str] = {}
         self._carry: list[Entry] = []  # read past this batch's limits (COUNT is per stream); first in the next
         self._busy = 1  # streams that had entries in the last read: COUNT is shared among them
         # Frames per entry last seen on each source (packs): COUNT is in entries, batches are in frames. A file
         # source not read yet is assumed to send full packs, so a first read fetches too little, not too much.
         self._per_entry: dict[str, float] = {}
-        self._forget = client.register_script(FORGET_CONSUMERS_LUA)
-        self._leave = client.register_script(LEAVE_LUA)
+        self.janitor = Janitor(client, consumer, policy)
+        self._leave = scripts.register(client, "leave_group")
 
     def next_batch(self) -> list[Entry]:
         """Entries holding up to max_batch frames (at least one entry, even a bigger pack); waits at most
         max_wait_ms after the first one arrives (empty: idle)."""
         self._refresh_sources()
-        batch, self._carry = self._carry + self._reclaim_due(), []
+        batch, self._carry = self._carry + self.janitor.reclaim_due(self.sources, self._per_entry), []
         deadline = time.monotonic() + self.policy.max_wait_ms / 1000 if batch else None
         while frames_in(batch) < self.policy.max_batch:
             if deadline is None:  # idle: block until something arrives (a new entry wakes BLOCK at once)
@@ -261,58 +225,6 @@ class BatchReader:
             except redis.RedisError as exc:  # NOGROUP: the source was deleted meanwhile, nothing to leave
                 if "NOGROUP" not in str(exc):
                     log.warning("could not leave the group of %s: %s", source, exc)
-
-    def _reclaim_due(self) -> list[Entry]:
-        """Janitor tick: claim entries idle past claim_idle_ms, continuing each source's cursor until 0-0."""
-        every = max(self.policy.claim_idle_ms / 2, 100) / 1000
-        if time.monotonic() - self._claimed_at < every:
-            return []
-        self._claimed_at = time.monotonic()
-        out: list[Entry] = []
-        for source, keys in self.sources.items():
-            while frames_in(out) < self.policy.max_batch:
-                cursor = self._cursors.get(source, "0-0")
-                wanted = -(-(self.policy.max_batch - frames_in(out)) // self._per_entry.get(source, PACK_GUESS))
-                reply = self.client.xautoclaim(keys.frames, GROUP, self.consumer, self.policy.claim_idle_ms,
-                                               start_id=cursor, count=max(1, int(wanted)))
-                self._cursors[source] = reply[0].decode()
-                out += self._with_deliveries(source, keys, reply[1])
-                if self._cursors[source] == "0-0":
-                    break
-        if out:
-            by_source = Counter(entry.source for entry in out)
-            log.warning("janitor reclaimed %s: idle > %d ms, their worker died, hung or was cut off",
-                        ", ".join(f"{n} entries of source {source}" for source, n in sorted(by_source.items())),
-                        self.policy.claim_idle_ms)
-        self._forget_gone_consumers()
-        return out
-
-    def _forget_gone_consumers(self) -> None:
-        """Delete the group's consumers that own no pending entry and were idle past forget_idle_ms: workers that
-        were killed (SIGKILL, OOM) could not leave themselves and `vigil status` would list them for ever. The
-        check and the delete are one script, so an entry delivered meanwhile can never be dropped with its
-        consumer; a live one deleted by mistake is re-created by its next XREADGROUP."""
-        for keys in self.sources.values():
-            try:
-                gone = int(self._forget(keys=[keys.frames], args=[GROUP, self.policy.forget_idle_ms, self.consumer]))
-            except redis.RedisError as exc:  # NOGROUP: the source was deleted meanwhile; NOPERM: an ACL user
-                if "NOGROUP" not in str(exc):
-                    log.warning("janitor could not list the consumers of %s: %s", keys.source, exc)
-                continue
-            if gone:
-                log.info("janitor removed %d consumers of %s with no pending entry, idle > %d ms (gone, or idle "
-                         "on Redis 7.0, which re-creates them on their next delivery)", gone, keys.source,
-                         self.policy.forget_idle_ms)
-
-    def _with_deliveries(self, source: str, keys: SourceKeys, claimed: list[Any]) -> list[Entry]:
-        if not claimed:
-            return []
-        first, last = claimed[0][0], claimed[-1][0]
-        pending = self.client.xpending_range(keys.frames, GROUP, min=first, max=last, count=len(claimed) * 4,
-                                             consumername=self.consumer)
-        counts = {p["message_id"]: int(p["times_delivered"]) for p in pending}
-        return [Entry(source, eid.decode(), fields, counts.get(eid, 1), entry_frames(fields))
-                for eid, fields in claimed]
 
     def burst_state(self) -> BurstState:
         """Where the registered sources stand, for burst mode."""

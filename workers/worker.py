@@ -22,25 +22,25 @@ import numpy as np
 import prometheus_client as prom
 import redis
 
-from common.broker import ACL_HINT, connect, die_with_parent, refused
+from common.broker import ACL_HINT, connect, refused
 from common.bundle import Bundle
 from common.errors import BundleError, DecodeError
+from common.exitcodes import ChildExit
 from common.inference import Classifier, Model
 from common.log import setup_logging
 from common.metrics import metrics, observe_many
+from common.process import die_with_parent
 from common.schemas import Frame, Result, ResultJSON, decode_entry, pack_pixels
-from workers.live import SourcePolicies
-from workers.publish import Outcome, ResultWriter, Tally
+from workers.policy import SourcePolicies
 from workers.reader import BatchReader, BurstState, Entry, ReadPolicy
+from workers.writer import Kind, Outcome, ResultWriter, Tally
 
 log = logging.getLogger(__name__)
+FLOAT_VERSION_SUFFIX = ".float"  # results of the savedmodel runtime carry model_version "<bundle version>.float"
 TOPK = 3
 SAME_REQUEST_S = 1.0  # child_main: a second SIGTERM sooner than this is the same request
 WAITING_SAY_EVERY_S = 30.0  # --burst: how often a worker says which end-of-stream markers it still waits for
 # A child's exit codes the pool acts on (sysexits' values):
-REFUSED_EXIT = 78  # the broker refuses its login or a command (EX_CONFIG): not respawned, the pool stops
-BUNDLE_EXIT = 66  # the bundle cannot be loaded (EX_NOINPUT): not respawned, the pool stops
-UNREACHABLE_EXIT = 75  # the broker is unreachable (EX_TEMPFAIL): respawned after a short backoff
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ class Worker:
         self.client = connect(config.redis_url)
         self.bundle = Bundle.load(config.bundle, verify_hashes=False)
         self.classifier = load_classifier(self.bundle, config.runtime, config.threads)
-        self.model_version = self.bundle.version + (".float" if config.runtime == "savedmodel" else "")
+        self.model_version = self.bundle.version + (FLOAT_VERSION_SUFFIX if config.runtime == "savedmodel" else "")
         with contextlib.suppress(redis.ResponseError):  # an ACL user may lack CLIENT; the name is only a label
             self.client.client_setname(f"{config.namespace}:worker:{os.getpid()}")  # seen in CLIENT LIST
         self.reader = BatchReader(self.client, config.namespace, self.name, config.policy)
@@ -172,7 +172,7 @@ class Worker:
                 if frame.eos:
                     outcomes.append(self.eos(entry, frame))
                 elif policy.is_stale(frame.captured_at, now):
-                    outcomes.append(Outcome(entry.source, entry.entry_id, "s", {}))
+                    outcomes.append(Outcome(entry.source, entry.entry_id, Kind.STALE, {}))
                 elif isinstance(one := self._pixels_of(entry, frame), str):
                     outcomes.append(self.dead(entry, one, frame))
                 else:
@@ -220,7 +220,7 @@ class Worker:
         out = []
         for (entry, frame), idx, ps in zip(todo.frames, top.tolist(), top_p.tolist(), strict=True):
             fields = self._encoder(entry.source).fields(frame.seq, idx, ps, frame.captured_at, frame.produced_at, now)
-            out.append(Outcome(entry.source, entry.entry_id, "r", {}, 1, fields))
+            out.append(Outcome(entry.source, entry.entry_id, Kind.RESULT, {}, 1, fields))
         return out
 
     def _encoder(self, source: str) -> ResultJSON:
@@ -240,7 +240,7 @@ class Worker:
     def eos(self, entry: Entry, frame: Frame) -> Outcome:
         res = Result(frame.source, frame.frame_id, frame.seq, produced_at=frame.produced_at,
                      inferred_at=time.time(), model_version=self.model_version, worker=self.name, type="eos")
-        return Outcome(entry.source, entry.entry_id, "e", res.encode())
+        return Outcome(entry.source, entry.entry_id, Kind.EOS, res.encode())
 
     def dead(self, entry: Entry, reason: str, frame: Frame | None = None, frames: int = 1) -> Outcome:
         """A dead letter for one frame of ``entry``, or (no ``frame``) for the whole entry and its ``frames``."""
@@ -249,7 +249,7 @@ class Worker:
         fields = {"source": entry.source, "entry_id": entry.entry_id, "frame_id": frame_id,
                   "frames": str(frames), "reason": reason, "deliveries": str(entry.deliveries),
                   "worker": self.name, "at": f"{time.time():.6f}"}
-        return Outcome(entry.source, entry.entry_id, "d", fields, frames)
+        return Outcome(entry.source, entry.entry_id, Kind.DEAD, fields, frames)
 
 
 def _unexpected(exc: Exception) -> str:
@@ -372,24 +372,24 @@ def child_main(config: WorkerConfig) -> None:
     setup_logging(config.log_level, config.log_json)
     parent = parent_process()
     if parent is not None and not parent.is_alive():  # it died before the line above
-        sys.exit(0)
+        sys.exit(ChildExit.OK)
     try:
         _serve(config)
     except BundleError as exc:  # it loaded when the pool started: moved, deleted or replaced since
         log.error("worker %d: %s", os.getpid(), exc)
-        sys.exit(BUNDLE_EXIT)
+        sys.exit(ChildExit.BUNDLE)
     except (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError) as exc:  # no retry fixes
         log.error("worker %d: the broker refuses the login (%s). Check the user and password in REDIS_URL.",
                   os.getpid(), exc)
-        sys.exit(REFUSED_EXIT)
+        sys.exit(ChildExit.REFUSED)
     except (redis.ConnectionError, redis.TimeoutError) as exc:  # redis-py's retries are spent: one line, no trace
         log.error("worker %d: the broker is unreachable (%s)", os.getpid(), exc)
-        sys.exit(UNREACHABLE_EXIT)
+        sys.exit(ChildExit.UNREACHABLE)
     except redis.RedisError as exc:
         if not refused(exc):
             raise  # a reply no check foresaw: the traceback, and the supervisor respawns this process with backoff
         log.error("worker %d: the broker refuses a command the workers need (%s). %s", os.getpid(), exc, ACL_HINT)
-        sys.exit(REFUSED_EXIT)
+        sys.exit(ChildExit.REFUSED)
 
 
 def _serve(config: WorkerConfig) -> None:
