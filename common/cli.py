@@ -201,7 +201,7 @@ def _discard_stdout() -> None:
 def _one_blas_thread() -> None:
     """Unless the user chose otherwise, OpenBLAS (bundled twice: by numpy and by OpenCV) starts no threads of
     its own. Vigil does no BLAS work (LiteRT, FFmpeg and TensorFlow have their own threads), yet each library's
-    thread spun ~0.1 s of CPU right after import, in every process: importing numpy and cv2 took 0.20 s of CPU
+    thread spins ~0.1 s of CPU right after import, in every process: importing numpy and cv2 takes 0.20 s of CPU
     instead of 0.11 s. Set before any subcommand imports numpy; spawned workers inherit it."""
     import os
 

@@ -112,7 +112,8 @@ class EmbeddedBroker:
 
 def port_is_free(port: int) -> bool:
     """Nothing listens on ``port``. SO_REUSEADDR, as the server sets it: connections of a stopped server linger in
-    TIME_WAIT for a minute, and a plain bind refused the port (a restarted `vigil broker` said it was in use)."""
+    TIME_WAIT for a minute, and a plain bind would refuse the port (a restarted `vigil broker` would say it is in
+    use)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -139,7 +140,8 @@ def shared_broker() -> str | None:
 def broker_url(redis_url: str | None, *, private: bool = False, read_only: bool = False) -> Iterator[str]:
     """The broker to use: ``redis_url``; without one, a `vigil broker` running on its default port; else an
     embedded broker for the duration of the block, with a warning that what the command writes there is gone
-    when it exits (commands meant to work together each got their own, and a producer's frames were lost).
+    when it exits (commands meant to work together would each get their own, and a producer's frames would be
+    gone with it).
     ``private``: always an embedded broker of its own, quietly (the demo and the benches). ``read_only`` (status,
     results): no embedded broker, which could only be empty; ``BrokerError`` instead."""
     if redis_url:

@@ -53,7 +53,7 @@ class Classifier:
         self.num_threads = num_threads
         self._by_batch: dict[int, Any] = {}
         # Read once: an interpreter per batch size is made when that size first comes, and reading the file then
-        # failed a running worker whose bundle was being replaced (a deploy), stopping the whole pool.
+        # would fail a running worker whose bundle is being replaced (a deploy), stopping the whole pool.
         try:
             self._content = self.model_path.read_bytes()
         except OSError as exc:

@@ -161,8 +161,9 @@ def build(name: str, input_shape: Sequence[int], num_classes: int, **kwargs: Any
 
 
 def _load_backbone_weights(base: Any, weights: Path) -> None:
-    """Load ``weights`` into the backbone by layer name, refusing a file that sets none of its weights (they
-    were silently skipped: the run then trained from scratch under a config that named the weights)."""
+    """Load ``weights`` into the backbone by layer name, refusing a file that sets none of its weights
+    (``skip_mismatch`` skips them silently, and the run would train from scratch under a config that names the
+    weights)."""
     before = [w.copy() for w in base.get_weights()]
     try:
         base.load_weights(str(weights), by_name=True, skip_mismatch=True)

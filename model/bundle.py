@@ -55,7 +55,8 @@ def export_bundle(out: Path, model: Any, int8: bytes, labels: list[str], *, name
 
 
 def check_replaceable(out: Path) -> None:
-    """``out`` is free, an empty directory or a bundle (it holds spec.json): `--out ~` deleted a home directory."""
+    """``out`` is free, an empty directory or a bundle (it holds spec.json): `--out ~` must not delete a home
+    directory."""
     if not out.exists():
         return
     if not out.is_dir():

@@ -39,7 +39,7 @@ def load_keras(path: Path) -> Any:
 
 
 def check_outputs(model: Any, labels: list[str], what: str) -> None:
-    """The model has one output per label: a bundle whose labels do not match crashed every worker."""
+    """The model has one output per label: a bundle whose labels do not match would crash every worker."""
     outputs = int(model.output_shape[-1])
     if outputs != len(labels):
         raise ConfigError(f"{what}: the model has {outputs} outputs but the data has {len(labels)} labels "
@@ -65,7 +65,7 @@ def train_run(data: Dataset, arch: str, cfg: TrainConfig, out: Path, *, command:
     from model.architectures import build
     from model.train import fit
 
-    ignored = []  # options the architecture would ignore, while config.json recorded them as if they took effect
+    ignored = []  # options the architecture would ignore, while config.json would record them as if they took effect
     if not arch.startswith("keras-"):
         ignored += [flag for flag, given in (("--weights", weights is not None), ("--size", size is not None))
                     if given]

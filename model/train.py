@@ -106,7 +106,7 @@ def recalibrate_bn(model: Any, x: np.ndarray, batch_size: int = 128) -> tuple[in
     statistics over ``x`` (forward passes in training mode; weights untouched). After a short run the moving
     statistics lag the weights — inference then collapses to one class while training accuracy looks fine.
     Returns ``(BN layers re-estimated, images used)``: whole batches only (a batch of every image when there are
-    fewer than ``batch_size``; with fewer than 128 images it used to do nothing and report success)."""
+    fewer than ``batch_size``, so a small ``x`` still re-estimates every layer)."""
     import tf_keras as keras
 
     def bn_layers(layer: Any) -> list[Any]:

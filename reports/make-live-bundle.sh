@@ -10,8 +10,8 @@ VIGIL=${VIGIL:-vigil}
 RUN=${RUN:-runs/live-mnv2-160}
 [ -f "$RUN/model.keras.h5" ] || $VIGIL model train --arch keras-mobilenet-v2 --size 160 --epochs 2 --limit 6000 \
     --no-augment --out "$RUN"
-# `model train` re-estimates BN statistics itself for keras-* backbones; the shipped bundle's run predates that,
-# so it was re-estimated by this explicit step (harmless to repeat).
+# `model train` re-estimates BN statistics itself for keras-* backbones; the shipped bundle was made with this
+# explicit step as well, kept so that the script reproduces it (repeating it is harmless).
 [ -f "$RUN-bn/model.keras.h5" ] || $VIGIL model recalibrate-bn --model "$RUN/model.keras.h5" --out "$RUN-bn"
 $VIGIL model bundle --model "$RUN-bn/model.keras.h5" --out bundles/live-mnv2-160 --name live-mnv2-160 \
     --version 0.1.0

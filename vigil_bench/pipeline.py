@@ -192,7 +192,8 @@ def video_report(pairs: list[Paired], naive: float, busy: float, cores: int) -> 
     ratio = _median(p.ratio for p in pairs)
 
     def default_decode_ratio(p: Paired) -> float:
-        """Against the ideal as sessions before 2026-12 measured it (OpenCV's default capture)."""
+        """Against an ideal that decodes with OpenCV's default capture (FFmpeg's own decoder threads), not with
+        the cheaper of the two decoders."""
         default_cost = p.ideal_cost_s - min(p.decode_cost_s.values()) + p.decode_cost_s["ffmpeg-threads"]
         return p.run.fps * default_cost / cores
 

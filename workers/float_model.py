@@ -34,7 +34,7 @@ def check_available(bundle: Bundle, try_import: bool = True) -> None:
 
     ``try_import``: also import TensorFlow once, in a child process (a few seconds; the supervisor itself stays
     free of it). A package that is found but does not import (a missing CUDA library, a numpy it was not built
-    for) otherwise passed, and every worker died on the import and was respawned for ever."""
+    for) would otherwise pass, and every worker would die on the import and be respawned for ever."""
     if not (bundle.saved_model_path / "saved_model.pb").is_file():
         raise BundleError(f"bundle {bundle.root} has no saved_model/ (it was exported without the float model); "
                           "use --runtime litert, or re-export it with `vigil model bundle`.")
@@ -66,8 +66,11 @@ class SavedModelClassifier:
 
         for gpu in tf.config.list_physical_devices("GPU"):  # several workers can share one GPU
             tf.config.experimental.set_memory_growth(gpu, True)
-        tf.config.threading.set_intra_op_parallelism_threads(num_threads)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(num_threads)
+            tf.config.threading.set_inter_op_parallelism_threads(1)
+        except RuntimeError:  # TensorFlow fixes its thread pools once it has run anything: this process keeps them
+            log.debug("TensorFlow is initialised already: its thread pools stay as they are")
         self._tf = tf
         loaded = tf.saved_model.load(str(bundle.saved_model_path))
         self._fn: Any = loaded.signatures.get("serving_default")

@@ -298,7 +298,7 @@ class Camera:
 
     def _record_state(self, state: str, reason: str) -> None:
         """Write the state to the broker; one it does not take is kept for ``flush`` to retry (else the meta hash
-        said "online" for good about a camera that went down during a broker outage)."""
+        would say "online" for good about a camera that went down during a broker outage)."""
         try:
             self.publisher.set_state(state, reason)
         except redis.RedisError as exc:

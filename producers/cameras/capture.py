@@ -105,8 +105,8 @@ def rtsp_probe(url: str, timeout: float) -> str | None:
 
 class FileCapture:
     """A video file read as a camera would deliver it (tests, demos): at its own frame rate, and from the start
-    again after its end, without a reconnect. Read unpaced, a file used to be decoded as fast as a core allowed
-    (most frames superseded before sampling) and each end counted as a lost connection."""
+    again after its end, without a reconnect. Read unpaced, a file would be decoded as fast as a core allows
+    (most frames superseded before sampling), and each end would count as a lost connection."""
 
     def __init__(self, path: str) -> None:
         self._path = path

@@ -71,7 +71,7 @@ def produce_file(client: redis.Redis, namespace: str, job: FileJob, high_water: 
     ``stop`` (set by a signal handler, ``producers.cli``): stop between two frames, raising ``Interrupted``; what
     was sent stays on the stream and the next run resumes after it. A flag, not KeyboardInterrupt: an exception
     raised at any bytecode could leave a lock of the decoder threads held (a ``with lock:`` entered but not yet
-    protected, bpo-29988), and the producer then hung in its exit for good.
+    protected, bpo-29988), and the producer would then hang in its exit for good.
 
     ``broker_patience_s``: how long a send waits out an unreachable broker (a restart, a failover) before the
     run fails (exit 5; it resumes when run again).
@@ -105,7 +105,7 @@ def _send_file(pub: SourcePublisher, job: FileJob, start_seq: int, progress: boo
     chunk: list[Frame] = []
     chunk_size = 1 if job.realtime else min(max(CHUNK, job.pack), pub.high_water)
     # closing(): on Ctrl-C (or any error) the decoder threads are stopped and joined before the exception goes on.
-    # Left running into interpreter shutdown, a thread inside OpenCV was killed there ("FATAL: exception not
+    # Left running into interpreter shutdown, a thread inside OpenCV is killed there ("FATAL: exception not
     # rethrown", exit 134) instead of the clean exit 130.
     frames = iter_preprocessed(job.path, job.sampling, job.spec, job.decoders, skip=start_seq)
     expected = estimate_frames(job.path, job.sampling)

@@ -101,7 +101,7 @@ class SourcePublisher:
         # A stream with entries keeps its epoch (a resume); a new one (or one --restart deleted) takes the server's
         # clock, which has moved on since any earlier run began. A worker still holding a batch of the run before a
         # --restart then finds its ids absent: its XACK removes nothing, so it neither acks the new run's entry
-        # with the same seq nor writes its old result for it (ids used to be 1-<seq> in every run).
+        # with the same seq nor writes its old result for it.
         # Two producers opening a new stream at once agree on its epoch (the first one's).
         fields = identity or {}
         now = time.time()
@@ -318,7 +318,7 @@ class SourcePublisher:
             return result
 
     def _warn_paused(self, paused_s: float, lag: float) -> None:
-        """A producer waiting on workers that never come looked hung: say what it waits for."""
+        """A producer waiting on workers that never come looks hung: say what it waits for."""
         groups: Any = self.client.xinfo_groups(self.keys.frames)
         consumers = next((int(g["consumers"]) for g in groups if g["name"] in (GROUP, GROUP.encode())), 0)
         who = (f"no worker has joined group {GROUP!r}: is `vigil work` running against this broker and namespace "

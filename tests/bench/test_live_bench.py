@@ -16,6 +16,7 @@ from tests.helpers import TINY_BUNDLE
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.slow
 def test_bench_live_accounts_for_every_frame(pipeline_env: dict[str, str]) -> None:
     cmd = [sys.executable, "-m", "common.cli", "bench", "live", "--bundle", str(TINY_BUNDLE), "--cameras", "2",
            "--fps", "10", "--duration", "6", "--json"]

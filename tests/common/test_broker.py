@@ -40,8 +40,8 @@ def test_a_bad_url_exits_as_a_configuration_error(monkeypatch, capsys) -> None:
 
 
 def test_a_port_left_in_time_wait_is_free() -> None:
-    """A stopped `vigil broker` leaves its closed connections in TIME_WAIT for a minute; restarting it on its port
-    was refused as "in use" although the server (SO_REUSEADDR) could listen there."""
+    """A stopped `vigil broker` leaves its closed connections in TIME_WAIT for a minute; its port still counts as
+    free (the server, with SO_REUSEADDR, can listen there), so a restart on it is not refused as "in use"."""
     import socket
 
     from common.embedded import free_port, port_is_free
@@ -117,7 +117,8 @@ def test_broker_command_prints_url_and_stops_on_sigterm() -> None:
 
 
 def test_broker_command_whose_server_dies_exits_5_saying_so() -> None:
-    """It used to exit 0 without a word when the server went away (killed, out of memory)."""
+    """When the server goes away under it (killed, out of memory), `vigil broker` exits 5 and says so, without a
+    traceback."""
     import signal
     import subprocess
     import sys
@@ -136,8 +137,10 @@ def test_broker_command_whose_server_dies_exits_5_saying_so() -> None:
 
 def test_without_a_url_commands_find_a_vigil_broker_on_its_port(monkeypatch: pytest.MonkeyPatch,
                                                                 caplog: pytest.LogCaptureFixture) -> None:
-    """Each command used to start its own private broker: a producer's frames were gone when it exited, and
-    `vigil work` waited on another, empty one."""
+    """Without a URL, commands use the `vigil broker` on its port, so that they share one broker (with a private
+    broker each, a producer's frames would be gone when it exits, and `vigil work` would wait on another, empty
+    one). The demo and the benches keep their own; with no `vigil broker` running, a command warns that its
+    private broker's content is gone when it exits."""
     import common.embedded
 
     with EmbeddedBroker() as shared:
@@ -158,7 +161,7 @@ def test_vigil_broker_refuses_a_port_in_use_and_keeps_data_in_dir(embedded_broke
     out = subprocess.run([sys.executable, "-m", "common.cli", "broker", "--port", str(embedded_broker.port)],
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 5 and f"port {embedded_broker.port} on 127.0.0.1 is in use" in out.stderr, out.stderr
-    assert "export REDIS_URL" not in out.stdout  # it used to print the other server's URL and exit 0
+    assert "export REDIS_URL" not in out.stdout  # nor does it print the other server's URL
     bad = subprocess.run([sys.executable, "-m", "common.cli", "broker", "--port", "99999"], capture_output=True,
                          text=True, timeout=30)
     assert bad.returncode == 2 and "99999" in bad.stderr and "Traceback" not in bad.stderr

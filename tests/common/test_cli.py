@@ -2,6 +2,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from common.cli import main
 
 
@@ -32,7 +34,8 @@ def test_the_heap_is_frozen_at_exit_not_before() -> None:
 
 
 def test_openblas_starts_no_threads_unless_the_user_asks() -> None:
-    """numpy and OpenCV each bundle OpenBLAS, whose threads spun ~0.1 s of CPU after import in every process."""
+    """numpy and OpenCV each bundle OpenBLAS, whose threads spin ~0.1 s of CPU after import in every process:
+    Vigil sets one thread, unless OPENBLAS_NUM_THREADS is set already."""
     import os
 
     code = ("import os; from common.cli import main; main(['config']); import numpy, cv2; "
@@ -73,7 +76,8 @@ def test_malformed_config_file_exits_with_config_code(tmp_path, capsys) -> None:
 
 
 def test_bundle_is_a_global_option(tmp_path, capsys) -> None:
-    """README and the errors told users to pass --bundle, which no command had."""
+    """--bundle goes before the command, for every command (README and the errors name it): a file where a
+    bundle directory belongs is refused with exit 4."""
     assert main(["--bundle", str(tmp_path), "config"]) == 0
     assert json.loads(capsys.readouterr().out)["bundle"] == str(tmp_path)
     not_a_dir = tmp_path / "model.tflite"
@@ -89,8 +93,10 @@ def test_model_training_numbers_are_checked_before_anything_runs(tmp_path, capsy
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_model_options_an_architecture_would_ignore_are_refused(tmp_path, capsys) -> None:
-    """They were accepted and recorded in config.json as if they took effect (--width 0.01 on baseline-cnn)."""
+    """An option the architecture would ignore (--width on baseline-cnn, --weights on a non-keras one) is refused
+    with exit 2, before any run directory is written, rather than recorded in config.json as if it took effect."""
     import pytest
 
     for args, said in ((["--arch", "baseline-cnn", "--width", "0.5"], "--width: not used by --arch baseline-cnn"),
@@ -104,8 +110,9 @@ def test_model_options_an_architecture_would_ignore_are_refused(tmp_path, capsys
 
 
 def test_read_only_commands_without_a_broker_exit_5_instead_of_reading_an_empty_one(monkeypatch, capsys) -> None:
-    """They used to start a private broker (~4 s), find it empty, and exit 0: "no sources" and "no broker" looked
-    alike to a script."""
+    """Without a broker, `vigil status`, `results` and `streams` exit 5, saying there is no broker to read from,
+    instead of starting a private one (~4 s) and reading it empty: to a script, "no sources" and "no broker"
+    must differ."""
     monkeypatch.delenv("REDIS_URL", raising=False)
     monkeypatch.setattr("common.embedded.shared_broker", lambda: None)
     for args in (["status"], ["status", "--json"], ["results", "export"], ["results", "summary"], ["streams"],

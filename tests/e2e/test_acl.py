@@ -66,6 +66,7 @@ def vigil(acl: AclUser, *args: str) -> subprocess.CompletedProcess[str]:
     return out
 
 
+@pytest.mark.slow
 def test_a_least_privilege_user_runs_the_whole_pipeline(acl_user: AclUser, small_video: Path) -> None:
     vigil(acl_user, "produce", "file", str(small_video), "--source", "cam", "--no-progress")
     vigil(acl_user, "work", "-n", "1", "--burst")
@@ -117,6 +118,7 @@ def processes(acl_user: AclUser, tmp_path: Path) -> Iterator[Processes]:
             proc.communicate()
 
 
+@pytest.mark.slow
 def test_a_least_privilege_user_runs_a_live_camera_through_its_cap(
         acl_user: AclUser, processes: Processes, small_video: Path) -> None:
     """The camera's script over its cap with no reader (RPUSH, LLEN, LPOP, XDEL, HINCRBY), then with a worker
@@ -152,8 +154,8 @@ def test_a_least_privilege_user_runs_a_live_camera_through_its_cap(
 
 
 def test_a_camera_the_broker_refuses_stops_with_the_reason(acl_user: AclUser, small_video: Path) -> None:
-    """A rule without a command the camera's script needs: the camera used to take it for an outage, log once,
-    keep running and drop every frame, exiting 0."""
+    """A rule without a command the camera's script needs: the camera exits 5 naming the refusal and the rule to
+    read, without a traceback; taken for an outage, it would keep running, drop every frame and exit 0."""
     acl_user.admin.execute_command("ACL", "SETUSER", acl_user.name, "-@list")
     with MjpegServer(small_video, free_port(), fps=25) as server:
         camera = subprocess.run([*VIGIL, "produce", "camera", server.url, "--source", "cam", "--fps", "10"],
@@ -164,8 +166,9 @@ def test_a_camera_the_broker_refuses_stops_with_the_reason(acl_user: AclUser, sm
 
 
 def test_a_worker_pool_the_broker_refuses_stops_instead_of_respawning(acl_user: AclUser, small_video: Path) -> None:
-    """A rule without XACK (refused inside the publish script): each child used to die with a traceback and be
-    respawned for ever, the frames pending for the next one to be refused again."""
+    """A rule without XACK (refused inside the publish script): the pool stops within 30 s with exit 5, naming
+    the command and the rule, without a traceback or a respawn (every respawn would be refused again); the
+    frames stay pending for a fixed rule."""
     vigil(acl_user, "produce", "file", str(small_video), "--source", "cam", "--no-progress")
     acl_user.admin.execute_command("ACL", "SETUSER", acl_user.name, "-xack")
     started = time.monotonic()
@@ -179,8 +182,8 @@ def test_a_worker_pool_the_broker_refuses_stops_instead_of_respawning(acl_user: 
 
 
 def test_a_producer_the_broker_refuses_names_the_command_and_the_rule(acl_user: AclUser, small_video: Path) -> None:
-    """A rule without scripts: the producer's first script is refused. It said only "check the server's log and
-    limits"; now it names the rule to give the user."""
+    """A rule without scripts: the producer's first script is refused, and it exits 5 naming the refused command
+    and the rule to give the user, without a traceback."""
     acl_user.admin.execute_command("ACL", "SETUSER", acl_user.name, "-evalsha", "-eval")
     out = subprocess.run([*VIGIL, "produce", "file", str(small_video), "--source", "cam", "--no-progress"],
                          env=acl_user.env, capture_output=True, text=True, timeout=90)

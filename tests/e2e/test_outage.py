@@ -41,6 +41,7 @@ def wait_for(check: Callable[[], object], timeout: float = 20.0) -> None:
     raise AssertionError("timed out")
 
 
+@pytest.mark.slow
 def test_broker_lost_mid_run_exits_with_the_broker_code_and_no_traceback(small_video: Path) -> None:
     with EmbeddedBroker() as broker:
         with connect(broker.url) as admin:
@@ -63,8 +64,10 @@ def test_broker_lost_mid_run_exits_with_the_broker_code_and_no_traceback(small_v
     assert "waiting up to 3 s for it (broker_patience_s)" in err
 
 
+@pytest.mark.slow
 def test_a_file_producer_waits_out_a_broker_restart(small_video: Path, tmp_path: Path) -> None:
-    """It exited 5 once redis-py's retries (a few seconds) were spent; a restart or failover takes longer."""
+    """A restart or failover takes longer than redis-py's retries (a few seconds): with broker_patience_s the
+    producer waits it out, says so, and finishes with exit 0, every frame sent once."""
     data = tmp_path / "data"
     broker = EmbeddedBroker(appendonly=True, data_dir=data).start()
     cmd = [*VIGIL, "produce", "file", str(small_video), "--source", "cam", "--no-progress", "--realtime"]
@@ -91,6 +94,7 @@ def test_a_file_producer_waits_out_a_broker_restart(small_video: Path, tmp_path:
         broker.stop()
 
 
+@pytest.mark.slow
 def test_burst_pool_gives_up_on_workers_that_keep_failing() -> None:
     with EmbeddedBroker() as broker:
         workers = subprocess.Popen([*VIGIL, "work", "--burst", "-n", "1"], env=env_for(broker.url),
@@ -112,10 +116,12 @@ def worker_pids(client: redis.Redis) -> list[int]:
     return [int(c["name"].rsplit(":", 1)[1]) for c in client.client_list() if c["name"].startswith("outage:worker:")]
 
 
+@pytest.mark.slow
 def test_pool_is_back_soon_after_the_broker_is(small_video: Path) -> None:
-    """The broker restarted on its port moments later (its old connections in TIME_WAIT: `vigil broker` was
-    refused the port) is served again, and the pool logs one line per lost worker. The respawn schedule itself
-    (at most OUTAGE_MAX_BACKOFF_S apart) is tests/workers/test_pool.py's: a 20 s outage does not reach the old cap."""
+    """A broker restarted on its port moments later (its old connections still in TIME_WAIT) is served again
+    within 15 s, and the pool logs one line per lost worker. The respawn schedule itself (at most
+    OUTAGE_MAX_BACKOFF_S apart) is tests/workers/test_pool.py's: a 20 s outage stays far below the crash backoff's
+    30 s cap."""
     broker = EmbeddedBroker(appendonly=True).start()
     workers = subprocess.Popen([*VIGIL, "work", "-n", "1"], env=env_for(broker.url), stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
@@ -161,7 +167,8 @@ def _alive(pid: int) -> bool:
 
 
 def test_pool_stops_when_a_respawn_cannot_load_the_bundle(tmp_path: Path) -> None:
-    """A bundle moved away after the pool started: the respawned child failed for ever, a traceback each time."""
+    """A bundle moved away after the pool started: the respawned child cannot load it, and the pool stops with
+    exit 4 and one line saying so, instead of respawning it for ever with a traceback each time."""
     import shutil
     import signal
 
@@ -181,8 +188,10 @@ def test_pool_stops_when_a_respawn_cannot_load_the_bundle(tmp_path: Path) -> Non
     assert "cannot load the bundle" in err and "does not exist" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_burst_pool_with_no_source_says_so_at_once() -> None:
-    """A mistyped VIGIL_NAMESPACE hung a burst job with nothing in the log but 'ready'."""
+    """A burst pool under a namespace with no source (a mistyped VIGIL_NAMESPACE) says so at once, before its
+    --burst-idle exit, rather than waiting with nothing in the log but 'ready'."""
     with EmbeddedBroker() as broker:
         env = {**env_for(broker.url), "VIGIL_LOG_LEVEL": "INFO", "VIGIL_NAMESPACE": "typo"}
         done = subprocess.run([*VIGIL, "work", "-n", "1", "--burst", "--burst-idle", "3"], env=env,
@@ -192,8 +201,10 @@ def test_burst_pool_with_no_source_says_so_at_once() -> None:
     assert said < done.stderr.index("no source was registered within")  # before the --burst-idle exit
 
 
+@pytest.mark.slow
 def test_pool_stops_when_the_broker_refuses_the_login() -> None:
-    """A wrong password is a ConnectionError to redis-py: it was retried as an outage, for ever, every 4 s."""
+    """A wrong password is a ConnectionError to redis-py, yet not an outage: the pool stops with exit 5 and says
+    the login is refused, rather than retrying it every 4 s for ever."""
     import signal
 
     with EmbeddedBroker() as broker:

@@ -57,9 +57,11 @@ def test_workers_before_producer_then_sigterm_drains(pipeline_env, client, names
     assert_exactly_once(client, namespace, 30)
 
 
+@pytest.mark.slow
 def test_ctrl_c_to_the_process_group_drains_the_held_batch(pipeline_env, client, namespace, small_video) -> None:
     """Ctrl-C signals the supervisor and every child at once, and the supervisor then sends each child a SIGTERM:
-    a child that took that for a second request exited without acking the batch it held."""
+    a child takes both for one request and acks the batch it holds before exiting (taken for a second request,
+    the SIGTERM would make it exit without acking)."""
     produce(pipeline_env, small_video)
     env = {**pipeline_env, "VIGIL_MAX_BATCH": "64", "VIGIL_PER_SOURCE_CAP": "64", "VIGIL_MAX_WAIT_MS": "4000",
            "VIGIL_LOG_LEVEL": "INFO"}
@@ -88,6 +90,7 @@ def test_crashed_consumer_entries_are_reclaimed(pipeline_env, client, namespace,
     assert_exactly_once(client, namespace, 60)
 
 
+@pytest.mark.slow
 def test_sigkilled_worker_is_respawned_and_nothing_is_lost(pipeline_env, client, namespace, small_video) -> None:
     # Workers hold a batch's entries for 2 s (the kill must land while the victim holds some, even on a VM that
     # stalls this test for hundreds of ms), and only entries idle 3 s are reclaimed (never a live worker's).
@@ -155,8 +158,9 @@ def frame_payload(**changes: object) -> dict[bytes, bytes]:
 
 def test_frames_with_fields_of_the_wrong_type_are_dead_lettered_not_a_crash_loop(pipeline_env, client, namespace,
                                                                                small_video) -> None:
-    """Each used to kill the worker before it could dead-letter anything (TypeError, ValueError, cv2.error); the
-    janitor then handed the same batch to the next worker, for ever."""
+    """Each bad field (a TypeError, ValueError or cv2.error in decoding) is dead-lettered on first delivery, with
+    no traceback, and the rest of the batch is processed: a worker killed by it would have the janitor hand the
+    same batch to the next worker, for ever."""
     produce(pipeline_env, small_video)
     keys = SourceKeys(namespace, "cam")
     bad = {f"{AFTER}-0": frame_payload(seq="16"), f"{AFTER}-1": frame_payload(captured_at="0.0"),
@@ -235,8 +239,9 @@ def test_killed_producer_resumes_without_gap_or_duplicate(pipeline_env, client, 
 
 def test_rerun_with_other_sampling_or_a_changed_file_is_refused(pipeline_env, client, namespace, small_video,
                                                               tmp_path) -> None:
-    """A resume whose frames would not line up with those on the stream: other sampling (the review's case:
-    --realtime killed, then --every 10, lost the end-of-stream marker and broke the counters), or the file changed."""
+    """A resume whose frames would not line up with those on the stream is refused: other sampling (a --realtime
+    run killed, then resumed with --every 10, would lose the end-of-stream marker and break the counters), or the
+    file changed. The same bytes under a new inode are the same source."""
     video = tmp_path / small_video.name
     shutil.copy(small_video, video)
     produce(pipeline_env, video, "--every", "2")

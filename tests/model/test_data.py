@@ -51,7 +51,8 @@ def test_image_folder_without_classes_is_a_data_error(tmp_path: Path) -> None:
 
 
 def test_hidden_folders_are_not_classes_and_empty_classes_are_refused(tmp_path: Path) -> None:
-    """.ipynb_checkpoints became a class, and an empty class folder a class with no example."""
+    """A hidden folder (.ipynb_checkpoints) is not a class; an empty class folder, or a missing directory, is
+    refused."""
     import cv2
 
     for cls in ("a", "b"):

@@ -65,7 +65,8 @@ def test_missing_dataset_names_the_data_path_option(tmp_path, capsys) -> None:
 
 
 def test_a_bundle_of_other_classes_is_not_scored_on_fashion_mnist(capsys) -> None:
-    """A folder-trained bundle got a traceback (3 classes) or a meaningless Fashion-MNIST accuracy (10)."""
+    """A folder-trained bundle is refused (exit 2, naming its classes), not scored on Fashion-MNIST, where it
+    would get a traceback (3 classes) or a meaningless accuracy (10)."""
     assert main(["model", "evaluate", "--bundle", str(TINY_BUNDLE)]) == 2
     assert "classifies class0, class1" in capsys.readouterr().err
 

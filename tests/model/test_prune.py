@@ -20,6 +20,7 @@ def _tiny_vgg():
     return vgg_bn((28, 28, 1), 10, stages=[[8, 8], [16]])
 
 
+@pytest.mark.slow
 def test_magnitude_pruning_reaches_target_sparsity(tmp_path: Path) -> None:
     from model.prune import magnitude_prune
 

@@ -1,11 +1,13 @@
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from model.data import Dataset, Split
 from model.train import TrainConfig
 
 
+@pytest.mark.slow
 def test_pruning_preserving_qat_gives_sparse_integer_only_model(tmp_path: Path) -> None:
     from ai_edge_litert.interpreter import Interpreter
 

@@ -34,6 +34,7 @@ def runs(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_report_table_is_measured_from_the_runs(runs: Path) -> None:
     from model.report import write_report
 

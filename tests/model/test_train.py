@@ -16,6 +16,7 @@ def small_data():
         pytest.skip(str(exc))
 
 
+@pytest.mark.slow
 def test_one_epoch_on_a_few_hundred_images_beats_chance(small_data, tmp_path: Path, capsys) -> None:
     from model.architectures import build
     from model.train import fit, keras_accuracy
@@ -75,7 +76,8 @@ def test_recalibrated_bn_makes_inference_match_training_statistics() -> None:
 
 
 def test_recalibration_with_fewer_images_than_a_batch_still_runs() -> None:
-    """With fewer than 128 images no batch ran: nothing changed, and the run reported success."""
+    """With fewer than 128 images (the batch size) the images make one batch: every image is used and the
+    statistics change."""
     from model.architectures import build
     from model.train import recalibrate_bn
 
@@ -86,8 +88,10 @@ def test_recalibration_with_fewer_images_than_a_batch_still_runs() -> None:
     assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights(), strict=True))
 
 
+@pytest.mark.slow
 def test_backbone_weights_that_match_no_layer_are_refused(tmp_path: Path) -> None:
-    """--weights of another model loaded nothing (skip_mismatch) and the run trained from scratch, silently."""
+    """--weights of another model, whose layers match none of the backbone's (skip_mismatch would load nothing and
+    the run train from scratch, silently), or a missing file, is refused; the backbone's own weights load."""
     from common.errors import ConfigError
     from model.architectures import build
 

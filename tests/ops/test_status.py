@@ -92,7 +92,8 @@ def test_status_watch_json_prints_a_line_per_refresh_until_interrupted(redis_url
 
 
 def test_a_camera_whose_producer_stopped_being_seen_shows_offline(env, camera, client, capsys) -> None:
-    """A killed camera producer records nothing: its last state, "online", used to stand for good."""
+    """A killed camera producer records nothing, so its last state, "online", stands only while the producer was
+    seen lately: one not seen for 60 s shows as offline, saying so."""
     client.hset(camera.meta, "producer_seen", f"{time.time() - 1:.3f}")
     assert main(["status", "--json"]) == 0
     row = next(r for r in json.loads(capsys.readouterr().out) if r["source"] == "cam1")
@@ -104,8 +105,9 @@ def test_a_camera_whose_producer_stopped_being_seen_shows_offline(env, camera, c
 
 
 def test_a_consumer_that_stopped_reading_is_marked(env, camera, client, monkeypatch, capsys) -> None:
-    """A killed worker cannot leave the group and was listed exactly like a live one until the janitor forgot it."""
-    from workers import status
+    """A killed worker cannot leave the group until the janitor forgets it: a consumer that has not read lately
+    is marked "not reading, gone?", where the server tells (Redis 7.0 does not)."""
+    from vigil_ops import status
 
     monkeypatch.setattr(status, "READING_WITHIN_S", 0.5)
     time.sleep(0.6)  # host:1 read at the fixture's set-up
@@ -124,7 +126,7 @@ def test_a_consumer_that_stopped_reading_is_marked(env, camera, client, monkeypa
 
 def test_an_idle_worker_that_keeps_reading_is_not_marked(env, camera, client, monkeypatch, capsys) -> None:
     """Reads that deliver nothing: on Redis 7.0 they do not reset idle, so no verdict there."""
-    from workers import status
+    from vigil_ops import status
 
     monkeypatch.setattr(status, "READING_WITHIN_S", 0.5)
     client.xreadgroup(GROUP, "host:3", {camera.frames: ">"}, count=100)  # takes the rest: nothing new after

@@ -57,7 +57,8 @@ def test_a_bounded_run_names_the_cameras_that_sent_no_frame() -> None:
 
 def test_a_video_file_as_a_camera_plays_at_its_frame_rate_and_loops_without_reconnecting(pipeline_env,
                                                                                            small_video) -> None:
-    """A file used to be decoded as fast as a core allowed, and each end counted as a lost connection."""
+    """A file is played at its own frame rate (unpaced, it would be decoded as fast as a core allows), and each
+    end starts it again, neither a reconnect nor a lost connection."""
     import json
     import subprocess
     import sys
@@ -67,14 +68,15 @@ def test_a_video_file_as_a_camera_plays_at_its_frame_rate_and_loops_without_reco
                          text=True, timeout=60)
     assert out.returncode == 0, out.stderr[-2000:]
     report = json.loads(out.stdout)
-    # 60 frames at 25 fps (2.4 s): 4 s play it past its end once; unpaced it was thousands of frames
+    # 60 frames at 25 fps (2.4 s): 4 s play it past its end once; unpaced it would be thousands of frames
     assert 60 < report["captured"] < 150 and report["reconnects"] == 0 and report["last_error"] == ""
     assert "connection lost" not in out.stderr and report["produced"] >= 10
 
 
 def test_a_state_the_broker_did_not_take_is_recorded_once_it_is_back(client, namespace) -> None:
-    """`vigil status` said "online" for good about a camera that went down during a broker outage: the state was
-    written once, and later calls with the same state returned early."""
+    """A state change the broker did not take (a camera that went down during a broker outage) is kept and
+    written by the next flush, although later calls with the same state return early: otherwise `vigil status`
+    would say "online" for good. After the stop, a late state writes nothing."""
     import redis
 
     from common.bundle import InputSpec
@@ -96,7 +98,7 @@ def test_a_state_the_broker_did_not_take_is_recorded_once_it_is_back(client, nam
 
     publisher.set_state = outage  # type: ignore[method-assign]
     camera._set_state("offline", "connection lost")  # the broker is down at that moment
-    camera._set_state("offline", "connection lost")  # and the camera stays down: an early return, as before
+    camera._set_state("offline", "connection lost")  # and the camera stays down: the same state again returns early
     publisher.set_state = real  # type: ignore[method-assign]
     camera.flush()  # the broker is back
     meta = client.hgetall(SourceKeys(namespace, "cam").meta)
@@ -107,7 +109,8 @@ def test_a_state_the_broker_did_not_take_is_recorded_once_it_is_back(client, nam
 
 
 def test_frames_sampled_during_a_broker_outage_are_counted_once_it_is_back(client, namespace) -> None:
-    """They were dropped with a log line and counted nowhere: captured did not balance."""
+    """Frames the sampler took while the broker was unreachable are counted as dropped_unpublished once it is
+    back, so that captured balances."""
     import redis
 
     from common.bundle import InputSpec

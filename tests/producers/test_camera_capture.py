@@ -131,9 +131,9 @@ class _SilentCamera(BaseHTTPRequestHandler):
 
 
 def test_an_http_1_0_camera_gets_the_read_timeout_and_its_socket_closed_on_release() -> None:
-    """With HTTP/1.0 the response takes the socket over: the read timeout used to be skipped (a silent camera
-    waited out the longer open timeout) and release() left the connection open (a one-client camera then
-    refused the reconnect)."""
+    """With HTTP/1.0 the response takes the socket over: the read timeout still applies to it (a silent camera
+    does not wait out the longer open timeout), and release() closes the connection (a one-client camera would
+    refuse the reconnect)."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), _SilentCamera)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:

@@ -77,7 +77,8 @@ def test_unreadable_camera_url_is_refused_at_once(url: str) -> None:
 
 
 def test_a_file_that_is_not_a_video_is_refused_at_once(tmp_path: Path) -> None:
-    """Retrying cannot make a file readable: it used to be retried for ever."""
+    """Retrying cannot make a file readable: a file that is not a video is refused when the camera is built,
+    not retried for ever."""
     with pytest.raises(ConfigError, match="cannot open as a video"):
         build_camera({"id": "c", "url": str(write(tmp_path, "clip.mp4", "not a video")), "fps": 2}, "camera c")
 

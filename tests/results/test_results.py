@@ -28,8 +28,9 @@ def test_segments_group_consecutive_labels_in_seq_order() -> None:
 
 
 def test_segments_cover_time_and_end_at_frames_without_a_result() -> None:
-    """A segment ended at its last frame's capture time (a one-frame segment lasted 0 s, and time between
-    segments belonged to none), and runs were merged across frames that got no result."""
+    """A segment ends where the frame after its last one begins (a one-frame segment lasts a frame period, not
+    0 s, and consecutive segments leave no time between them); a frame with no result ends a run, which is not
+    merged across it, and so does a jump in capture time (a camera offline)."""
     results = [_res(0, "coat", 0.0), _res(1, "bag", 0.5), _res(2, "bag", 1.0), _res(5, "bag", 2.5)]
     segs = segments(results)
     assert [(s.label, s.start, s.end, s.first_seq, s.last_seq) for s in segs] == [
@@ -263,7 +264,8 @@ def test_streams_prints_key_names(capsys) -> None:
 
 @pytest.mark.integration
 def test_a_malformed_result_entry_is_skipped_and_named(cli_env, capsys, client, published) -> None:
-    """One entry of another writer, version 1 but without topk, made export print nothing and exit 6."""
+    """One entry of another writer, version 1 but without topk (or not UTF-8): export, summary and tail skip it,
+    naming it, and print the rest with exit 0 (rather than nothing, with exit 6)."""
     bad = client.xadd(published.results, {"v": "1", "type": "result", "source": "cam", "frame_id": "cam:9",
                                            "seq": "9", "label": "coat", "score": "0.5"}).decode()
     assert main(["results", "export"]) == 0
@@ -290,7 +292,7 @@ def test_export_lines_carry_the_schema_version(cli_env, capsys, published) -> No
 
 @pytest.mark.integration
 def test_a_reader_that_stops_reading_is_not_an_error(client, namespace, pipeline_env) -> None:
-    """`vigil results export | head -1` exited 1 with no message."""
+    """`vigil results export | head -1`: the reader going away ends export with exit 0, no traceback."""
     keys = SourceKeys(namespace, "cam")
     client.sadd(registry_key(namespace), "cam")
     for seq in range(2000):  # more than a pipe and stdout's buffer hold

@@ -70,6 +70,7 @@ def assert_same_results(kind: str, out: str, err: str, client: redis.Redis, name
     assert "end of stream: source cam, 60 frames" in err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", SUBSCRIBERS)
 def test_subscriber_reads_a_finished_run(kind, pipeline_env, redis_url, client, namespace, small_video) -> None:
     run_pipeline(pipeline_env, small_video)
@@ -97,10 +98,12 @@ def test_subscriber_started_before_the_producer(kind, pipeline_env, redis_url, c
     assert_same_results(kind, out, err, client, namespace)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", SUBSCRIBERS)
 def test_consumers_sharing_a_group_all_exit(kind, pipeline_env, redis_url, client, namespace, small_video) -> None:
-    """--until-eos waited for ever in a consumer that did not itself read the end-of-stream entry: the other
-    consumer of a shared group, or an earlier run with the same group, had it."""
+    """--until-eos ends a consumer that did not itself read the end-of-stream entry (the other consumer of a
+    shared group, or an earlier run with the same group, had it): each exits 0, the results split between them,
+    none twice, rather than waiting for ever."""
     run_pipeline(pipeline_env, small_video)
     cmds = [command(kind, redis_url, namespace, "--until-eos", "--group", "shared", "--consumer", name)
             for name in ("a", "b")]

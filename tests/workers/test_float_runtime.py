@@ -43,6 +43,7 @@ def test_the_float_model_agrees_with_the_int8_one_on_real_images() -> None:
     assert (floats.argmax(axis=1) == y).mean() >= bundle.spec.metrics["accuracy"] - 0.03
 
 
+@pytest.mark.slow
 @needs_tensorflow
 @pytest.mark.integration
 def test_a_pool_on_the_float_path_answers_every_frame(pipeline_env: dict[str, str], client: redis.Redis,
@@ -91,7 +92,7 @@ def test_without_tensorflow_the_float_path_is_refused_with_what_to_install(monke
 @pytest.mark.integration
 @pytest.mark.parametrize("how", [
     "absent",
-    "broken",  # found by importlib.util.find_spec, so it passed: workers died on the import, respawned for ever
+    "broken",  # found by importlib.util.find_spec, yet it does not import: only importing it tells
 ])
 def test_work_without_tensorflow_refuses_before_any_worker_starts(embedded_broker: EmbeddedBroker, tmp_path: Path,
                                                                   how: str) -> None:

@@ -45,6 +45,7 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
             for fam in text_string_to_metric_families(text) for s in fam.samples}
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_work_serves_metrics_summed_over_two_processes(pipeline_env, client, namespace, small_video) -> None:
     port = free_port()

@@ -39,7 +39,8 @@ def _pool(burst: bool = False) -> Pool:
 
 
 def test_a_long_outage_respawns_within_the_outage_cap_and_leaves_other_failures_alone() -> None:
-    """Outage exits backed off like crashes, to 30 s, and counted towards the next crash's backoff."""
+    """Outage exits back off to OUTAGE_MAX_BACKOFF_S (4 s), not to a crash's 30 s, and do not count towards the
+    next crash's backoff."""
     pool, slot = _pool(), Slot(0)
     delays = _delays(pool, slot, [ChildExit.UNREACHABLE] * 8)
     assert delays == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0, 4.0, 4.0] and max(delays) == OUTAGE_MAX_BACKOFF_S

@@ -33,7 +33,8 @@ def test_a_consumer_leaves_the_group_only_once_it_owns_no_pending_entry(client: 
 
 def test_the_janitor_forgets_consumers_that_are_gone_but_never_one_with_pending_entries(client: redis.Redis,
                                                                                         namespace: str) -> None:
-    """A SIGKILLed worker cannot leave its group; `vigil status` listed it for ever."""
+    """A SIGKILLed worker cannot leave its group, and `vigil status` would list it for ever: the janitor deletes
+    idle consumers that own no pending entry, never itself nor one that owns an entry."""
     frames = SourceKeys(namespace, "cam").frames
     client.sadd(registry_key(namespace), "cam")
     client.xadd(frames, {"f": b"x"})

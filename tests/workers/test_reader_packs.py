@@ -53,7 +53,7 @@ def test_first_reads_do_not_fetch_far_more_than_a_batch(client: redis.Redis, nam
     reader = BatchReader(client, namespace, "w1", ReadPolicy(max_batch=32, per_source_cap=32, max_wait_ms=5))
     batch = reader.next_batch()
     assert frames_in(batch) == 32
-    assert frames_in(reader.release()) <= 4 * 32  # at most one share per stream; was 4 x 32 packs (2,048 frames)
+    assert frames_in(reader.release()) <= 4 * 32  # at most one share per stream, not 4 x 32 packs (2,048 frames)
 
 
 def test_a_camera_beside_a_flooding_file_still_gets_its_share(client: redis.Redis, namespace: str) -> None:
@@ -64,7 +64,7 @@ def test_a_camera_beside_a_flooding_file_still_gets_its_share(client: redis.Redi
     for _ in range(5):
         batch = reader.next_batch()
         cam = sum(e.frames for e in batch if e.source == "cam")
-        assert cam >= 8 and frames_in(batch) >= 24, [(e.source, e.frames) for e in batch]  # was 1 camera frame
+        assert cam >= 8 and frames_in(batch) >= 24, [(e.source, e.frames) for e in batch]  # not 1 camera frame
 
 
 def test_unique_keeps_one_copy_with_the_highest_delivery_count() -> None:
