@@ -6,6 +6,7 @@ from common.embedded import EmbeddedBroker, broker_url
 from common.errors import BrokerError, ConfigError
 
 
+@pytest.mark.integration  # starts a server of its own
 def test_embedded_broker_starts_answers_and_stops() -> None:
     with EmbeddedBroker() as broker:
         assert connect(broker.url).ping()
@@ -15,6 +16,7 @@ def test_embedded_broker_starts_answers_and_stops() -> None:
         redis.Redis.from_url(broker.url, socket_connect_timeout=0.5).ping()
 
 
+@pytest.mark.integration  # starts a server of its own
 def test_broker_url_without_config_starts_embedded() -> None:
     with broker_url(None) as url:
         assert url.startswith("redis://127.0.0.1:")
@@ -70,6 +72,7 @@ def test_invalid_url_error_does_not_show_the_password(url: str) -> None:
     assert "s3cret" not in str(err.value) and "***@example.com" in str(err.value)
 
 
+@pytest.mark.integration  # starts a server of its own
 def test_embedded_server_dies_with_a_killed_parent() -> None:
     import os
     import signal
@@ -100,6 +103,7 @@ def test_acl_user_and_password_in_the_url(embedded_broker) -> None:
         admin.acl_deluser("vigiltest")
 
 
+@pytest.mark.integration  # starts a server of its own
 def test_broker_command_prints_url_and_stops_on_sigterm() -> None:
     import signal
     import subprocess
@@ -116,6 +120,7 @@ def test_broker_command_prints_url_and_stops_on_sigterm() -> None:
         redis.Redis.from_url(url, socket_connect_timeout=0.5).ping()
 
 
+@pytest.mark.integration  # starts a server of its own
 def test_broker_command_whose_server_dies_exits_5_saying_so() -> None:
     """When the server goes away under it (killed, out of memory), `vigil broker` exits 5 and says so, without a
     traceback."""
@@ -135,6 +140,7 @@ def test_broker_command_whose_server_dies_exits_5_saying_so() -> None:
     assert proc.returncode == 5 and "exited on its own" in err and "Traceback" not in err
 
 
+@pytest.mark.integration  # starts a server of its own
 def test_without_a_url_commands_find_a_vigil_broker_on_its_port(monkeypatch: pytest.MonkeyPatch,
                                                                 caplog: pytest.LogCaptureFixture) -> None:
     """Without a URL, commands use the `vigil broker` on its port, so that they share one broker (with a private

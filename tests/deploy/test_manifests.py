@@ -77,6 +77,7 @@ def test_kubernetes_redis_refuses_writes_before_its_pod_is_killed() -> None:
     assert limit.endswith("Gi") and int(maxmemory[1][:-2]) * 2**30 <= 0.8 * int(limit[:-2]) * 2**30
 
 
+@pytest.mark.integration  # starts a server of its own
 @pytest.mark.parametrize("which", ["compose", "kubernetes"])
 def test_the_redis_configs_start_a_real_server(which: str, tmp_path: Path) -> None:
     """The server refuses a config it cannot parse (a trailing comment on a setting's line makes it exit 1): both

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import time
 
+import fakeredis
 import pytest
 
 from common.broker import ensure_group
@@ -12,7 +13,7 @@ from common.cli import main
 from common.schemas import Result
 from common.streams import GROUP, SourceKeys, registry_key
 from tests.helpers import TINY_BUNDLE
-from vigil_results.reader import read_results, segments
+from vigil_results.reader import dead_frames, read_dead, read_results, segments
 from workers.writer import Kind, Outcome, ResultWriter
 
 
@@ -37,6 +38,21 @@ def test_segments_cover_time_and_end_at_frames_without_a_result() -> None:
         ("coat", 0.0, 0.5, 0, 0), ("bag", 0.5, 1.5, 1, 2), ("bag", 2.5, 3.0, 5, 5)]
     offline = [_res(0, "bag", 0.0), _res(1, "bag", 0.5), _res(2, "bag", 1.0), _res(3, "bag", 9.0)]  # 8 s away
     assert [(s.start, s.end, s.frames) for s in segments(offline)] == [(0.0, 1.5, 3), (9.0, 9.5, 1)]
+
+
+def test_readers_page_results_and_count_dead_frames_on_plain_redis_calls() -> None:
+    """Reading back is plain XRANGE paging (fakeredis: no delivery semantics involved): every result in stream
+    order past one page, the end-of-stream entry only when asked, and a dead letter for a pack counts its frames."""
+    client = fakeredis.FakeRedis()
+    keys = SourceKeys("ns", "cam")
+    for seq in range(1205):  # more than one page of 1,000
+        client.xadd(keys.results, _res(seq, "coat", seq / 25).encode())
+    client.xadd(keys.results, Result("cam", "cam:1205", 1205, type="eos").encode())
+    client.xadd(keys.dead, {"frame_id": "cam:7", "reason": "undecodable pack", "frames": "16"})
+    client.xadd(keys.dead, {"frame_id": "cam:40", "reason": "max deliveries"})
+    assert [r.seq for r in read_results(client, "ns", "cam")] == list(range(1205))
+    assert read_results(client, "ns", "cam", include_eos=True)[-1].type == "eos"
+    assert dead_frames(read_dead(client, "ns", "cam")) == 17
 
 
 def _pending_entries(client, keys: SourceKeys, n: int, consumer: str = "a") -> None:
