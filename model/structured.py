@@ -25,6 +25,7 @@ class PlainLayout:
     hidden: int
     dropout: float
     name: str
+    stem_stride: int = 1
 
 
 def read_layout(model: Any) -> PlainLayout:
@@ -32,7 +33,7 @@ def read_layout(model: Any) -> PlainLayout:
     names = {layer.name: layer for layer in model.layers}
     if "conv_0" not in names:
         raise ConfigError(f"model {model.name!r} is not a plain CNN (no conv_0 layer); structured pruning "
-                          "supports baseline-cnn and vgg-bn.")
+                          "supports baseline-cnn, vgg-bn and camera-vgg.")
     stages: list[list[int]] = [[]]
     for layer in model.layers:
         if layer.name.startswith("pool_") and stages[-1]:
@@ -43,7 +44,8 @@ def read_layout(model: Any) -> PlainLayout:
     return PlainLayout(
         stages=stages, batchnorm="bn_0" in names, head="gap" if "gap" in names else "flatten",
         hidden=int(names["hidden"].units) if "hidden" in names else 0,
-        dropout=float(names["dropout"].rate) if "dropout" in names else 0.0, name=model.name)
+        dropout=float(names["dropout"].rate) if "dropout" in names else 0.0, name=model.name,
+        stem_stride=int(names["conv_0"].strides[0]))
 
 
 def filter_importance(model: Any, i: int, criterion: str) -> np.ndarray:
@@ -68,7 +70,7 @@ def prune_channels(model: Any, keep: float, criterion: str = "bn-gamma") -> tupl
     widths = iter(len(k) for k in kept)
     stages = [[next(widths) for _ in stage] for stage in layout.stages]
     thin = plain_cnn(model.input_shape[1:], int(model.output_shape[-1]), stages, layout.batchnorm,
-                     layout.head, layout.hidden, layout.dropout, name=layout.name)
+                     layout.head, layout.hidden, layout.dropout, name=layout.name, stem_stride=layout.stem_stride)
     _copy_weights(model, thin, kept, layout)
     return thin, [len(k) for k in kept]
 
