@@ -26,22 +26,27 @@ SAVED_MODEL_DIR = "saved_model"
 KERAS_FILE = "model.keras.h5"
 
 
-def export_bundle(out: Path, model: Any, int8: bytes, labels: list[str], *, name: str, version: str,
-                  command: str, metrics: dict[str, Any] | None = None, color: str = "gray",
+def export_bundle(out: Path, model: Any, int8: bytes, labels: list[str], *, input_spec: InputSpec, name: str,
+                  version: str, command: str, metrics: dict[str, Any] | None = None,
                   extra: dict[str, Any] | None = None, saved_model: bool = True) -> BundleSpec:
-    """Write model.tflite, labels.txt, model.keras.h5, saved_model/ and spec.json into ``out``. An existing
-    bundle there is replaced whole, and only once the new one is complete (written beside it, then renamed over
-    it): an interrupted export leaves the old bundle, never half of one. Anything else at ``out`` is refused."""
+    """Write model.tflite, labels.txt, model.keras.h5, saved_model/ and spec.json into ``out``; ``input_spec``
+    (the one the training images were prepared with, ``Dataset.spec``) tells producers how to prepare frames.
+    An existing bundle there is replaced whole, and only once the new one is complete (written beside it, then
+    renamed over it): an interrupted export leaves the old bundle, never half of one. Anything else at ``out`` is
+    refused."""
     check_labels(labels, f"bundle {out}")  # before anything in ``out`` is replaced
     check_replaceable(out)
+    if model is not None and tuple(int(d) for d in model.input_shape[1:]) != input_spec.shape:
+        raise ConfigError(f"bundle {out}: the model takes {tuple(model.input_shape[1:])} images but the input spec "
+                          f"says {input_spec.shape}. Export it with the spec its training data was prepared with.")
     final, out = out, out.parent / f".{out.name}.partial-{os.getpid()}"
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.exists():
         shutil.rmtree(out)
     out.mkdir()
     try:
-        spec = _write(out, model, int8, labels, name=name, version=version, command=command, metrics=metrics,
-                      color=color, extra=extra, saved_model=saved_model)
+        spec = _write(out, model, int8, labels, input_spec=input_spec, name=name, version=version, command=command,
+                      metrics=metrics, extra=extra, saved_model=saved_model)
         old = final.parent / f".{final.name}.old-{os.getpid()}"
         if final.exists():
             final.rename(old)
@@ -66,22 +71,21 @@ def check_replaceable(out: Path) -> None:
                           "Pick a new path, or a bundle directory to replace.")
 
 
-def _write(out: Path, model: Any, int8: bytes, labels: list[str], *, name: str, version: str, command: str,
-           metrics: dict[str, Any] | None, color: str, extra: dict[str, Any] | None, saved_model: bool) -> BundleSpec:
+def _write(out: Path, model: Any, int8: bytes, labels: list[str], *, input_spec: InputSpec, name: str, version: str,
+           command: str, metrics: dict[str, Any] | None, extra: dict[str, Any] | None,
+           saved_model: bool) -> BundleSpec:
     (out / TFLITE_FILE).write_bytes(int8)
     (out / LABELS_FILE).write_text("\n".join(labels) + "\n")
     model.save(str(out / KERAS_FILE), include_optimizer=False, save_format="h5")
     if saved_model:
         model.save(str(out / SAVED_MODEL_DIR), include_optimizer=False, save_format="tf")
     files = {p.name: file_digest(p) for p in sorted(out.iterdir())}
-    h, w, c = (int(d) for d in model.input_shape[1:])
     spec = BundleSpec(
         name=name,
         version=f"{version}+{hashlib.sha256(int8).hexdigest()[:8]}",
         architecture=model.name,
         num_classes=len(labels),
-        input=InputSpec(height=h, width=w, channels=c, dtype="uint8", color=color,  # type: ignore[arg-type]
-                        resize="stretch", scale=1.0 / 255.0, offset=0.0, invert=False),
+        input=input_spec,
         quantization=quant_spec(int8),
         outputs="logits",
         files=files,

@@ -14,9 +14,11 @@ import click
 
 from common.errors import ConfigError
 
-DATA_HELP = ("'fashion-mnist' or a folder with one subfolder of images per class (hidden ones skipped); a folder's "
-             "images are read as gray and stretched to 28x28, the input of the shipped architectures.")
+DATA_HELP = ("'fashion-mnist' (28x28 gray, its own test set) or a folder with one subfolder of images per class "
+             "(hidden ones skipped); a folder's images are prepared as producers prepare a frame, to --size, "
+             "--color and --resize.")
 POSITIVE = click.IntRange(min=1)
+INPUT_OPTIONS = ("size", "color", "resize", "test_data")  # kept in ctx.meta, read by _load_data
 
 
 def _command_line() -> str:
@@ -24,15 +26,118 @@ def _command_line() -> str:
 
 
 def _load_data(data: str, data_path: Path | None, seed: int = 0) -> Any:
+    """The dataset, prepared for the spec ``_input_spec`` resolves from the command's options."""
     from model.data import load_dataset
 
-    return load_dataset(data, data_path, seed=seed)
+    test_data = click.get_current_context().meta.get("vigil.model.test_data")
+    return load_dataset(data, data_path, _input_spec(data), test_data=test_data, seed=seed)
+
+
+def _input_spec(data: str) -> Any:
+    """One rule for every command: fashion-mnist has its own spec (--size/--color/--resize/--test-data refused);
+    a folder is prepared for the spec of the --model's run (its config.json) when the command takes a model and
+    the run recorded one, else for --size/--color/--resize (defaults 96, rgb, center_crop). Options that
+    contradict the run's spec are refused: the model takes the input it was trained on."""
+    from model.data import FASHION_SPEC, FOLDER_SPEC, folder_spec
+    from model.pipeline import run_input_spec
+
+    ctx = click.get_current_context()
+    given = {name: ctx.meta.get(f"vigil.model.{name}") for name in INPUT_OPTIONS}
+    flags = [f"--{name.replace('_', '-')}" for name, value in given.items() if value is not None]
+    model_path = ctx.params.get("model_path")
+    recorded = run_input_spec(model_path) if model_path is not None else None
+    if data == "fashion-mnist":
+        if flags:
+            raise ConfigError(f"{', '.join(flags)}: --data fashion-mnist is 28x28 gray with its own test set; these "
+                              "options are for image folders. Drop them, or pass --data FOLDER.")
+        if recorded not in (None, FASHION_SPEC):
+            raise ConfigError(f"--model {model_path} was trained on {_describe(recorded)} images, not Fashion-MNIST "
+                              "(28x28 gray). Pass the --data it was trained on.")
+        return FASHION_SPEC
+    spec = folder_spec(given["size"], given["color"], given["resize"], base=recorded or FOLDER_SPEC)
+    if recorded is not None and spec != recorded:
+        raise ConfigError(f"{', '.join(f for f in flags if f != '--test-data')}: --model {model_path} was trained on "
+                          f"{_describe(recorded)} images (its run's config.json). Drop the option(s): the data is "
+                          "prepared as the model was trained.")
+    return spec
+
+
+def _describe(spec: Any) -> str:
+    return f"{spec.height}x{spec.width} {spec.color} {spec.resize}"
+
+
+class SizeType(click.ParamType):
+    """``96`` (square) or ``120x160`` (height x width); ``SizeOption`` turns ``120 160`` into the latter."""
+
+    name = "size"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> tuple[int, int]:
+        if isinstance(value, tuple):
+            return value
+        parts = str(value).lower().split("x")
+        if len(parts) > 2 or not all(p.strip().isdigit() for p in parts):
+            self.fail(f"{value!r} is not a size: pass H (square), 'H W' or HxW, e.g. --size 96 or --size 120 160.",
+                      param, ctx)
+        h, w = int(parts[0]), int(parts[-1])
+        if not (8 <= h <= 2048 and 8 <= w <= 2048):
+            self.fail(f"{value!r}: height and width must be 8..2048 pixels.", param, ctx)
+        return h, w
+
+
+class SizeOption(click.Option):
+    """``--size H`` or ``--size H W``: click options take a fixed number of values, so the parser's handler of
+    this option is wrapped to take a second integer when one follows. Where a click release lays its parser out
+    otherwise, ``--size HxW`` still works."""
+
+    def add_to_parser(self, parser: Any, ctx: click.Context) -> None:
+        super().add_to_parser(parser, ctx)
+        for name in self.opts:
+            option = getattr(parser, "_long_opt", {}).get(name)
+            if option is not None and hasattr(option, "process"):
+                option.process = _taking_width(option.process)
+
+
+def _taking_width(process: Any) -> Any:
+    def take(value: Any, state: Any) -> None:
+        rargs = getattr(state, "rargs", None)
+        if isinstance(value, str) and value.isdigit() and rargs and rargs[0].isdigit():
+            value = f"{value}x{rargs.pop(0)}"
+        process(value, state)
+
+    return take
+
+
+def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    ctx.meta[f"vigil.model.{param.name}"] = value
+    return value
 
 
 def data_options(fn: Any) -> Any:
-    fn = click.option("--data", default="fashion-mnist", show_default=True, help=DATA_HELP)(fn)
-    return click.option("--data-path", type=click.Path(path_type=Path), default=None,
-                        help="Directory of the Fashion-MNIST idx files (default: Debian path, ~/.keras/datasets).")(fn)
+    """--data, --data-path and the input options of an image folder. The latter are not passed to the command
+    (each would have to thread them through): ``_load_data`` reads them from the click context."""
+    takes_model = any(p.name == "model_path" for p in getattr(fn, "__click_params__", []))
+    run = "; with --model: its run's, from config.json" if takes_model else ""
+    for opt in reversed([
+        click.option("--data", default="fashion-mnist", show_default=True, help=DATA_HELP),
+        click.option("--data-path", type=click.Path(path_type=Path), default=None,
+                     help="Directory of the Fashion-MNIST idx files (default: Debian path, ~/.keras/datasets)."),
+        click.option("--size", cls=SizeOption, type=SizeType(), default=None, expose_value=False,
+                     callback=_remember, metavar="H [W]",
+                     help=f"Image folders: the model input, H (square) or H W, also HxW  [default: 96{run}]."),
+        click.option("--color", type=click.Choice(["rgb", "gray"]), default=None, expose_value=False,
+                     callback=_remember, help=f"Image folders: colour of the model input  [default: rgb{run}]."),
+        click.option("--resize", type=click.Choice(["center_crop", "letterbox", "stretch"]), default=None,
+                     expose_value=False, callback=_remember,
+                     help="Image folders: how an image (and every served frame) of another aspect reaches --size: "
+                          "center_crop cuts it to the aspect, letterbox fits it whole with black bars, stretch "
+                          f"distorts it (docs/model.md)  [default: center_crop{run}]."),
+        click.option("--test-data", type=click.Path(file_okay=False, path_type=Path), default=None,
+                     expose_value=False, callback=_remember,
+                     help="Image folders: a separate test folder with the same class subfolders (CIFAR-style "
+                          "train/ and test/); validation is then split from --data."),
+    ]):
+        fn = opt(fn)
+    return fn
 
 
 def train_options(fn: Any) -> Any:
@@ -43,7 +148,9 @@ def train_options(fn: Any) -> Any:
                      help="Peak learning rate (cosine decay)."),
         click.option("--patience", type=click.IntRange(0), default=4, show_default=True,
                      help="Early-stopping patience (epochs)."),
-        click.option("--no-augment", is_flag=True, help="Disable random shift + horizontal flip."),
+        click.option("--no-augment", is_flag=True,
+                     help="No augmentation (image folders: the camera augmentation of docs/model.md; "
+                          "Fashion-MNIST: random shift + horizontal flip)."),
         click.option("--limit", type=POSITIVE, default=None, help="Train on the first N images only (smoke runs)."),
         click.option("--threads", type=POSITIVE, default=2, show_default=True),
         click.option("--seed", default=0, show_default=True),
@@ -53,16 +160,19 @@ def train_options(fn: Any) -> Any:
 
 
 def _train_config(**kw: Any) -> Any:
-    from model.train import TrainConfig
+    """Image folders train with the camera augmentation, Fashion-MNIST with shift + flip (as its runs did)."""
+    from model.train import CameraAugment, TrainConfig
 
+    folder = click.get_current_context().params.get("data", "fashion-mnist") != "fashion-mnist"
     return TrainConfig(epochs=kw["epochs"], batch_size=kw["batch_size"], lr=kw["lr"], patience=kw["patience"],
-                       augment=not kw["no_augment"], limit=kw["limit"], threads=kw["threads"], seed=kw["seed"])
+                       augment=not kw["no_augment"], limit=kw["limit"], threads=kw["threads"], seed=kw["seed"],
+                       camera=CameraAugment() if folder else None)
 
 
 @click.group()
 def model() -> None:
-    """Train, compress, quantize, evaluate and bundle classification models (needs the [train] extra,
-    except `evaluate`, which runs on LiteRT alone)."""
+    """Collect, train, compress, quantize, evaluate and bundle classification models (needs the [train] extra,
+    except `evaluate`, which runs on LiteRT alone, and `collect`)."""
 
 
 @model.command()
@@ -74,16 +184,25 @@ def model() -> None:
               help="Width multiplier.")
 @click.option("--weights", type=click.Path(path_type=Path), default=None,
               help="Local weights file for keras-* architectures.")
-@click.option("--size", type=click.IntRange(32, 512), default=None,
-              help="keras-* architectures: the resolution the backbone runs at (input is resized inside; 96).")
+@click.option("--backbone-size", type=click.IntRange(32, 512), default=None,
+              help="keras-* architectures: the resolution the backbone runs at (the --size input is resized inside "
+                   "the model)  [default: 96].")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Run directory.")
-def train(data: str, data_path: Path | None, arch: str, width: float, weights: Path | None, size: int | None,
-          out: Path, **kw: Any) -> None:
-    """Train a float model; writes model.keras.h5, config.json, history, curves.png, metrics.json."""
+def train(data: str, data_path: Path | None, arch: str, width: float, weights: Path | None,
+          backbone_size: int | None, out: Path, **kw: Any) -> None:
+    """Train a float model; writes model.keras.h5, config.json (with the input spec and the augmentation),
+    history, curves.png, metrics.json.
+
+    \b
+    Examples:
+      vigil model train --out runs/vgg-bn                      # Fashion-MNIST, 28x28 gray
+      vigil model train --data cifar/train --test-data cifar/test --size 96 --out runs/cifar
+      vigil model train --data gate/ --size 120 160 --resize letterbox --out runs/gate   # whole 4:3 frames
+    """
     from model.pipeline import train_run
 
     result = train_run(_load_data(data, data_path, kw["seed"]), arch, _train_config(**kw), out,
-                       command=_command_line(), width=width, weights=weights, size=size)
+                       command=_command_line(), width=width, weights=weights, backbone_size=backbone_size)
     click.echo(json.dumps(result, indent=2))
 
 
@@ -198,30 +317,129 @@ def bundle(data: str, data_path: Path | None, model_path: Path, out: Path, name:
 @model.command()
 @click.option("--bundle", "bundle_dir", type=click.Path(path_type=Path), default=None,
               help="Bundle directory (default: the configured bundle, bundles/fashion-mnist).")
+@click.option("--data", default="fashion-mnist", show_default=True, metavar="fashion-mnist|FOLDER",
+              help="fashion-mnist (its test set), or a folder with one subfolder of images per class, each named "
+                   "as a class in the bundle's labels.txt (not every class needs a folder).")
+@click.option("--files", "files", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Evaluate the images a list file names, one a line: PATH, or PATH<TAB>LABEL (without a label, "
+                   "the image's folder name is its class; relative paths start at the list's folder).")
+@click.option("--indices", default=None, metavar="0,5,9-20",
+              help="Only the images at these positions (ranges inclusive) of the test set, the folder (class by "
+                   "class, files in name order) or the list.")
+@click.option("--indices-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="--indices read from a file (commas, spaces or new lines between; # comments).")
 @click.option("--data-path", type=click.Path(path_type=Path), default=None, help="Fashion-MNIST idx directory.")
 @click.option("--threads", type=POSITIVE, default=2, show_default=True, help="LiteRT interpreter threads.")
-@click.option("--limit", type=POSITIVE, default=None, help="Evaluate on the first N test images only.")
+@click.option("--limit", type=POSITIVE, default=None, help="Evaluate the first N images only (of those selected).")
 @click.option("--confusion", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write a confusion-matrix PNG (needs matplotlib, the [train] extra).")
+              help="Write a confusion-matrix PNG of the classes that occur (needs matplotlib, the [train] extra).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
-def evaluate(settings: Any, bundle_dir: Path | None, data_path: Path | None, threads: int, limit: int | None,
+def evaluate(settings: Any, bundle_dir: Path | None, data: str, files: Path | None, indices: str | None,
+             indices_file: Path | None, data_path: Path | None, threads: int, limit: int | None,
              confusion: Path | None, as_json: bool) -> None:
-    """Evaluate a bundle's INT8 model on the Fashion-MNIST test set with LiteRT (no TensorFlow).
+    """Score a bundle's INT8 model with LiteRT (no TensorFlow): accuracy, macro precision/recall/F1, a table per
+    class, latency and throughput.
+
+    On the Fashion-MNIST test set (the default), an image folder or a list of images, all of them or some by
+    index. Folder and list images are prepared as the producer prepares a frame (the bundle's input spec), so
+    the scores compare with an end-to-end run over the same images.
 
     \b
     Examples:
       vigil model evaluate
       vigil model evaluate --bundle bundles/fashion-mnist --limit 1000 --json
-      vigil model evaluate --confusion reports/confusion.png
+      vigil model evaluate --indices 0-499 --confusion reports/confusion.png
+      vigil model evaluate --bundle bundles/gate --data labelled/ --json
+      vigil model evaluate --bundle bundles/gate --files checked.txt
     """
-    from model.bundle_eval import evaluate_bundle, render_metrics
+    from model.bundle_eval import evaluate_bundle, parse_indices, render_metrics
 
+    folder = None if data == "fashion-mnist" else Path(data)
+    if files is not None and folder is not None:
+        raise click.UsageError("--files and --data FOLDER are two sets of images: pass one of them.")
+    if data_path is not None and (files is not None or folder is not None):
+        raise click.UsageError("--data-path is where the Fashion-MNIST files are: leave it out with --data FOLDER "
+                               "or --files.")
+    if indices is not None and indices_file is not None:
+        raise click.UsageError("--indices and --indices-file both select images: pass one of them.")
+    chosen = None
+    if indices is not None:
+        chosen = parse_indices(indices, "--indices")
+    elif indices_file is not None:
+        chosen = parse_indices(indices_file.read_text(), f"--indices-file {indices_file}")
     if confusion is not None:
         _check_plot_path(confusion, "--confusion")
     path = bundle_dir or (settings.bundle if settings is not None else None)
-    metrics = evaluate_bundle(path, data_path, threads=threads, limit=limit, confusion_png=confusion)
+    metrics = evaluate_bundle(path, data_path, threads=threads, limit=limit, confusion_png=confusion, data=folder,
+                              files=files, indices=chosen)
     click.echo(json.dumps(metrics, indent=2) if as_json else render_metrics(metrics))
+
+
+@model.command(epilog="""\b
+Examples:
+  vigil model collect gate.mp4 --out labelled/ --every 25            # one frame a second of a 25 fps video
+  vigil model collect gate.mp4 --out labelled/ --fps 2 --roi 100,50,640,480
+  vigil model collect rtsp://user:pass@10.0.0.5/stream1 --out labelled/ --fps 1 --count 500 --append
+  vigil model collect /dev/video0 --out desk/ --fps 2 --name desk   # until Ctrl-C
+""")
+@click.argument("source")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for the images (made if missing; it must be empty, unless --append).")
+@click.option("--every", type=POSITIVE, default=None, help="Keep every Nth frame [default: 1]. Not with --fps.")
+@click.option("--fps", type=click.FloatRange(0, min_open=True), default=None,
+              help="Keep this many frames per second: of media time for a file, of capture time for a camera. "
+                   "Not with --every.")
+@click.option("--count", type=POSITIVE, default=None,
+              help="Stop after N images (without it: the end of the file; a camera runs until Ctrl-C).")
+@click.option("--roi", default=None, metavar="X,Y,W,H",
+              help="Save only this region of each frame (pixels); it must lie inside the frame.")
+@click.option("--format", "fmt", type=click.Choice(["jpg", "png"]), default="jpg", show_default=True)
+@click.option("--name", default=None,
+              help="File names are NAME-000000.jpg, ... (default: the file or folder name, videoN for a USB "
+                   "device, the camera's host).")
+@click.option("--append", is_flag=True,
+              help="Write into a folder that is not empty; numbering continues after NAME's highest there "
+                   "(class subfolders included).")
+@click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when it is a TTY).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.pass_obj
+def collect(settings: Any, source: str, out: Path, every: int | None, fps: float | None, count: int | None,
+            roi: str | None, fmt: str, name: str | None, append: bool, progress: bool | None, as_json: bool) -> None:
+    """Save frames of your own footage as training images: a video file, an image folder, or a camera (rtsp://,
+    http(s):// MJPEG, /dev/videoN or a device number).
+
+    Frames are written at full resolution (or cut to --roi), not prepared for a model: training prepares
+    them. Then sort them into OUT/<class>/ subfolders, one per label, and train with
+    `vigil model train --data OUT`. A camera is not reconnected: when it stops, the run ends with what it
+    wrote, and --append goes on later.
+    """
+    import threading
+    from dataclasses import asdict
+
+    from model.collect import CollectJob, render, stop_on_signals
+    from model.collect import collect as collect_frames
+    from producers.cameras.camera import LiveTiming
+    from producers.files.sources import Sampling
+    from producers.roi import parse_roi
+
+    if every is not None and fps is not None:
+        raise click.UsageError("--every and --fps are mutually exclusive: --every N keeps every Nth frame, --fps R "
+                               "keeps R frames per second; pass one of them.")
+    try:
+        region = parse_roi(roi) if roi is not None else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--roi'") from None
+    job = CollectJob(source, out, Sampling(every or 1, fps), count, region, "png" if fmt == "png" else "jpg", name,
+                     append)
+    timing = LiveTiming(stall_timeout_s=settings.stall_timeout_s) if settings is not None else LiveTiming()
+    stop = threading.Event()
+    with stop_on_signals(stop):
+        report = collect_frames(job, timing, sys.stderr.isatty() if progress is None else progress, stop)
+    if as_json:
+        click.echo(json.dumps(asdict(report)))
+    else:
+        click.echo(f"{render(report)}\nnext: {report.next}")
 
 
 def _check_plot_path(path: Path, option: str) -> None:

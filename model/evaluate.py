@@ -18,20 +18,45 @@ from common.inference import Classifier
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> dict[str, Any]:
+    """Accuracy, macro precision/recall/F1 and the confusion matrix (rows: true class, columns: predicted).
+    The macro means are over the classes that occur, as a true or a predicted class (scikit-learn's rule): a
+    subset of the data without some class is not marked down for it."""
     cm = np.zeros((num_classes, num_classes), dtype=np.int64)
     np.add.at(cm, (y_true, y_pred), 1)
+    precision, recall, f1 = _per_class_scores(cm)
+    seen = present_classes(cm)
+    return {
+        "accuracy": float(np.trace(cm) / max(1, cm.sum())),
+        "precision": float(precision[seen].mean()) if seen else 0.0,
+        "recall": float(recall[seen].mean()) if seen else 0.0,
+        "f1": float(f1[seen].mean()) if seen else 0.0,
+        "confusion_matrix": cm.tolist(),
+    }
+
+
+def present_classes(cm: np.ndarray | list[list[int]]) -> list[int]:
+    """The classes that occur in a confusion matrix, as a true or a predicted class, in index order."""
+    arr = np.asarray(cm)
+    return [int(i) for i in np.flatnonzero(arr.sum(axis=0) + arr.sum(axis=1))]
+
+
+def per_class(cm: list[list[int]], labels: list[str]) -> list[dict[str, Any]]:
+    """One row per class that occurs (``present_classes``): its label, support (true images), precision,
+    recall and F1."""
+    arr = np.asarray(cm)
+    precision, recall, f1 = _per_class_scores(arr)
+    return [{"label": labels[i], "support": int(arr[i].sum()), "precision": float(precision[i]),
+             "recall": float(recall[i]), "f1": float(f1[i])} for i in present_classes(arr)]
+
+
+def _per_class_scores(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Precision, recall and F1 of every class; 0 where a class is never predicted or never true."""
     tp = np.diag(cm).astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         precision = np.nan_to_num(tp / cm.sum(axis=0))
         recall = np.nan_to_num(tp / cm.sum(axis=1))
         f1 = np.nan_to_num(2 * precision * recall / (precision + recall))
-    return {
-        "accuracy": float(tp.sum() / max(1, cm.sum())),
-        "precision": float(precision.mean()),
-        "recall": float(recall.mean()),
-        "f1": float(f1.mean()),
-        "confusion_matrix": cm.tolist(),
-    }
+    return precision, recall, f1
 
 
 def predict(clf: Classifier, x: np.ndarray, batch: int = 64) -> np.ndarray:

@@ -1,7 +1,8 @@
 """One function per ``vigil model`` stage: load inputs, call the library, write artifacts + metrics.
 
-Each run directory holds ``model.keras.h5`` (float), ``config.json`` (resolved config and the command) and
-``metrics.json``; ``quantize`` adds ``model.float.tflite`` / ``model.int8.tflite`` and their measurements.
+Each run directory holds ``model.keras.h5`` (float), ``config.json`` (resolved config, the input spec of its
+data and the command) and ``metrics.json``; ``quantize`` adds ``model.float.tflite`` / ``model.int8.tflite``
+and their measurements.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from common.bundle import BundleSpec
+from pydantic import ValidationError
+
+from common.bundle import BundleSpec, InputSpec
 from common.errors import ConfigError
 from model.data import Dataset
 from model.train import TrainConfig
@@ -22,6 +25,7 @@ log = logging.getLogger(__name__)
 KERAS_FILE = "model.keras.h5"
 FLOAT_TFLITE = "model.float.tflite"
 INT8_TFLITE = "model.int8.tflite"
+CONFIG_FILE = "config.json"
 
 
 def load_keras(path: Path) -> Any:
@@ -47,7 +51,32 @@ def check_outputs(model: Any, labels: list[str], what: str) -> None:
                           "model was trained on.")
 
 
+def check_input(model: Any, data: Dataset, what: str) -> None:
+    """The model takes the images ``data`` was prepared as: a bundle whose spec differs from its model's input
+    would be refused by every worker."""
+    model_shape = tuple(int(d) for d in model.input_shape[1:])
+    if model_shape != data.spec.shape:
+        raise ConfigError(f"{what}: the model takes {'x'.join(map(str, model_shape))} images but --data {data.name} "
+                          f"is prepared as {'x'.join(map(str, data.spec.shape))} ({data.spec.color}). Pass the "
+                          "--size and --color it was trained with.")
+
+
+def run_input_spec(model_path: Path) -> InputSpec | None:
+    """The input spec a run recorded in its config.json beside ``model_path`` (None: no config.json, or one
+    written before runs recorded it)."""
+    path = model_path.parent / CONFIG_FILE
+    if not path.is_file():
+        return None
+    try:
+        recorded = json.loads(path.read_text()).get("input")
+        return InputSpec.model_validate(recorded) if recorded else None
+    except (json.JSONDecodeError, AttributeError, ValidationError) as exc:
+        raise ConfigError(f"{path}: not a valid run config ({str(exc).splitlines()[0]}). Fix or remove it; "
+                          "without it, --size/--color/--resize give the input spec.") from exc
+
+
 def save_run(model: Any, data: Dataset, out: Path, metrics: dict[str, Any], **config: Any) -> dict[str, Any]:
+    """Write the model, metrics.json and config.json (the dataset, its input spec and ``config``) into ``out``."""
     from model.train import keras_accuracy, write_config
 
     out.mkdir(parents=True, exist_ok=True)
@@ -56,31 +85,32 @@ def save_run(model: Any, data: Dataset, out: Path, metrics: dict[str, Any], **co
                "val_accuracy_float": keras_accuracy(model, data.val),
                "test_accuracy_float": keras_accuracy(model, data.test)}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    write_config(out, dataset=data.name, **config)
+    write_config(out, **{"dataset": data.name, "input": data.spec.model_dump(), **config})
     return metrics
 
 
 def train_run(data: Dataset, arch: str, cfg: TrainConfig, out: Path, *, command: str, width: float = 1.0,
-              weights: Path | None = None, size: int | None = None) -> dict[str, Any]:
+              weights: Path | None = None, backbone_size: int | None = None) -> dict[str, Any]:
     from model.architectures import build
     from model.train import fit
 
     ignored = []  # options the architecture would ignore, while config.json would record them as if they took effect
     if not arch.startswith("keras-"):
-        ignored += [flag for flag, given in (("--weights", weights is not None), ("--size", size is not None))
-                    if given]
+        ignored += [flag for flag, given in (("--weights", weights is not None),
+                                             ("--backbone-size", backbone_size is not None)) if given]
     if arch == "baseline-cnn" and width != 1.0:
         ignored.append("--width")
     if ignored:
-        raise ConfigError(f"{', '.join(ignored)}: not used by --arch {arch} (--weights and --size are for keras-* "
-                          "architectures; baseline-cnn has no width). Drop them, or pick an architecture they "
-                          "apply to.")
-    extra = {"size": size} if size else {}
+        raise ConfigError(f"{', '.join(ignored)}: not used by --arch {arch} (--weights and --backbone-size are for "
+                          "keras-* architectures; baseline-cnn has no width). Drop them, or pick an architecture "
+                          "they apply to.")
+    extra = {"size": backbone_size} if backbone_size else {}
     model = build(arch, data.input_shape, len(data.labels), width=width, weights=weights, **extra)
     hist = fit(model, data, cfg, out)
     recalibrated = recalibrate_run(model, data, arch)
     return save_run(model, data, out, {"arch": arch, "epochs_run": len(hist["loss"]), **recalibrated},
-                    train=cfg, arch=arch, width=width, weights=weights, size=size, command=command)
+                    train=cfg, arch=arch, width=width, weights=weights, backbone_size=backbone_size,
+                    command=command)
 
 
 def recalibrate_run(model: Any, data: Dataset, arch: str, images: int = 2048) -> dict[str, Any]:
@@ -135,8 +165,8 @@ def qat_run(data: Dataset, model_path: Path, cfg: TrainConfig, out: Path, *, com
                "preserve_sparsity": preserve_sparsity, "sparsity": sparsity_report(parent)["total"],
                "note": "float files are the parent's; INT8 comes from quantization-aware fine-tuning"}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    write_config(out, dataset=data.name, train=cfg, parent=str(model_path), samples=samples,
-                 preserve_sparsity=preserve_sparsity, command=command)
+    write_config(out, dataset=data.name, input=data.spec.model_dump(), train=cfg, parent=str(model_path),
+                 samples=samples, preserve_sparsity=preserve_sparsity, command=command)
     return metrics
 
 
@@ -166,6 +196,7 @@ def bundle_run(data: Dataset, model_path: Path, out: Path, *, name: str, version
     check_replaceable(out)  # before the minutes of converting and evaluating
     model = load_keras(model_path)
     check_outputs(model, data.labels, f"bundle of {model_path}")  # before the minutes of converting
+    check_input(model, data, f"bundle of {model_path}")
     if int8_path is not None:  # e.g. a QAT run's INT8 model; the float files still come from ``model_path``
         from model.quantize import assert_integer_only
 
@@ -182,5 +213,5 @@ def bundle_run(data: Dataset, model_path: Path, out: Path, *, name: str, version
     extra = {"source_model": str(model_path), "source_int8": str(int8_path) if int8_path else None,
              "calibration_samples": samples,
              "run_metrics": json.loads(parent.read_text()) if parent.is_file() else {}}
-    return export_bundle(out, model, int8, data.labels, name=name, version=version, command=command,
-                         metrics=metrics, extra=extra, saved_model=saved_model)
+    return export_bundle(out, model, int8, data.labels, input_spec=data.spec, name=name, version=version,
+                         command=command, metrics=metrics, extra=extra, saved_model=saved_model)

@@ -10,12 +10,36 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from model.data import Dataset, Split
 from model.runtime import setup_tf
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class CameraAugment:
+    """What a camera does to a frame that a folder of photos lacks, each step applied to an image with its
+    probability ``*_p``, in the order light -> lens -> sensor -> encoder: a random resized crop (area and aspect
+    relative to the image, resized back to its size), a horizontal flip, colour jitter (brightness, contrast,
+    saturation; saturation on three channels only), a Gaussian blur, Gaussian noise, JPEG re-compression."""
+
+    crop_p: float = 0.8
+    crop_area: tuple[float, float] = (0.6, 1.0)
+    crop_aspect: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_p: float = 0.5
+    jitter_p: float = 0.8
+    brightness: float = 0.2  # +- this fraction of the full 0..255 range
+    contrast: float = 0.2  # factor in [1 - c, 1 + c] around the image's mean
+    saturation: float = 0.3  # factor in [1 - s, 1 + s] around each pixel's gray
+    blur_p: float = 0.2
+    blur_sigma: tuple[float, float] = (0.3, 1.2)  # pixels; a 5x5 kernel
+    noise_p: float = 0.3
+    noise_std: float = 8.0  # at most, in pixel levels
+    jpeg_p: float = 0.3
+    jpeg_quality: tuple[int, int] = (30, 95)
 
 
 @dataclass
@@ -27,8 +51,9 @@ class TrainConfig:
     warmup_epochs: float = 0.5
     patience: int = 4
     augment: bool = True
-    shift: int = 2
+    shift: int = 2  # without ``camera``: random shift (pad + crop) and h-flip, as the Fashion-MNIST runs train
     flip: bool = True
+    camera: CameraAugment | None = None  # image folders: the camera augmentation instead of shift + flip
     threads: int = 2
     seed: int = 0
     limit: int | None = None  # use only the first N training images (tests, smoke runs)
@@ -37,12 +62,26 @@ class TrainConfig:
 
 
 def make_dataset(split: Split, cfg: TrainConfig, training: bool) -> Any:
-    """tf.data pipeline over uint8 images; augmentation (random shift via pad+crop, h-flip) on training data."""
+    """tf.data pipeline over uint8 images, float32 batches out; on training data the augmentation of ``cfg``
+    (``cfg.camera``, else a random shift via pad + crop and an h-flip)."""
     tf = setup_tf(cfg.threads, cfg.seed)
     ds = tf.data.Dataset.from_tensor_slices((split.x, split.y))
     if training:
         ds = ds.shuffle(min(len(split.y), 20_000), seed=cfg.seed, reshuffle_each_iteration=True)
     h, w, c = split.x.shape[1:]
+    if training and cfg.augment and cfg.camera:
+        aug = cfg.camera
+        # One OpenCV thread per call: an image this small is too little work to split (splitting cost ~50% more
+        # CPU), and tf.data already runs ``threads`` batches at once.
+        cv2.setNumThreads(1)
+
+        def camera(x: Any, y: Any) -> tuple[Any, Any]:  # the seed of each batch's draws comes from TF's seeded RNG
+            seed = tf.random.uniform([], 0, 2**62, tf.int64)
+            out = tf.numpy_function(lambda b, s: camera_augment(b, aug, np.random.default_rng(s)), [x, seed],
+                                    tf.uint8, stateful=True)
+            return tf.cast(tf.ensure_shape(out, x.shape), tf.float32), y
+
+        return ds.batch(cfg.batch_size).map(camera, num_parallel_calls=cfg.threads).prefetch(2)
 
     def augment(x: Any, y: Any) -> tuple[Any, Any]:
         x = tf.cast(x, tf.float32)
@@ -58,6 +97,75 @@ def make_dataset(split: Split, cfg: TrainConfig, training: bool) -> Any:
 
     fn = augment if (training and cfg.augment) else to_float
     return ds.map(fn, num_parallel_calls=cfg.threads).batch(cfg.batch_size).prefetch(2)
+
+
+def camera_augment(batch: np.ndarray, aug: CameraAugment, rng: np.random.Generator) -> np.ndarray:
+    """A uint8 batch (N, H, W, C) augmented image by image as ``aug`` says, uint8 throughout. OpenCV, not
+    TensorFlow ops: at 96x96 a TensorFlow op costs more to dispatch than to compute, and OpenCV releases the GIL,
+    so ``num_parallel_calls`` batches run on as many cores."""
+    out = np.empty_like(batch)
+    h, w, c = batch.shape[1:]
+    noise = None
+    for i, img in enumerate(batch):
+        img = _crop_and_flip(img, aug, rng)
+        if rng.random() < aug.jitter_p:
+            img = _jitter(img, c, aug, rng)
+        if rng.random() < aug.blur_p:
+            img = cv2.GaussianBlur(img, (5, 5), rng.uniform(*aug.blur_sigma), borderType=cv2.BORDER_REFLECT)
+        if rng.random() < aug.noise_p:
+            noise = _noise_field(batch.shape[1:], rng) if noise is None else noise
+            img = _add_noise(img, noise, rng.uniform(0.0, aug.noise_std), rng)
+        if rng.random() < aug.jpeg_p:
+            quality = int(rng.integers(aug.jpeg_quality[0], aug.jpeg_quality[1] + 1))
+            img = cv2.imdecode(cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])[1],
+                               cv2.IMREAD_UNCHANGED)
+        out[i] = img.reshape(h, w, c)
+    return out
+
+
+def _crop_and_flip(img: np.ndarray, aug: CameraAugment, rng: np.random.Generator) -> np.ndarray:
+    """With ``crop_p``, a box of ``crop_area`` of the image, its aspect ``crop_aspect`` times the image's
+    (content stretched by at most that, whatever the image's own aspect), resized back to the image's size;
+    then, with ``flip_p``, mirrored."""
+    h, w = img.shape[:2]
+    if rng.random() < aug.crop_p:
+        area = rng.uniform(*aug.crop_area)
+        ratio = float(np.exp(rng.uniform(*np.log(aug.crop_aspect))))
+        bh = min(h, max(1, round(h * np.sqrt(area / ratio))))
+        bw = min(w, max(1, round(w * np.sqrt(area * ratio))))
+        y0, x0 = int(rng.integers(0, h - bh + 1)), int(rng.integers(0, w - bw + 1))
+        img = cv2.resize(img[y0:y0 + bh, x0:x0 + bw], (w, h), interpolation=cv2.INTER_LINEAR)
+    return cv2.flip(img, 1) if rng.random() < aug.flip_p else img
+
+
+NOISE_MARGIN = 16  # a batch's noise field is this much larger than an image: each image takes a shifted window
+
+
+def _noise_field(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """Standard normal noise, one field per batch: drawing fresh normals for every image would cost more than all
+    the other steps together (~7 ns a value)."""
+    h, w, c = shape
+    return rng.standard_normal((h + NOISE_MARGIN, w + NOISE_MARGIN, c), dtype=np.float32)
+
+
+def _add_noise(img: np.ndarray, field: np.ndarray, std: float, rng: np.random.Generator) -> np.ndarray:
+    """``img`` plus ``std`` times a random window of ``field``, saturated to 0..255."""
+    h, w = img.shape[:2]
+    y0, x0 = (int(v) for v in rng.integers(0, NOISE_MARGIN + 1, 2))
+    noise = (field[y0:y0 + h, x0:x0 + w] * std).astype(np.int16).reshape(img.shape)
+    return cv2.add(img, noise, dtype=cv2.CV_8U)
+
+
+def _jitter(img: np.ndarray, channels: int, aug: CameraAugment, rng: np.random.Generator) -> np.ndarray:
+    """Brightness, contrast and saturation as one affine colour map: ``k * (s * x + (1 - s) * gray) + t``, with
+    ``gray`` the pixel's channel mean and ``t`` moving the image's mean by the brightness delta while contrast
+    ``k`` scales around it. Saturated to 0..255."""
+    k = rng.uniform(1 - aug.contrast, 1 + aug.contrast)
+    mean = sum(cv2.mean(img)[:channels]) / channels
+    t = (1 - k) * mean + rng.uniform(-aug.brightness, aug.brightness) * 255.0
+    s = rng.uniform(1 - aug.saturation, 1 + aug.saturation) if channels == 3 else 1.0
+    colour = k * (s * np.eye(channels) + (1 - s) / channels)
+    return cv2.transform(img, np.hstack([colour, np.full((channels, 1), t)]).astype(np.float32))
 
 
 def compile_model(model: Any, cfg: TrainConfig, steps_per_epoch: int, lr: float | None = None) -> None:

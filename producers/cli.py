@@ -25,8 +25,9 @@ from common.metrics import serve
 from common.settings import Settings
 from producers.cameras.camera import CameraReport, LiveTiming, left_behind, refusal, run_cameras
 from producers.cameras.config import CameraConfig, build_camera, load_cameras_file
-from producers.files.producer import FileJob, produce_file
+from producers.files.producer import FileJob, check_roi, produce_file
 from producers.files.sources import Sampling, check_readable, default_source_name
+from producers.roi import Roi, parse_roi
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,14 @@ log = logging.getLogger(__name__)
 @click.group("produce")
 def produce() -> None:
     """Push frames from files or live cameras into Redis streams (one stream per source)."""
+
+
+def _roi_option(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Roi | None:
+    """``--roi X,Y,W,H`` as a tuple; a malformed one is a usage error (exit 2) that names the option."""
+    try:
+        return None if value is None else parse_roi(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 @produce.command("file")
@@ -44,6 +53,9 @@ def produce() -> None:
               help="Keep every Nth frame [default: 1]. Not with --fps.")
 @click.option("--fps", type=click.FloatRange(0, min_open=True), default=None,
               help="Sample to this media rate. Not with --every.")
+@click.option("--roi", default=None, metavar="X,Y,W,H", callback=_roi_option,
+              help="Crop each frame to this region (pixels) before preprocessing; it must lie inside the frame. "
+                   "Part of the source's identity: a resume needs the same region.")
 @click.option("--transport", type=click.Choice(["raw", "jpeg"]), default="raw", show_default=True)
 @click.option("--jpeg-quality", type=click.IntRange(1, 100), default=95, show_default=True)
 @click.option("--realtime", is_flag=True, help="Pace frames at media speed (simulate a camera).")
@@ -59,8 +71,9 @@ def produce() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON report per source.")
 @click.pass_obj
 def produce_file_cmd(settings: Settings, paths: tuple[Path, ...], source: str | None, every: int | None,
-                     fps: float | None, transport: str, jpeg_quality: int, realtime: bool, decoders: int | None,
-                     pack: int | None, restart: bool, progress: bool | None, as_json: bool) -> None:
+                     fps: float | None, roi: Roi | None, transport: str, jpeg_quality: int, realtime: bool,
+                     decoders: int | None, pack: int | None, restart: bool, progress: bool | None,
+                     as_json: bool) -> None:
     """Send the frames of video files or image folders, lossless and resumable, then exit.
 
     A crashed or killed run continues where it stopped when started again with the same arguments.
@@ -70,6 +83,7 @@ def produce_file_cmd(settings: Settings, paths: tuple[Path, ...], source: str | 
       vigil produce file clip.mp4 --fps 5                  # source "clip", 5 frames per media second
       vigil produce file a.mp4 b.mp4 --every 10 --json     # sources "a" and "b", every 10th frame
       vigil produce file shots/ --source shots --restart   # an image folder, from frame 0 again
+      vigil produce file gate.mp4 --roi 100,50,640,480     # only that region of each frame
     """
     if source and len(paths) > 1:
         raise ConfigError("--source names one source; pass one PATH with it, or omit it.")
@@ -84,6 +98,8 @@ def produce_file_cmd(settings: Settings, paths: tuple[Path, ...], source: str | 
                               "them in separate runs, each with its own --source NAME.")
     for path in paths:  # before anything is registered: a bad path must not leave a source that never ends
         check_readable(path)
+        if roi is not None:
+            check_roi(path, roi)
     spec = Bundle.load(settings.bundle, verify_hashes=False).spec.input
     show = sys.stderr.isatty() if progress is None else progress
     stop = threading.Event()
@@ -92,7 +108,7 @@ def produce_file_cmd(settings: Settings, paths: tuple[Path, ...], source: str | 
         for path, name in zip(paths, names, strict=True):
             job = FileJob(path, name, spec, Sampling(every or 1, fps),
                           "jpeg" if transport == "jpeg" else "raw", jpeg_quality, restart, realtime,
-                          settings.decoders if decoders is None else decoders, pack or settings.pack_frames)
+                          settings.decoders if decoders is None else decoders, pack or settings.pack_frames, roi)
             try:
                 report = produce_file(client, settings.namespace, job, settings.high_water, show, stop,
                                       settings.broker_patience_s)

@@ -8,7 +8,7 @@
 set -euo pipefail
 VIGIL=${VIGIL:-vigil}
 RUN=${RUN:-runs/live-mnv2-160}
-[ -f "$RUN/model.keras.h5" ] || $VIGIL model train --arch keras-mobilenet-v2 --size 160 --epochs 2 --limit 6000 \
+[ -f "$RUN/model.keras.h5" ] || $VIGIL model train --arch keras-mobilenet-v2 --backbone-size 160 --epochs 2 --limit 6000 \
     --no-augment --out "$RUN"
 # `model train` re-estimates BN statistics itself for keras-* backbones; the shipped bundle was made with this
 # explicit step as well, kept so that the script reproduces it (repeating it is harmless).

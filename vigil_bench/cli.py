@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from vigil_bench.conveyor_bench import conveyor
 from vigil_bench.live import live, live_plot
 from vigil_bench.pipeline import pipeline
 
@@ -16,3 +17,4 @@ def bench() -> None:
 bench.add_command(pipeline)
 bench.add_command(live)
 bench.add_command(live_plot)
+bench.add_command(conveyor)

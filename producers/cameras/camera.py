@@ -33,8 +33,9 @@ from common.metrics import metrics
 from common.preprocess import preprocess
 from common.schemas import Frame
 from producers.cameras.capture import Capture, open_capture
-from producers.cameras.config import CameraConfig, crop
+from producers.cameras.config import CameraConfig
 from producers.cameras.publisher import LivePublisher
+from producers.roi import crop
 
 log = logging.getLogger(__name__)
 FFMPEG_OPTIONS_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"

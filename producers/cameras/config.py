@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from common.errors import ConfigError
 from common.streams import SOURCE_RE
+from producers.roi import parse_roi
 
 Transport = Literal["raw", "jpeg"]
 URL_SCHEMES = ("rtsp", "rtsps", "http", "https")
@@ -79,13 +80,18 @@ class CameraConfig(BaseModel):
     @property
     def device(self) -> int | None:
         """The USB device number N when ``url`` is ``N`` or ``/dev/videoN``."""
-        match = _DEVICE_RE.fullmatch(self.url)
-        return int(match.group(1)) if match else None
+        return device_number(self.url)
 
     @property
     def safe_url(self) -> str:
         """For logs and the meta hash: the password masked, a device number as its /dev path."""
         return f"/dev/video{self.device}" if self.device is not None else redact_password(self.url)
+
+
+def device_number(url: str) -> int | None:
+    """N when ``url`` names a USB device: ``N`` or ``/dev/videoN``; else None."""
+    match = _DEVICE_RE.fullmatch(url)
+    return int(match.group(1)) if match else None
 
 
 def check_camera_url(url: str) -> None:
@@ -113,23 +119,6 @@ def check_camera_url(url: str) -> None:
             raise ValueError(f"{url!r} is a file OpenCV/FFmpeg cannot open as a video; use {URL_FORMS}")
     finally:
         cap.release()
-
-
-def parse_roi(text: str) -> tuple[int, int, int, int]:
-    parts = [p.strip() for p in text.split(",")]
-    if len(parts) != 4 or not all(re.fullmatch(r"\d+", p) for p in parts):
-        raise ValueError(f"{text!r} must be four integers x,y,w,h (pixels), e.g. 100,50,640,480")
-    x, y, w, h = (int(p) for p in parts)
-    return x, y, w, h
-
-
-def crop(img: Any, roi: tuple[int, int, int, int] | None) -> Any:
-    """The ROI of ``img``, clipped to the image; the whole image when the ROI lies outside it."""
-    if roi is None:
-        return img
-    x, y, w, h = roi
-    out = img[y:y + h, x:x + w]
-    return out if out.size else img
 
 
 def redact_password(url: str) -> str:

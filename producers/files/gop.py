@@ -33,7 +33,7 @@ import numpy as np
 
 from common.bundle import InputSpec
 from common.errors import SourceError
-from common.preprocess import preprocess
+from producers.roi import Roi, prepare
 
 log = logging.getLogger(__name__)
 # A seek is not free: OpenCV's seek (cap_ffmpeg_impl.hpp, CvCapture_FFMPEG::seek) lands on the keyframe at or
@@ -152,11 +152,12 @@ def split(keys: list[int], total: int, min_frames: int = MIN_CHUNK_FRAMES, first
 
 
 def decode_parallel(path: Path, chunks: list[Chunk], fps: float, spec: InputSpec, decoders: int,
-                    first_cap: cv2.VideoCapture | None = None) -> Iterator[tuple[float, np.ndarray | None]]:
+                    first_cap: cv2.VideoCapture | None = None,
+                    roi: Roi | None = None) -> Iterator[tuple[float, np.ndarray | None]]:
     """Yield every chunk's ``(media_ts, pixels or None)``, in order, as soon as each is decoded (the chunk at
     the head streams; the ones behind it decode in parallel). ``first_cap``, a decoder standing at the first
-    chunk's start, decodes that chunk."""
-    pool = _ChunkPool(path, chunks, fps, spec, decoders, first_cap)
+    chunk's start, decodes that chunk. Pixels are each frame's ``roi`` (all of it for None) preprocessed."""
+    pool = _ChunkPool(path, chunks, fps, spec, decoders, first_cap, roi)
     try:
         for index in range(len(chunks)):
             yield from pool.take(index)
@@ -199,8 +200,9 @@ class _ChunkPool:
     or decoded ahead of the one the caller is reading (which may itself still be decoding)."""
 
     def __init__(self, path: Path, chunks: list[Chunk], fps: float, spec: InputSpec, decoders: int,
-                 first_cap: cv2.VideoCapture | None = None) -> None:
+                 first_cap: cv2.VideoCapture | None = None, roi: Roi | None = None) -> None:
         self.path, self.chunks, self.fps, self.spec, self.decoders = path, chunks, fps, spec, decoders
+        self.roi = roi
         self.handed = {0: first_cap} if first_cap is not None else {}  # chunk index -> a decoder standing there
         self.cond = threading.Condition()
         self.buffers: dict[int, _Buffer] = {}
@@ -244,6 +246,9 @@ class _ChunkPool:
         for cap in self.handed.values():  # never claimed (closed early)
             cap.release()
 
+    def _prepare(self, index: int, img: np.ndarray) -> np.ndarray:
+        return prepare(img, self.spec, self.roi, f"frame {index} of {self.path.name}")
+
     def _emit(self, buf: _Buffer, item: tuple[float, np.ndarray | None]) -> None:
         if self.closed:  # the reader is gone (Ctrl-C, an error): stop mid-chunk, so that close() joins at once
             raise _Closed
@@ -274,7 +279,7 @@ class _ChunkPool:
                 try:
                     if cap is None:
                         cap = open_single_threaded(self.path)
-                    _decode_chunk(cap, self.chunks[index], self.fps, self.spec, partial(self._emit, buf),
+                    _decode_chunk(cap, self.chunks[index], self.fps, self._prepare, partial(self._emit, buf),
                                   lambda: self.closed)
                 except _Closed:
                     return
@@ -293,7 +298,7 @@ def open_single_threaded(path: Path) -> cv2.VideoCapture:
     return cap
 
 
-def _decode_chunk(cap: cv2.VideoCapture, chunk: Chunk, fps: float, spec: InputSpec,
+def _decode_chunk(cap: cv2.VideoCapture, chunk: Chunk, fps: float, prepare: Callable[[int, np.ndarray], np.ndarray],
                   emit: Callable[[tuple[float, np.ndarray | None]], None],
                   closed: Callable[[], bool] = lambda: False) -> None:
     if not chunk.last and chunk.with_pixels == 0:  # nothing to show: no need to decode it
@@ -321,7 +326,7 @@ def _decode_chunk(cap: cv2.VideoCapture, chunk: Chunk, fps: float, spec: InputSp
             ok, img = cap.retrieve()
             if not ok:
                 raise ChunkMismatch(f"frame {index} cannot be retrieved")
-            pixels = preprocess(img, spec)
+            pixels = prepare(index, img)
         emit((index / fps, pixels))
     if chunk.last and cap.grab():
         raise ChunkMismatch(f"the video goes on after frame {chunk.end - 1}, the last one ffprobe listed")

@@ -29,7 +29,8 @@ from common.errors import Interrupted, SourceError
 from common.schemas import Encoding, Frame
 from common.settings import DEFAULT_PACK_FRAMES
 from producers.files.publisher import SourcePublisher
-from producers.files.sources import Sampling, estimate_frames, image_files, iter_preprocessed
+from producers.files.sources import Sampling, estimate_frames, frame_size, image_files, iter_preprocessed
+from producers.roi import Roi, check_fits, format_roi
 
 log = logging.getLogger(__name__)
 CHUNK = 32
@@ -48,6 +49,7 @@ class FileJob:
     realtime: bool = False  # pace frames at media speed, like a camera would deliver them
     decoders: int = 0  # 0: auto (cores + 1); >= 2: GOP-parallel decoder threads (producers/files/gop.py); 1: one
     pack: int = DEFAULT_PACK_FRAMES  # frames per stream entry (realtime: 1, each frame leaves when it is due)
+    roi: Roi | None = None  # x, y, w, h: each frame is cut to this region before preprocessing (``check_roi``)
 
 
 @dataclass
@@ -107,7 +109,7 @@ def _send_file(pub: SourcePublisher, job: FileJob, start_seq: int, progress: boo
     # closing(): on Ctrl-C (or any error) the decoder threads are stopped and joined before the exception goes on.
     # Left running into interpreter shutdown, a thread inside OpenCV is killed there ("FATAL: exception not
     # rethrown", exit 134) instead of the clean exit 130.
-    frames = iter_preprocessed(job.path, job.sampling, job.spec, job.decoders, skip=start_seq)
+    frames = iter_preprocessed(job.path, job.sampling, job.spec, job.decoders, skip=start_seq, roi=job.roi)
     expected = estimate_frames(job.path, job.sampling)
     with _progress_bar(progress, job.source, expected) as bar, \
             closing(frames):
@@ -144,12 +146,18 @@ def _send_file(pub: SourcePublisher, job: FileJob, start_seq: int, progress: boo
 
 
 def identity(job: FileJob) -> dict[str, str]:
-    """What a resumed run must share with the run it continues (``SourcePublisher.open``): the sampling, the
-    model input the frames are preprocessed to, and the content (size and a hash of the first and last MiB of
-    the file, or of every image of a folder in order: a re-downloaded copy of the same bytes still resumes, a
-    file that changed does not; other files in a folder do not count)."""
+    """What a resumed run must share with the run it continues (``SourcePublisher.open``): the sampling and the
+    region of interest, the model input the frames are preprocessed to, and the content (size and a hash of the
+    first and last MiB of the file, or of every image of a folder in order: a re-downloaded copy of the same
+    bytes still resumes, a file that changed does not; other files in a folder do not count).
+
+    The ROI is part of the sampling field (``every=5 roi=0,0,640,360``), not a field of its own:
+    ``file_open.lua`` compares only the fields a source's record holds, and a record without an ``roi`` field
+    would let a run with any ROI resume it."""
     spec = job.spec
     sampling = f"fps={job.sampling.fps:g}" if job.sampling.fps else f"every={job.sampling.every}"
+    if job.roi is not None:
+        sampling += f" roi={format_roi(job.roi)}"
     try:
         files = image_files(job.path) if job.path.is_dir() else [job.path]
         digest = hashlib.sha256()
@@ -161,6 +169,13 @@ def identity(job: FileJob) -> dict[str, str]:
     return {"sampling": sampling, "content": digest.hexdigest()[:16],
             "input": f"{spec.height}x{spec.width}x{spec.channels} {spec.dtype} {spec.color} {spec.resize}"
                      f"{' inverted' if spec.invert else ''}"}
+
+
+def check_roi(path: Path, roi: Roi) -> None:
+    """Before the source is registered: ``ConfigError`` (exit 2) naming the ROI and the frame size unless
+    ``roi`` fits a video's frames, or a folder's first image (each later image is checked as it is cut)."""
+    what = f"the first image of {path}" if path.is_dir() else f"the frames of {path}"
+    check_fits(roi, *frame_size(path), what)
 
 
 def _ends(file: Path, size: int = 1 << 20) -> bytes:

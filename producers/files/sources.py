@@ -22,8 +22,8 @@ import cv2
 import numpy as np
 
 from common.bundle import InputSpec
-from common.errors import SourceError
-from common.preprocess import preprocess
+from common.errors import DataError, SourceError
+from common.images import read_image
 from producers.files.gop import (
     INTRA_CHUNK_FRAMES,
     MAX_CHUNK_BYTES,
@@ -36,6 +36,7 @@ from producers.files.gop import (
     open_single_threaded,
     split,
 )
+from producers.roi import Roi, prepare
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -93,11 +94,12 @@ def iter_frames(path: Path, sampling: Sampling) -> Iterator[tuple[float, np.ndar
         yield ts, img
 
 
-def iter_preprocessed(path: Path, sampling: Sampling, spec: InputSpec, decoders: int = 1,
-                      skip: int = 0) -> Generator[tuple[float, np.ndarray | None], None, None]:
+def iter_preprocessed(path: Path, sampling: Sampling, spec: InputSpec, decoders: int = 1, skip: int = 0,
+                      roi: Roi | None = None) -> Generator[tuple[float, np.ndarray | None], None, None]:
     """Yield ``(media_ts_seconds, preprocess(image))`` for the sampled frames, in order, with ``None`` instead
     of pixels for the first ``skip`` of them (a resumed producer already sent those; they are not preprocessed,
-    and a GOP-parallel decode does not even decode them).
+    and a GOP-parallel decode does not even decode them). With ``roi``, each image is first cut to that region
+    (``producers/roi.py``; one it does not fit raises ``ConfigError``).
 
     ``decoders`` >= 2 decodes a video with that many single-threaded decoders in parallel, one run of whole
     GOPs each (see ``producers/files/gop.py``); 0 (auto) means ``auto_decoders()``. When the
@@ -112,21 +114,21 @@ def iter_preprocessed(path: Path, sampling: Sampling, spec: InputSpec, decoders:
                  "parallel)", path.name)
         decoders = 1
     if decoders < 2 or not path.is_file():
-        yield from _iter_sequential(path, sampling, spec, skip)
+        yield from _iter_sequential(path, sampling, spec, skip, roi)
         return
     sent = 0
     try:
-        for item in _iter_parallel(path, sampling, spec, decoders, skip):
+        for item in _iter_parallel(path, sampling, spec, decoders, skip, roi):
             yield item
             sent += 1
     except ChunkMismatch as exc:
         log.warning("%s: %s; decoding the rest sequentially from frame 0", path, exc)
-        rest = _iter_sequential(path, sampling, spec, max(skip, sent))
+        rest = _iter_sequential(path, sampling, spec, max(skip, sent), roi)
         yield from itertools.islice(rest, sent, None)
 
 
-def _iter_parallel(path: Path, sampling: Sampling, spec: InputSpec, decoders: int,
-                   skip: int) -> Iterator[tuple[float, np.ndarray | None]]:
+def _iter_parallel(path: Path, sampling: Sampling, spec: InputSpec, decoders: int, skip: int,
+                   roi: Roi | None) -> Iterator[tuple[float, np.ndarray | None]]:
     """GOP-parallel decoding. While ffprobe maps the keyframes (~0.1 s: a process start and one read of the
     file), one single-threaded decoder already decodes from frame 0 here; the plan then cuts the rest of the
     file into chunks, the first of which that decoder continues without seeking. Without a plan (one GOP, no
@@ -147,7 +149,8 @@ def _iter_parallel(path: Path, sampling: Sampling, spec: InputSpec, decoders: in
                 item = next(frames, None)
                 if item is None:
                     return  # the whole video was shorter than the mapping took
-                yield item[0], (preprocess(item[1], spec) if item[1] is not None else None)
+                yield item[0], (prepare(item[1], spec, roi, f"frame {sent} of {path.name}")
+                                if item[1] is not None else None)
                 sent += 1
             frame_bytes = spec.height * spec.width * spec.channels
             found = mapping.result()
@@ -156,12 +159,12 @@ def _iter_parallel(path: Path, sampling: Sampling, spec: InputSpec, decoders: in
                 log.debug("%s: GOP-parallel decoding, %d decoders, %d chunks after %d frames decoded while "
                           "mapping", path, decoders, len(chunks), grabbed[0])
                 handed_over = True
-                yield from decode_parallel(path, chunks, fps, spec, decoders, first_cap=cap)
+                yield from decode_parallel(path, chunks, fps, spec, decoders, first_cap=cap, roi=roi)
                 return
             total = len(found.times_ms) if found is not None else int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
             if total > 0 and total - grabbed[0] <= grabbed[0]:
-                for ts, img in prefetch(frames):  # most of it decoded already: this decoder finishes it
-                    yield ts, (preprocess(img, spec) if img is not None else None)
+                for seq, (ts, img) in enumerate(prefetch(frames), sent):  # most of it decoded: this decoder ends it
+                    yield ts, (prepare(img, spec, roi, f"frame {seq} of {path.name}") if img is not None else None)
                 return
             # No plan (one GOP, no map, chunks too big): one FFmpeg-threaded decoder decodes the rest, from frame 0
             # again (its frames before ``sent`` are not preprocessed). Letting this single-threaded decoder go on
@@ -170,7 +173,7 @@ def _iter_parallel(path: Path, sampling: Sampling, spec: InputSpec, decoders: in
                       "mapping)", path, grabbed[0])
             cap.release()
             handed_over = True
-            rest = _iter_sequential(path, sampling, spec, max(skip, sent))
+            rest = _iter_sequential(path, sampling, spec, max(skip, sent), roi)
             yield from itertools.islice(rest, sent, None)
         finally:
             for probe in probes:  # stopped early (Ctrl-C): the pool's exit must not wait for ffprobe's read
@@ -232,10 +235,10 @@ def _plan_chunks(path: Path, found: FrameMap | None, fps: float, sampling: Sampl
     return chunks
 
 
-def _iter_sequential(path: Path, sampling: Sampling, spec: InputSpec,
-                     skip: int) -> Iterator[tuple[float, np.ndarray | None]]:
+def _iter_sequential(path: Path, sampling: Sampling, spec: InputSpec, skip: int,
+                     roi: Roi | None) -> Iterator[tuple[float, np.ndarray | None]]:
     for seq, (ts, img) in enumerate(iter_frames(path, sampling)):
-        yield ts, (preprocess(img, spec) if seq >= skip else None)
+        yield ts, (prepare(img, spec, roi, f"frame {seq} of {path.name}") if seq >= skip else None)
 
 
 def sampled(items: Iterable[tuple[float, T]], sampling: Sampling) -> Iterator[tuple[int, float, T]]:
@@ -326,15 +329,34 @@ def check_readable(path: Path) -> None:
     open_single_threaded(path).release()
 
 
+def frame_size(path: Path) -> tuple[int, int]:
+    """``(width, height)`` of a video's frames, or of the first image of a folder (``check_readable`` passed)."""
+    if path.is_dir():
+        first = image_files(path)[0]
+        if (img := cv2.imread(str(first), cv2.IMREAD_COLOR)) is None:
+            raise SourceError(f"image {first} cannot be read (not an image, or damaged). Fix or remove it.")
+        return int(img.shape[1]), int(img.shape[0])
+    cap = open_single_threaded(path)
+    try:
+        width, height = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        if width <= 0 or height <= 0:  # the container does not say: the first frame does
+            ok, img = cap.read()
+            if not ok:
+                raise SourceError(f"{path} holds no frame OpenCV/FFmpeg can decode.")
+            width, height = int(img.shape[1]), int(img.shape[0])
+    finally:
+        cap.release()
+    return width, height
+
+
 def _iter_images(folder: Path) -> Iterator[tuple[float, np.ndarray]]:
     files = image_files(folder)
     if not files:
         raise SourceError(f"folder {folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}).")
     for index, file in enumerate(files):
-        # 8-bit BGR like a video's frames, whatever the file holds (16-bit, gray, alpha), turned upright by its
-        # EXIF orientation: one dtype for all the frames of a source, and phone photos the right way up.
-        img = cv2.imread(str(file), cv2.IMREAD_COLOR)
-        if img is None:
-            raise SourceError(f"image {file} cannot be read (not an image, or damaged). Fix or remove it, then run "
-                              "again with --restart (the folder's content changed, so a resume is refused).")
+        try:
+            img = read_image(file)  # the reader training uses: a model is served the pixels it was trained on
+        except DataError as exc:
+            raise SourceError(f"{exc} Then run again with --restart (the folder's content changed, so a resume "
+                              "is refused).") from exc
         yield float(index), img

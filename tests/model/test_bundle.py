@@ -4,9 +4,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.bundle import TFLITE_FILE, Bundle
+from common.bundle import TFLITE_FILE, Bundle, InputSpec
 from common.errors import BundleError
 from common.inference import Classifier
+from model.data import FASHION_SPEC
 from tests.helpers import TINY_BUNDLE
 
 
@@ -19,8 +20,8 @@ def bundle_dir(tmp_path_factory) -> Path:
     model = vgg_bn((28, 28, 1), 10, stages=[[8], [16]])
     calib = np.random.default_rng(0).integers(0, 256, (32, 28, 28, 1), dtype=np.uint8)
     out = tmp_path_factory.mktemp("b") / "tiny"
-    export_bundle(out, model, to_int8_tflite(model, calib, 32), [f"c{i}" for i in range(10)], name="tiny",
-                  version="0.0.1", command="pytest", metrics={"accuracy": 0.1})
+    export_bundle(out, model, to_int8_tflite(model, calib, 32), [f"c{i}" for i in range(10)],
+                  input_spec=FASHION_SPEC, name="tiny", version="0.0.1", command="pytest", metrics={"accuracy": 0.1})
     return out
 
 
@@ -97,7 +98,7 @@ def test_exporting_a_label_with_a_comma_is_refused_before_anything_is_replaced(t
     out.mkdir()
     (out / "keep").write_text("an earlier export")
     with pytest.raises(BundleError, match=r"label 'a,b' in labels\.txt contains a comma"):
-        export_bundle(out, None, b"", ["a,b", "c"], name="x", version="1", command="test")
+        export_bundle(out, None, b"", ["a,b", "c"], input_spec=FASHION_SPEC, name="x", version="1", command="test")
     assert (out / "keep").read_text() == "an earlier export"
 
 
@@ -110,8 +111,8 @@ def _model_and_int8(bundle_dir: Path):
 def _export(out: Path, model, int8: bytes) -> None:
     from model.bundle import export_bundle
 
-    export_bundle(out, model, int8, [f"c{i}" for i in range(10)], name="tiny", version="0.0.2", command="pytest",
-                  saved_model=False)
+    export_bundle(out, model, int8, [f"c{i}" for i in range(10)], input_spec=FASHION_SPEC, name="tiny",
+                  version="0.0.2", command="pytest", saved_model=False)
 
 
 def test_bundle_out_that_is_not_a_bundle_is_refused_and_kept(bundle_dir: Path, tmp_path: Path) -> None:
@@ -176,3 +177,18 @@ def test_a_model_file_that_is_not_one_is_a_usage_error(tmp_path: Path) -> None:
     (tmp_path / "notamodel.h5").write_text("hello")
     with pytest.raises(ConfigError, match="is not a Keras model file"):
         load_keras(tmp_path / "notamodel.h5")
+
+
+def test_the_bundle_spec_is_the_one_given_and_must_fit_the_model(bundle_dir: Path, tmp_path: Path) -> None:
+    """The spec the training data was prepared with goes into spec.json as it is; one whose shape is not the
+    model's input is refused before anything is written."""
+    from common.errors import ConfigError
+    from model.bundle import export_bundle
+
+    model, int8 = _model_and_int8(bundle_dir)
+    assert Bundle.load(bundle_dir).spec.input == FASHION_SPEC
+    rgb = InputSpec(height=28, width=28, channels=3, color="rgb", resize="center_crop")
+    with pytest.raises(ConfigError, match=r"input spec says \(28, 28, 3\)"):
+        export_bundle(tmp_path / "b", model, int8, [f"c{i}" for i in range(10)], input_spec=rgb, name="x",
+                      version="1", command="test", saved_model=False)
+    assert not (tmp_path / "b").exists()

@@ -3,7 +3,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.data import Dataset, Split
+from model.data import FASHION_SPEC, Dataset, Split
 from model.train import TrainConfig
 
 
@@ -11,7 +11,8 @@ def _tiny_data(n: int = 320) -> Dataset:
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8)
     y = rng.integers(0, 10, n)
-    return Dataset("random", [str(i) for i in range(10)], Split(x, y), Split(x[:64], y[:64]), Split(x[:64], y[:64]))
+    return Dataset("random", [str(i) for i in range(10)], Split(x, y), Split(x[:64], y[:64]), Split(x[:64], y[:64]),
+                   FASHION_SPEC)
 
 
 def _tiny_vgg():

@@ -3,7 +3,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.data import Dataset, Split
+from model.data import FASHION_SPEC, Dataset, Split
 from model.train import TrainConfig
 
 
@@ -18,7 +18,8 @@ def test_pruning_preserving_qat_gives_sparse_integer_only_model(tmp_path: Path) 
 
     rng = np.random.default_rng(0)
     x, y = rng.integers(0, 256, (256, 28, 28, 1), dtype=np.uint8), rng.integers(0, 10, 256)
-    data = Dataset("random", [str(i) for i in range(10)], Split(x, y), Split(x[:64], y[:64]), Split(x[:64], y[:64]))
+    data = Dataset("random", [str(i) for i in range(10)], Split(x, y), Split(x[:64], y[:64]), Split(x[:64], y[:64]),
+                   FASHION_SPEC)
     cfg = TrainConfig(epochs=1, batch_size=32, augment=False, threads=1)
     pruned, _ = magnitude_prune(vgg_bn((28, 28, 1), 10, stages=[[8, 8], [16]]), data, 0.75, cfg, tmp_path / "p")
     content = to_int8_tflite(quantize_aware(pruned, data, cfg, tmp_path / "q"), x, samples=32)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from common.errors import DataError
-from model.data import find_fashion_dir
+from model.data import FASHION_SPEC, find_fashion_dir
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def runs(tmp_path_factory) -> Path:
         meta = {"params": 100, "epochs_run": 1, **parent}
         (run / "metrics.json").write_text(json.dumps(meta))
     export_bundle(root / "bundle", model, to_int8_tflite(model, calib, 32), [str(i) for i in range(10)],
-                  name="tiny", version="0.0.1", command="pytest", saved_model=False)
+                  input_spec=FASHION_SPEC, name="tiny", version="0.0.1", command="pytest", saved_model=False)
     return root
 
 

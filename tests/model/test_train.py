@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from common.errors import DataError
-from model.data import load_fashion_mnist
+from model.data import Split, load_fashion_mnist
 from model.train import TrainConfig
 
 
@@ -105,3 +105,64 @@ def test_backbone_weights_that_match_no_layer_are_refused(tmp_path: Path) -> Non
     backbone = next(layer for layer in source.layers if hasattr(layer, "layers"))
     backbone.save_weights(str(tmp_path / "backbone.h5"))
     build("keras-mobilenet-v2", (28, 28, 1), 10, width=0.35, size=32, weights=tmp_path / "backbone.h5")
+
+
+ALL_ON = {"crop_p": 1.0, "flip_p": 1.0, "jitter_p": 1.0, "blur_p": 1.0, "noise_p": 1.0, "jpeg_p": 1.0}
+ALL_OFF = dict.fromkeys(ALL_ON, 0.0)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_camera_augmentation_changes_images_but_not_their_shape_or_dtype(channels: int) -> None:
+    """Every step on: each image changes, the batch keeps its shape and uint8; the same seed draws the same."""
+    from model.train import CameraAugment, camera_augment
+
+    rng = np.random.default_rng(0)
+    batch = rng.integers(0, 256, (6, 24, 32, channels), dtype=np.uint8)
+    out = camera_augment(batch, CameraAugment(**ALL_ON), np.random.default_rng(1))
+    assert out.shape == batch.shape and out.dtype == np.uint8
+    assert all(not np.array_equal(a, b) for a, b in zip(out, batch, strict=True))
+    assert np.array_equal(out, camera_augment(batch, CameraAugment(**ALL_ON), np.random.default_rng(1)))
+    assert np.array_equal(camera_augment(batch, CameraAugment(**ALL_OFF), rng), batch)
+
+
+def test_a_flip_alone_mirrors_the_pixels_exactly() -> None:
+    from model.train import CameraAugment, camera_augment
+
+    img = np.random.default_rng(0).integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    flipped = camera_augment(img[None], CameraAugment(**{**ALL_OFF, "flip_p": 1.0}), np.random.default_rng(0))
+    assert np.array_equal(flipped[0], img[:, ::-1])
+
+
+def test_a_resized_crop_is_a_box_of_the_drawn_area_and_aspect() -> None:
+    """On ramps (channel 0 = 7 * x, channel 1 = 9 * y) each output pixel tells where it was sampled: every crop
+    is a box of 0.6..1 of the image, its aspect within 3/4..4/3 of the image's, stretched back to the full size."""
+    from model.train import CameraAugment, camera_augment
+
+    h, w = 24, 32
+    ys, xs = np.mgrid[0:h, 0:w]
+    img = np.stack([7 * xs, 9 * ys, np.zeros_like(xs)], axis=-1).astype(np.uint8)
+    crops = camera_augment(np.repeat(img[None], 32, axis=0), CameraAugment(**{**ALL_OFF, "crop_p": 1.0}),
+                           np.random.default_rng(0))
+    for crop in crops.astype(float):
+        row, col = crop[h // 2, :, 0] / 7, crop[:, w // 2, 1] / 9  # sampled x along a row, y down a column
+        bw, bh = (row[-2] - row[1]) * w / (w - 3), (col[-2] - col[1]) * h / (h - 3)  # inner pixels: no border
+        assert 0.6 - 0.05 <= bw * bh / (w * h) <= 1.0 + 1e-9, (bw, bh)
+        assert 3 / 4 - 0.05 <= (bw / w) / (bh / h) <= 4 / 3 + 0.05, (bw, bh)
+        assert np.all(np.diff(row) >= 0) and np.all(np.diff(col) >= 0)  # no flip: crop_p alone
+
+
+def test_make_dataset_augments_training_batches_only(tmp_path: Path) -> None:
+    """Training batches are augmented float32 of the same shape; with augment off (or validation) they are the
+    images as they are."""
+    from model.train import CameraAugment, make_dataset
+
+    x = np.random.default_rng(0).integers(0, 256, (32, 24, 32, 3), dtype=np.uint8)
+    split = Split(x, np.arange(32))
+    cfg = TrainConfig(batch_size=32, threads=1, camera=CameraAugment())
+    batch, labels = next(iter(make_dataset(split, cfg, training=True)))
+    assert batch.dtype.name == "float32" and batch.shape == (32, 24, 32, 3)
+    assert not np.array_equal(batch.numpy(), x[np.argsort(np.argsort(labels.numpy()))])
+    for plain in (make_dataset(split, TrainConfig(batch_size=32, augment=False, camera=CameraAugment()), True),
+                  make_dataset(split, cfg, training=False)):
+        batch, labels = next(iter(plain))
+        assert np.array_equal(batch.numpy(), x[labels.numpy()].astype(np.float32))

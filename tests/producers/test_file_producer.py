@@ -19,10 +19,13 @@ import redis
 
 import producers.files.publisher
 from common.bundle import InputSpec
-from common.errors import Interrupted
+from common.errors import ConfigError, Interrupted
+from common.preprocess import preprocess
 from common.schemas import decode_entry
 from common.streams import SourceKeys
 from producers.files.producer import FileJob, produce_file
+from producers.files.sources import Sampling, iter_frames
+from producers.roi import crop
 from tests.helpers import TINY_BUNDLE, VIGIL, assert_exactly_once, start_workers
 
 pytestmark = pytest.mark.integration
@@ -212,3 +215,31 @@ def test_a_path_that_fails_midway_still_gets_a_json_record(pipeline_env: dict[st
     assert "--restart" in out.stderr  # the folder's content changes when the image is fixed: a resume is refused
     meta = client.hgetall(SourceKeys(namespace, "shots").meta)
     assert b"producer" not in meta and b"producer_seen" not in meta  # it no longer writes the source: no mark left
+
+
+def test_a_video_produced_with_an_roi_sends_each_frame_cut_to_it(client: redis.Redis, namespace: str,
+                                                                 small_video: Path) -> None:
+    roi = (40, 10, 64, 48)
+    produce_file(client, namespace, FileJob(small_video, "roi", SPEC, Sampling(every=6), roi=roi), high_water=10_000)
+    sent = [f.pixels() for _, fields in client.xrange(SourceKeys(namespace, "roi").frames)
+            for f in decode_entry(fields) if not f.eos]
+    wanted = [preprocess(crop(img, roi), SPEC) for _, img in iter_frames(small_video, Sampling(every=6))]
+    assert len(sent) == len(wanted) == 10
+    assert all(np.array_equal(got, want) for got, want in zip(sent, wanted, strict=True))
+
+
+def test_a_resume_with_another_roi_is_refused(client: redis.Redis, namespace: str, small_video: Path) -> None:
+    produce_file(client, namespace, FileJob(small_video, "cam", SPEC, roi=(0, 0, 80, 60)), high_water=10_000)
+    for roi in ((0, 0, 80, 64), None):
+        with pytest.raises(ConfigError, match=r"sampling was 'every=1 roi=0,0,80,60', now 'every=1"):
+            produce_file(client, namespace, FileJob(small_video, "cam", SPEC, roi=roi), high_water=10_000)
+
+
+def test_an_roi_outside_the_frame_exits_2_before_any_source_is_registered(
+        pipeline_env: dict[str, str], client: redis.Redis, namespace: str, small_video: Path) -> None:
+    out = subprocess.run([*VIGIL, "produce", "file", str(small_video), "--roi", "100,20,64,64", "--no-progress"],
+                         env=pipeline_env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "--roi 100,20,64,64 (x,y,w,h) does not fit the frames of" in out.stderr
+    assert "(160x68 pixels, w x h)" in out.stderr and "Traceback" not in out.stderr
+    assert not list(client.scan_iter(match=f"{namespace}:*"))

