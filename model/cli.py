@@ -206,6 +206,36 @@ def train(data: str, data_path: Path | None, arch: str, width: float, weights: P
     click.echo(json.dumps(result, indent=2))
 
 
+@model.command()
+@data_options
+@train_options
+@click.option("--teacher", "model_path", type=click.Path(exists=True, path_type=Path), required=True,
+              help="The teacher: a trained run's model.keras.h5 (its run's input spec is the student's).")
+@click.option("--arch", default="camera-vgg", show_default=True, help="The student's architecture.")
+@click.option("--width", type=click.FloatRange(0, min_open=True), default=0.5, show_default=True,
+              help="The student's width multiplier.")
+@click.option("--temperature", type=click.FloatRange(1), default=4.0, show_default=True,
+              help="Softens both models' logits: higher shows more of how the teacher ranks the wrong classes.")
+@click.option("--alpha", type=click.FloatRange(0, 1), default=0.9, show_default=True,
+              help="Weight of the teacher's soft targets; 1 - alpha goes to the labels.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Run directory.")
+def distill(data: str, data_path: Path | None, model_path: Path, arch: str, width: float, temperature: float,
+            alpha: float, out: Path, **kw: Any) -> None:
+    """Train a small student from a larger teacher's softened logits (knowledge distillation); then
+    `vigil model structured` and `bundle` take the student like any trained model.
+
+    \b
+    Example:
+      vigil model distill --data cifar/train --test-data cifar/test --teacher runs/teacher/model.keras.h5 \\
+          --arch camera-vgg --width 0.5 --out runs/student-distilled
+    """
+    from model.pipeline import distill_run
+
+    result = distill_run(_load_data(data, data_path, kw["seed"]), model_path, arch, width, _train_config(**kw),
+                         out, temperature=temperature, alpha=alpha, command=_command_line())
+    click.echo(json.dumps(result, indent=2))
+
+
 @model.command("prune")
 @data_options
 @train_options

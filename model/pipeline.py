@@ -113,6 +113,21 @@ def train_run(data: Dataset, arch: str, cfg: TrainConfig, out: Path, *, command:
                     command=command)
 
 
+def distill_run(data: Dataset, teacher_path: Path, arch: str, width: float, cfg: TrainConfig, out: Path, *,
+                temperature: float, alpha: float, command: str) -> dict[str, Any]:
+    from model.architectures import build
+    from model.distill import distill, soft_loss
+
+    teacher = load_keras(teacher_path)
+    check_outputs(teacher, data.labels, f"--teacher {teacher_path}")
+    student = build(arch, data.input_shape, len(data.labels), width=width)
+    student, hist = distill(student, teacher, data, cfg, out, temperature, alpha)
+    metrics = {"arch": arch, "width": width, "teacher": str(teacher_path), "epochs_run": len(hist["loss"]),
+               "soft_loss_vs_teacher": soft_loss(student, teacher, data.val.x[:1000], temperature)}
+    return save_run(student, data, out, metrics, train=cfg, arch=arch, width=width, teacher=str(teacher_path),
+                    temperature=temperature, alpha=alpha, command=command)
+
+
 def recalibrate_run(model: Any, data: Dataset, arch: str, images: int = 2048) -> dict[str, Any]:
     """keras-* backbones (BN momentum 0.999 by design) get their BN statistics re-estimated after training."""
     if not arch.startswith("keras-"):
