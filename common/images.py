@@ -22,3 +22,10 @@ def read_image(path: Path) -> np.ndarray:
     if img is None:
         raise DataError(f"image {path} cannot be read (not an image, or damaged). Fix or remove it.")
     return img
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The images of ``folder`` in name order, hidden files skipped (``.DS_Store``, macOS ``._x.jpg``): the one
+    listing of a folder, so training, evaluation and the file producer see the same images in the same order."""
+    return sorted(f for f in folder.iterdir()
+                  if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".") and f.is_file())

@@ -29,7 +29,17 @@ def _load_data(data: str, data_path: Path | None, seed: int = 0) -> Any:
     """The dataset, prepared for the spec ``_input_spec`` resolves from the command's options."""
     from model.data import load_dataset
 
-    test_data = click.get_current_context().meta.get("vigil.model.test_data")
+    ctx = click.get_current_context()
+    test_data = ctx.meta.get("vigil.model.test_data")
+    model_path = ctx.params.get("model_path")
+    if model_path is not None:  # the splits of the model's run, unless the user names others
+        from model.pipeline import run_data_source
+
+        recorded = run_data_source(model_path)
+        if test_data is None and recorded.get("test_data") and recorded.get("data") == data:
+            test_data = Path(recorded["test_data"])
+        if ctx.get_parameter_source("seed") in (None, click.core.ParameterSource.DEFAULT) and "seed" in recorded:
+            seed = int(recorded["seed"])
     return load_dataset(data, data_path, _input_spec(data), test_data=test_data, seed=seed)
 
 
@@ -424,9 +434,10 @@ Examples:
               help="Stop after N images (without it: the end of the file; a camera runs until Ctrl-C).")
 @click.option("--roi", default=None, metavar="X,Y,W,H",
               help="Save only this region of each frame (pixels); it must lie inside the frame.")
-@click.option("--format", "fmt", type=click.Choice(["jpg", "png"]), default="jpg", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["png", "jpg"]), default="png", show_default=True,
+              help="png keeps the decoded frame's pixels exactly (what the producer sends); jpg is smaller.")
 @click.option("--name", default=None,
-              help="File names are NAME-000000.jpg, ... (default: the file or folder name, videoN for a USB "
+              help="File names are NAME-000000.png, ... (default: the file or folder name, videoN for a USB "
                    "device, the camera's host).")
 @click.option("--append", is_flag=True,
               help="Write into a folder that is not empty; numbering continues after NAME's highest there "

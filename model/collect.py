@@ -46,7 +46,7 @@ from producers.roi import Roi, cut
 log = logging.getLogger(__name__)
 Format = Literal["jpg", "png"]
 JPEG_QUALITY = 95  # training photos: artefacts of a lower quality would be learnt as features
-SEQ_DIGITS = 6  # NAME-000042.jpg: name order is capture order up to a million frames
+SEQ_DIGITS = 6  # NAME-000042.png: name order is capture order up to a million frames
 
 
 class SourceKind(StrEnum):
@@ -62,7 +62,7 @@ class CollectJob:
     sampling: Sampling = field(default_factory=Sampling)
     count: int | None = None  # stop after this many images; a camera without it runs until stopped
     roi: Roi | None = None
-    fmt: Format = "jpg"
+    fmt: Format = "png"
     name: str | None = None  # file name prefix; None: named after the source (``default_name``)
     append: bool = False  # write into a folder that is not empty
 

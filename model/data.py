@@ -9,8 +9,9 @@ import struct
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from rich.console import Console
@@ -18,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from common.bundle import InputSpec
 from common.errors import DataError
-from common.images import IMAGE_SUFFIXES, read_image
+from common.images import IMAGE_SUFFIXES, image_files, read_image
 from common.preprocess import preprocess
 
 FASHION_LABELS = [
@@ -60,6 +61,9 @@ class Dataset:
     val: Split
     test: Split
     spec: InputSpec
+    # How the splits were made (data, test_data, seed): recorded in a run's config.json, so that a command that
+    # takes the run's model re-makes the same splits and never scores or fine-tunes on its training images.
+    source: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for which, split in (("train", self.train), ("val", self.val), ("test", self.test)):
@@ -115,7 +119,8 @@ def load_fashion_mnist(path: Path | None = None, val_fraction: float = 1 / 12, s
     """60k train -> 55k train + 5k val (seeded), 10k official test."""
     train, val = split_train_val(load_fashion_split("train", path), val_fraction, seed)
     test = load_fashion_split("test", path)
-    return Dataset("fashion-mnist", list(FASHION_LABELS), train, val, test, FASHION_SPEC)
+    return Dataset("fashion-mnist", list(FASHION_LABELS), train, val, test, FASHION_SPEC,
+                   {"data": "fashion-mnist", "seed": seed})
 
 
 def load_image_folder(root: Path, spec: InputSpec = FOLDER_SPEC, val_fraction: float = 0.1,
@@ -129,14 +134,15 @@ def load_image_folder(root: Path, spec: InputSpec = FOLDER_SPEC, val_fraction: f
     if test_root is None:
         rest, test = split_train_val(full, test_fraction, seed)
         train, val = split_train_val(rest, val_fraction / (1 - test_fraction), seed + 1)
-        return Dataset(root.name, classes, train, val, test, spec)
+        return Dataset(root.name, classes, train, val, test, spec, {"data": str(root), "seed": seed})
     if (test_classes := class_folders(test_root, "--test-data")) != classes:
         raise DataError(f"--test-data {test_root} has class folders {', '.join(test_classes)}, but --data {root} has "
                         f"{', '.join(classes)}: both need the same class subfolders.")
     test = load_class_images(test_root, classes, spec)
     train, val = split_train_val(full, val_fraction, seed)
     name = root.parent.name if root.parent == test_root.parent else root.name  # cifar-10/{train,test}: cifar-10
-    return Dataset(name, classes, train, val, test, spec)
+    return Dataset(name, classes, train, val, test, spec,
+                   {"data": str(root), "test_data": str(test_root), "seed": seed})
 
 
 def class_folders(root: Path, option: str) -> list[str]:
@@ -149,11 +155,6 @@ def class_folders(root: Path, option: str) -> list[str]:
         raise DataError(f"{root} must hold one subfolder per class (at least two) with images inside.")
     return classes
 
-
-def image_files(folder: Path) -> list[Path]:
-    """The images of one class folder, in name order (hidden files skipped)."""
-    return sorted(f for f in folder.iterdir()
-                  if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".") and f.is_file())
 
 
 def load_class_images(root: Path, classes: list[str], spec: InputSpec) -> Split:

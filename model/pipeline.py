@@ -61,6 +61,16 @@ def check_input(model: Any, data: Dataset, what: str) -> None:
                           "--size and --color it was trained with.")
 
 
+def run_data_source(model_path: Path) -> dict[str, Any]:
+    """How the run beside ``model_path`` made its splits (data, test_data, seed); empty when it did not record it."""
+    path = model_path.parent / CONFIG_FILE
+    try:
+        source = json.loads(path.read_text()).get("data_source") if path.is_file() else None
+    except json.JSONDecodeError:
+        return {}  # run_input_spec names the broken file
+    return source if isinstance(source, dict) else {}
+
+
 def run_input_spec(model_path: Path) -> InputSpec | None:
     """The input spec a run recorded in its config.json beside ``model_path`` (None: no config.json, or one
     written before runs recorded it)."""
@@ -85,7 +95,8 @@ def save_run(model: Any, data: Dataset, out: Path, metrics: dict[str, Any], **co
                "val_accuracy_float": keras_accuracy(model, data.val),
                "test_accuracy_float": keras_accuracy(model, data.test)}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    write_config(out, **{"dataset": data.name, "input": data.spec.model_dump(), **config})
+    write_config(out, **{"dataset": data.name, "input": data.spec.model_dump(), "data_source": data.source,
+                         **config})
     return metrics
 
 
@@ -120,6 +131,7 @@ def distill_run(data: Dataset, teacher_path: Path, arch: str, width: float, cfg:
 
     teacher = load_keras(teacher_path)
     check_outputs(teacher, data.labels, f"--teacher {teacher_path}")
+    check_input(teacher, data, f"--teacher {teacher_path}")
     student = build(arch, data.input_shape, len(data.labels), width=width)
     student, hist = distill(student, teacher, data, cfg, out, temperature, alpha)
     metrics = {"arch": arch, "width": width, "teacher": str(teacher_path), "epochs_run": len(hist["loss"]),
@@ -142,7 +154,9 @@ def prune_run(data: Dataset, model_path: Path, sparsity: float, cfg: TrainConfig
               command: str) -> dict[str, Any]:
     from model.prune import magnitude_prune
 
-    pruned, report = magnitude_prune(load_keras(model_path), data, sparsity, cfg, out)
+    model = load_keras(model_path)
+    check_input(model, data, f"--model {model_path}")
+    pruned, report = magnitude_prune(model, data, sparsity, cfg, out)
     (out / "sparsity.json").write_text(json.dumps(report, indent=2) + "\n")
     return save_run(pruned, data, out, {"parent": str(model_path), "target_sparsity": sparsity,
                                         "sparsity": report["total"], "epochs_run": cfg.epochs},
@@ -155,6 +169,7 @@ def structured_run(data: Dataset, model_path: Path, keep: float, criterion: str,
     from model.train import fit
 
     parent = load_keras(model_path)
+    check_input(parent, data, f"--model {model_path}")
     thin, kept = prune_channels(parent, keep, criterion)
     hist = fit(thin, data, cfg, out) if cfg.epochs > 0 else {"loss": []}
     return save_run(thin, data, out, {"parent": str(model_path), "keep": keep, "criterion": criterion,
@@ -172,6 +187,7 @@ def qat_run(data: Dataset, model_path: Path, cfg: TrainConfig, out: Path, *, com
     from model.train import write_config
 
     parent = load_keras(model_path)
+    check_input(parent, data, f"--model {model_path}")
     out.mkdir(parents=True, exist_ok=True)
     (out / FLOAT_TFLITE).write_bytes(to_float_tflite(parent))
     qat = quantize_aware(parent, data, cfg, out, preserve_sparsity)
@@ -191,6 +207,7 @@ def quantize_run(data: Dataset, model_path: Path, samples: int = 300, threads: i
     from model.quantize import to_float_tflite, to_int8_tflite
 
     model = load_keras(model_path)
+    check_input(model, data, f"--model {model_path}")
     out = model_path.parent
     (out / FLOAT_TFLITE).write_bytes(to_float_tflite(model))
     (out / INT8_TFLITE).write_bytes(to_int8_tflite(model, data.train.x, samples))

@@ -61,9 +61,10 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def make_dataset(split: Split, cfg: TrainConfig, training: bool) -> Any:
+def make_dataset(split: Split, cfg: TrainConfig, training: bool, rgb: bool = False) -> Any:
     """tf.data pipeline over uint8 images, float32 batches out; on training data the augmentation of ``cfg``
-    (``cfg.camera``, else a random shift via pad + crop and an h-flip)."""
+    (``cfg.camera``, else a random shift via pad + crop and an h-flip). ``rgb``: the images' channels are in RGB
+    order (the JPEG step must hand OpenCV BGR)."""
     tf = setup_tf(cfg.threads, cfg.seed)
     ds = tf.data.Dataset.from_tensor_slices((split.x, split.y))
     if training:
@@ -77,7 +78,7 @@ def make_dataset(split: Split, cfg: TrainConfig, training: bool) -> Any:
 
         def camera(x: Any, y: Any) -> tuple[Any, Any]:  # the seed of each batch's draws comes from TF's seeded RNG
             seed = tf.random.uniform([], 0, 2**62, tf.int64)
-            out = tf.numpy_function(lambda b, s: camera_augment(b, aug, np.random.default_rng(s)), [x, seed],
+            out = tf.numpy_function(lambda b, s: camera_augment(b, aug, np.random.default_rng(s), rgb), [x, seed],
                                     tf.uint8, stateful=True)
             return tf.cast(tf.ensure_shape(out, x.shape), tf.float32), y
 
@@ -99,7 +100,7 @@ def make_dataset(split: Split, cfg: TrainConfig, training: bool) -> Any:
     return ds.map(fn, num_parallel_calls=cfg.threads).batch(cfg.batch_size).prefetch(2)
 
 
-def camera_augment(batch: np.ndarray, aug: CameraAugment, rng: np.random.Generator) -> np.ndarray:
+def camera_augment(batch: np.ndarray, aug: CameraAugment, rng: np.random.Generator, rgb: bool = False) -> np.ndarray:
     """A uint8 batch (N, H, W, C) augmented image by image as ``aug`` says, uint8 throughout. OpenCV, not
     TensorFlow ops: at 96x96 a TensorFlow op costs more to dispatch than to compute, and OpenCV releases the GIL,
     so ``num_parallel_calls`` batches run on as many cores."""
@@ -117,10 +118,18 @@ def camera_augment(batch: np.ndarray, aug: CameraAugment, rng: np.random.Generat
             img = _add_noise(img, noise, rng.uniform(0.0, aug.noise_std), rng)
         if rng.random() < aug.jpeg_p:
             quality = int(rng.integers(aug.jpeg_quality[0], aug.jpeg_quality[1] + 1))
-            img = cv2.imdecode(cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])[1],
-                               cv2.IMREAD_UNCHANGED)
+            img = _jpeg(img, quality, rgb and c == 3)
         out[i] = img.reshape(h, w, c)
     return out
+
+
+def _jpeg(img: np.ndarray, quality: int, rgb: bool) -> np.ndarray:
+    """A JPEG round trip at ``quality``, as a camera's encoder does it: OpenCV takes BGR, so RGB goes in swapped
+    (chroma subsampling then lands on the real chroma)."""
+    bgr = cv2.cvtColor(img, cv2.COLOR_RGB2BGR) if rgb else img
+    out = np.asarray(cv2.imdecode(cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])[1],
+                                  cv2.IMREAD_UNCHANGED))
+    return np.asarray(cv2.cvtColor(out, cv2.COLOR_BGR2RGB)) if rgb else out
 
 
 def _crop_and_flip(img: np.ndarray, aug: CameraAugment, rng: np.random.Generator) -> np.ndarray:
@@ -201,7 +210,8 @@ def fit(model: Any, data: Dataset, cfg: TrainConfig, out: Path, extra_callbacks:
                                             save_best_only=True, save_weights_only=True),
         ]
     with contextlib.redirect_stdout(sys.stderr):  # Keras's epoch lines are progress: stdout is the JSON result
-        history = model.fit(make_dataset(train, cfg, True), validation_data=make_dataset(data.val, cfg, False),
+        rgb = data.spec.color == "rgb"
+        history = model.fit(make_dataset(train, cfg, True, rgb), validation_data=make_dataset(data.val, cfg, False),
                             epochs=cfg.epochs, callbacks=callbacks, verbose=2)
     hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
     (out / "history.json").write_text(json.dumps(hist, indent=1))

@@ -23,7 +23,7 @@ import numpy as np
 
 from common.bundle import InputSpec
 from common.errors import DataError, SourceError
-from common.images import read_image
+from common.images import IMAGE_SUFFIXES, image_files, read_image
 from producers.files.gop import (
     INTRA_CHUNK_FRAMES,
     MAX_CHUNK_BYTES,
@@ -42,7 +42,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 AUTO_DECODERS = 4
 CHUNKS_PER_DECODER = 4
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 
 
 @dataclass(frozen=True)
@@ -308,10 +307,6 @@ def video_fps(cap: cv2.VideoCapture) -> float:
     """Frame rate that media timestamps are computed with (``index / fps``), by every decoding path."""
     return float(cap.get(cv2.CAP_PROP_FPS) or 25.0)
 
-
-def image_files(folder: Path) -> list[Path]:
-    """The images of ``folder`` that a producer sends, in the order it sends them."""
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
 def check_readable(path: Path) -> None:

@@ -27,7 +27,7 @@ def collect(capsys: pytest.CaptureFixture[str], *args: str) -> dict:
 def test_the_frame_collector_writes_n_images_from_a_video(capsys, small_video: Path, tmp_path: Path) -> None:
     report = collect(capsys, str(small_video), "--out", str(tmp_path / "out"), "--every", "10")
     names = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert names == [f"bikes-small-{i:06d}.jpg" for i in range(6)]  # 60 frames, every 10th
+    assert names == [f"bikes-small-{i:06d}.png" for i in range(6)]  # 60 frames, every 10th
     assert report["written"] == 6 and report["kind"] == "video" and report["size"] == [160, 68]
     assert report["next"] == f"sort them into {tmp_path / 'out'}/<class>/ subfolders, then: vigil model train " \
                              f"--data {tmp_path / 'out'}"
@@ -49,16 +49,16 @@ def test_a_non_empty_out_is_refused_unless_append_which_numbers_on(capsys, small
     out = tmp_path / "out"
     collect(capsys, str(small_video), "--out", str(out), "--count", "3")
     (out / "bike").mkdir()
-    (out / "bikes-small-000002.jpg").rename(out / "bike" / "bikes-small-000002.jpg")
+    (out / "bikes-small-000002.png").rename(out / "bike" / "bikes-small-000002.png")
     assert main(["model", "collect", str(small_video), "--out", str(out), "--count", "2"]) == 2
     assert f"--out {out} is not empty. Pass --append" in capsys.readouterr().err
     report = collect(capsys, str(small_video), "--out", str(out), "--count", "2", "--append")
-    assert (report["first"], report["last"]) == ("bikes-small-000003.jpg", "bikes-small-000004.jpg")
+    assert (report["first"], report["last"]) == ("bikes-small-000003.png", "bikes-small-000004.png")
 
 
 def test_an_image_folder_is_collected_in_name_order(capsys, image_folder: Path, tmp_path: Path) -> None:
     report = collect(capsys, str(image_folder), "--out", str(tmp_path / "out"), "--name", "shots", "--every", "2")
-    assert report["kind"] == "folder" and report["written"] == 3 and report["last"] == "shots-000002.jpg"
+    assert report["kind"] == "folder" and report["written"] == 3 and report["last"] == "shots-000002.png"
 
 
 @pytest.mark.parametrize(("args", "said"), [
@@ -112,7 +112,7 @@ def test_a_camera_is_collected_until_count_and_named_after_its_host(capsys, http
     url = f"http://admin:s3cret@127.0.0.1:{http_camera}/video"
     report = collect(capsys, url, "--out", str(tmp_path / "out"), "--count", "3", "--roi", "0,0,32,24")
     assert report["kind"] == "camera" and report["source"] == f"http://admin:***@127.0.0.1:{http_camera}/video"
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"127.0.0.1-{i:06d}.jpg" for i in range(3)]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"127.0.0.1-{i:06d}.png" for i in range(3)]
     assert report["size"] == [32, 24]
 
 

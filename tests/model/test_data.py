@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import numpy as np
@@ -132,3 +133,18 @@ def test_a_dataset_whose_images_do_not_fit_its_spec_is_refused() -> None:
     s = Split(np.zeros((2, 28, 28, 1), np.uint8), np.zeros(2, np.int64))
     with pytest.raises(DataError, match=r"train images are \(28, 28, 1\), but its input spec says \(24, 32, 3\)"):
         Dataset("x", ["a", "b"], s, s, s, RGB_24x32)
+
+
+def test_a_folder_dataset_records_how_its_splits_were_made(tmp_path: Path) -> None:
+    """A run records data, test folder and seed (config.json ``data_source``), so that bundle, prune and the other
+    commands that take its model re-make the same splits instead of scoring on its training images."""
+    from model.pipeline import run_data_source
+    from tests.model.folders import shapes_folder
+
+    train, test = shapes_folder(tmp_path / "train", per_class=4), shapes_folder(tmp_path / "test", per_class=2)
+    spec = InputSpec(height=16, width=16, channels=3, color="rgb", resize="center_crop")
+    data = load_image_folder(train, spec, seed=3, test_root=test)
+    assert data.source == {"data": str(train), "test_data": str(test), "seed": 3}
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text(json.dumps({"data_source": data.source}))
+    assert run_data_source(tmp_path / "run" / "model.keras.h5") == data.source

@@ -102,3 +102,12 @@ def test_prefetch_reraises_any_error_of_the_decode_thread() -> None:
     consumer.join(3.0)
     assert not consumer.is_alive(), "the consumer is still waiting for the dead decode thread"
     assert seen[0] == 1 and isinstance(seen[1], RuntimeError) and str(seen[1]) == "decoder crashed"
+
+
+def test_hidden_files_are_not_frames(tmp_path: Path) -> None:
+    """Training skips hidden files (``.DS_Store``, macOS ``._x.jpg``); so does the producer, or the frame seqs of
+    a folder would not be its training images' positions (and an AppleDouble file would fail the run)."""
+    cv2.imwrite(str(tmp_path / "x.png"), np.full((8, 8, 3), 50, np.uint8))
+    cv2.imwrite(str(tmp_path / ".y.png"), np.full((8, 8, 3), 90, np.uint8))
+    (tmp_path / "._z.jpg").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    assert [int(img.mean()) for _, img in iter_frames(tmp_path, Sampling())] == [50]
