@@ -1,7 +1,9 @@
-"""SIGTERM as Ctrl-C, for commands that run until stopped and clean up on KeyboardInterrupt."""
+"""How commands stop on SIGINT/SIGTERM: as on Ctrl-C (KeyboardInterrupt), or by a flag the work checks."""
 
 from __future__ import annotations
 
+import logging
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -26,3 +28,29 @@ def sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def stop_on_signals(stop: threading.Event, what: str) -> Iterator[None]:
+    """First SIGINT/SIGTERM: log ``what`` and set ``stop``, for a clean stop the work checks for. Second: exit now
+    (128 + the signal). A flag, not KeyboardInterrupt: decoder threads may be inside OpenCV. Outside the main
+    thread it does nothing."""
+
+    def handle(signum: int, _frame: FrameType | None) -> None:
+        if stop.is_set():
+            os._exit(128 + signum)
+        log.warning("%s: %s (send it again to exit at once)", signal.Signals(signum).name, what)
+        stop.set()
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -170,7 +170,8 @@ def train_options(fn: Any) -> Any:
 
 
 def _train_config(**kw: Any) -> Any:
-    """Image folders train with the camera augmentation, Fashion-MNIST with shift + flip (as its runs did)."""
+    """Image folders train with the camera augmentation, Fashion-MNIST with shift + flip (what
+    reports/fashion-mnist-runs were trained with, so that they reproduce)."""
     from model.train import CameraAugment, TrainConfig
 
     folder = click.get_current_context().params.get("data", "fashion-mnist") != "fashion-mnist"
@@ -458,7 +459,8 @@ def collect(settings: Any, source: str, out: Path, every: int | None, fps: float
     import threading
     from dataclasses import asdict
 
-    from model.collect import CollectJob, render, stop_on_signals
+    from common.signals import stop_on_signals
+    from model.collect import CollectJob, render
     from model.collect import collect as collect_frames
     from producers.cameras.camera import LiveTiming
     from producers.files.sources import Sampling
@@ -475,7 +477,7 @@ def collect(settings: Any, source: str, out: Path, every: int | None, fps: float
                      append)
     timing = LiveTiming(stall_timeout_s=settings.stall_timeout_s) if settings is not None else LiveTiming()
     stop = threading.Event()
-    with stop_on_signals(stop):
+    with stop_on_signals(stop, "stopping after the image being written"):
         report = collect_frames(job, timing, sys.stderr.isatty() if progress is None else progress, stop)
     if as_json:
         click.echo(json.dumps(asdict(report)))

@@ -9,9 +9,7 @@ media time; for a camera, in capture time). No TensorFlow here.
 from __future__ import annotations
 
 import logging
-import os
 import re
-import signal
 import threading
 import time
 import urllib.parse
@@ -243,24 +241,3 @@ def _bar(enabled: bool, what: str, total: int | None) -> Iterator[Callable[[], N
         yield lambda: bar.advance(task)
 
 
-@contextmanager
-def stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """First SIGINT/SIGTERM: set ``stop`` (the collection ends after the image being written). Second: exit now.
-    A flag, not KeyboardInterrupt: the decoder thread of a video is inside OpenCV."""
-
-    def handle(signum: int, _frame: object) -> None:
-        if stop.is_set():
-            os._exit(128 + signum)
-        log.warning("%s: stopping after the image being written (send it again to exit at once)",
-                    signal.Signals(signum).name)
-        stop.set()
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)

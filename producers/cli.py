@@ -6,11 +6,9 @@ import atexit
 import json
 import logging
 import os
-import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from common.embedded import broker_url
 from common.errors import ConfigError, SourceError
 from common.metrics import serve
 from common.settings import Settings
+from common.signals import stop_on_signals
 from producers.cameras.camera import CameraReport, LiveTiming, left_behind, refusal, run_cameras
 from producers.cameras.config import CameraConfig, build_camera, load_cameras_file
 from producers.files.producer import FileJob, check_roi, produce_file
@@ -103,7 +102,7 @@ def produce_file_cmd(settings: Settings, paths: tuple[Path, ...], source: str | 
     spec = Bundle.load(settings.bundle, verify_hashes=False).spec.input
     show = sys.stderr.isatty() if progress is None else progress
     stop = threading.Event()
-    with broker_url(settings.redis_url) as url, _stop_on_signals(stop, "stopping after the frames decoded so far"):
+    with broker_url(settings.redis_url) as url, stop_on_signals(stop, "stopping after the frames decoded so far"):
         client = connect(url)
         for path, name in zip(paths, names, strict=True):
             job = FileJob(path, name, spec, Sampling(every or 1, fps),
@@ -215,7 +214,7 @@ def _serve(settings: Settings, cameras: list[CameraConfig], flags: dict[str, Any
     if port is not None:
         log.info("Prometheus metrics on port %d", serve(port))
     stop = threading.Event()
-    with broker_url(settings.redis_url) as url, _stop_on_signals(stop):
+    with broker_url(settings.redis_url) as url, stop_on_signals(stop, "stopping cameras"):
         client = connect(url, retries=0)  # a re-sent XADD would duplicate a frame; a lost one is only a drop
         reports = run_cameras(client, settings.namespace, cameras, spec, timing, stop, flags["duration"])
         client.close()
@@ -260,19 +259,3 @@ def _exit_before_finalizing(code: int) -> None:
     atexit.register(exit_now)
 
 
-@contextmanager
-def _stop_on_signals(stop: threading.Event, what: str = "stopping cameras") -> Iterator[None]:
-    """First SIGTERM/SIGINT: set ``stop``, for a clean stop. Second: exit now."""
-
-    def handle(signum: int, _frame: object) -> None:
-        if stop.is_set():
-            os._exit(128 + signum)
-        log.warning("%s: %s (send it again to exit at once)", signal.Signals(signum).name, what)
-        stop.set()
-
-    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import cv2
+import numpy as np
 import redis
 
 from vigil_results.reader import read_results
@@ -56,3 +62,35 @@ def wait_ready(client: redis.Redis, ns: str, n: int, timeout: float = 30.0) -> N
     while sum(1 for c in client.client_list() if c.get("name", "").startswith(f"{ns}:worker:")) < n:
         assert time.monotonic() < deadline, "workers did not start"
         time.sleep(0.05)
+
+
+@contextmanager
+def mjpeg_camera(shades: Sequence[int], auth: bytes = b"admin:s3cret") -> Iterator[int]:
+    """A real MJPEG camera on a loopback port (the standard library's HTTP server): multipart JPEG without
+    Content-Length, basic auth ``auth``, one 64x48 frame of each gray ``shade``, then the end of the stream.
+    Yields the port."""
+
+    class Camera(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.headers.get("Authorization") != "Basic " + base64.b64encode(auth).decode():
+                self.send_error(401)
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+            self.end_headers()
+            for shade in shades:
+                ok, jpeg = cv2.imencode(".jpg", np.full((48, 64, 3), shade, np.uint8))
+                assert ok
+                self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\n\r\n" + jpeg.tobytes() + b"\r\n")
+            self.wfile.write(b"--frame--\r\n")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Camera)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import cv2
@@ -17,6 +14,7 @@ import pytest
 
 from common.cli import main
 from producers.files.sources import Sampling, iter_frames
+from tests.helpers import mjpeg_camera
 
 
 def collect(capsys: pytest.CaptureFixture[str], *args: str) -> dict:
@@ -77,34 +75,10 @@ def test_a_source_that_is_nothing_known_exits_2(capsys, tmp_path: Path) -> None:
     assert "is neither a video file, an image folder nor a camera" in capsys.readouterr().err
 
 
-class _Camera(BaseHTTPRequestHandler):
-    """An MJPEG camera (multipart JPEG over HTTP, basic auth) of six 64x48 frames."""
-
-    def do_GET(self) -> None:
-        if self.headers.get("Authorization") != "Basic " + base64.b64encode(b"admin:s3cret").decode():
-            self.send_error(401)
-            return
-        self.send_response(200)
-        self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
-        self.end_headers()
-        for shade in range(20, 140, 20):
-            ok, jpeg = cv2.imencode(".jpg", np.full((48, 64, 3), shade, np.uint8))
-            assert ok
-            self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\n\r\n" + jpeg.tobytes() + b"\r\n")
-        self.wfile.write(b"--frame--\r\n")
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
 def http_camera() -> Iterator[int]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Camera)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server.server_address[1]
-    server.shutdown()
-    server.server_close()
+    with mjpeg_camera(range(20, 140, 20)) as port:
+        yield port
 
 
 def test_a_camera_is_collected_until_count_and_named_after_its_host(capsys, http_camera: int,

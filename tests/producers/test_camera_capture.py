@@ -3,7 +3,6 @@ A real HTTP server on loopback (the standard library's) plays a multipart JPEG s
 
 from __future__ import annotations
 
-import base64
 import socket
 import threading
 import time
@@ -17,36 +16,15 @@ import pytest
 from common.embedded import free_port
 from common.errors import SourceError
 from producers.cameras.capture import MjpegHttpCapture, open_capture, rtsp_probe
+from tests.helpers import mjpeg_camera
 
 SHADES = (40, 120, 200)
 
 
-class _Camera(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        if self.headers.get("Authorization") != "Basic " + base64.b64encode(b"admin:s3cret").decode():
-            self.send_error(401)
-            return
-        self.send_response(200)
-        self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
-        self.end_headers()
-        for shade in SHADES:
-            ok, jpeg = cv2.imencode(".jpg", np.full((48, 64, 3), shade, np.uint8))
-            assert ok
-            self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\n\r\n" + jpeg.tobytes() + b"\r\n")
-        self.wfile.write(b"--frame--\r\n")
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
 def http_camera() -> Iterator[int]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Camera)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server.server_address[1]
-    server.shutdown()
-    server.server_close()
+    with mjpeg_camera(SHADES) as port:
+        yield port
 
 
 def test_mjpeg_without_content_length_and_with_basic_auth(http_camera: int) -> None:
