@@ -34,7 +34,8 @@ TARGET = 0.85  # the issue's bar for the shipped camera bundle on the 10,000 tes
 COPIED = ("config.json", "metrics.json", "history.csv", "history.json", "curves.png", "sparsity.json")
 
 
-def measure(runs: Path, x_test: np.ndarray, y_test: np.ndarray, calib: np.ndarray) -> dict[str, dict[str, Any]]:
+def measure(runs: Path, x_test: np.ndarray, y_test: np.ndarray, calib: np.ndarray,
+            classes: int) -> dict[str, dict[str, Any]]:
     from model.pipeline import FLOAT_TFLITE, INT8_TFLITE, KERAS_FILE, load_keras
     from model.quantize import to_float_tflite, to_int8_tflite
 
@@ -48,8 +49,8 @@ def measure(runs: Path, x_test: np.ndarray, y_test: np.ndarray, calib: np.ndarra
         (run / INT8_TFLITE).write_bytes(to_int8_tflite(model, calib, len(calib)))
         out[name] = {"meta": json.loads((run / "metrics.json").read_text()),
                      "command": json.loads((run / "config.json").read_text()).get("command", "?"),
-                     "float": evaluate_tflite(run / FLOAT_TFLITE, x_test, y_test, 10),
-                     "int8": evaluate_tflite(run / INT8_TFLITE, x_test, y_test, 10)}
+                     "float": evaluate_tflite(run / FLOAT_TFLITE, x_test, y_test, classes),
+                     "int8": evaluate_tflite(run / INT8_TFLITE, x_test, y_test, classes)}
         print(name, {k: out[name][k]["accuracy"] for k in ("float", "int8")}, file=sys.stderr, flush=True)
     return out
 
@@ -110,7 +111,7 @@ def main() -> int:
     test = load_class_images(args.cifar / "test", labels, spec)
     calib_all = load_class_images(args.cifar / "train", labels, spec).x
     calib = calib_all[np.random.default_rng(0).choice(len(calib_all), args.samples, replace=False)]
-    results = measure(args.runs, test.x, test.y, calib)
+    results = measure(args.runs, test.x, test.y, calib, len(labels))
     if "pruned" in results:
         shipped = results["pruned"]["int8"]
         metrics = {k: v for k, v in shipped.items() if k != "confusion_matrix"}

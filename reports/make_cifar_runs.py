@@ -25,7 +25,7 @@ from common.bundle import InputSpec
 from model.data import load_image_folder
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("cifar", type=Path, help="folder with train/ and test/ class folders")
     ap.add_argument("--out", type=Path, default=Path("runs/cifar"))
@@ -38,15 +38,16 @@ def main() -> int:
     ap.add_argument("--temperature", type=float, default=4.0)
     ap.add_argument("--alpha", type=float, default=0.9)
     ap.add_argument("--only", nargs="*", default=None, help="teacher student distilled pruned")
-    args = ap.parse_args()
-    command = shlex.join([sys.executable.rsplit("/", 1)[-1], *sys.argv])
+    return ap.parse_args()
 
-    from model.architectures import camera_vgg
-    from model.distill import distill, soft_loss
-    from model.pipeline import KERAS_FILE, load_keras, save_run
+
+def main() -> int:
+    """Each stage is the `vigil model` command's own run function (model/pipeline.py) on the same data."""
+    args = parse_args()
+    command = shlex.join([sys.executable.rsplit("/", 1)[-1], *sys.argv])
+    from model.pipeline import KERAS_FILE, distill_run, structured_run, train_run
     from model.runtime import setup_tf
-    from model.structured import prune_channels
-    from model.train import TrainConfig, fit
+    from model.train import TrainConfig
 
     setup_tf(2, 0)
     spec = InputSpec(height=args.size, width=args.size, channels=3, color="rgb", resize="center_crop")
@@ -54,46 +55,28 @@ def main() -> int:
     data = load_image_folder(args.cifar / "train", spec, test_root=args.cifar / "test")  # val: 10% of train
     print(f"loaded {len(data.train.y)} train, {len(data.val.y)} val, {len(data.test.y)} test at {spec.shape} in "
           f"{time.time() - t0:.0f} s", file=sys.stderr, flush=True)
-    # Shift + flip (TrainConfig's default, as the committed runs were made), not the camera augmentation of
-    # `vigil model train`: at ~6 min an epoch for the teacher on 2 cores, this budget is too short for it to pay.
+    # Shift + flip (TrainConfig's default), not the camera augmentation of `vigil model train`: at ~6 min an
+    # epoch for the teacher on 2 cores, a budget this short was spent on epochs instead.
     shift = max(2, args.size // 16)  # random shift of up to 1/16 of the side (2 px at CIFAR's 32)
     cfg = TrainConfig(epochs=args.epochs, batch_size=128, lr=2e-3, shift=shift, flip=True, threads=2, patience=99)
-    common = {"train": cfg, "command": command}
-    runs = args.only or ["teacher", "student", "distilled", "pruned"]
-    summary: dict[str, dict[str, object]] = {}
-
-    def record(name: str, model: object, metrics: dict[str, object], **config: object) -> None:
-        summary[name] = save_run(model, data, args.out / name, metrics, **common, **config)
-        print(json.dumps({name: summary[name]}), file=sys.stderr, flush=True)
-
-    if "teacher" in runs:
-        teacher = camera_vgg(spec.shape, 10, width=args.teacher_width)
-        hist = fit(teacher, data, cfg, args.out / "teacher")
-        record("teacher", teacher, {"arch": "camera-vgg", "width": args.teacher_width,
-                                    "epochs_run": len(hist["loss"])}, arch="camera-vgg", width=args.teacher_width)
-    if "student" in runs:
-        student = camera_vgg(spec.shape, 10, width=args.student_width)
-        hist = fit(student, data, cfg, args.out / "student")
-        record("student", student, {"arch": "camera-vgg", "width": args.student_width,
-                                    "epochs_run": len(hist["loss"])}, arch="camera-vgg", width=args.student_width)
-    if "distilled" in runs:
-        teacher = load_keras(args.out / "teacher" / KERAS_FILE)
-        student = camera_vgg(spec.shape, 10, width=args.student_width)
-        student, hist = distill(student, teacher, data, cfg, args.out / "distilled", args.temperature, args.alpha)
-        record("distilled", student, {"arch": "camera-vgg", "width": args.student_width,
-                                      "epochs_run": len(hist["loss"]), "teacher": str(args.out / "teacher"),
-                                      "soft_loss_vs_teacher": soft_loss(student, teacher, data.val.x[:1000],
-                                                                         args.temperature)},
-               arch="camera-vgg", width=args.student_width, temperature=args.temperature, alpha=args.alpha)
-    if "pruned" in runs:
-        parent = load_keras(args.out / "distilled" / KERAS_FILE)
-        thin, kept = prune_channels(parent, args.keep, "bn-gamma")
-        tune = TrainConfig(**{**cfg.__dict__, "epochs": args.prune_epochs, "lr": 1e-3})
-        hist = fit(thin, data, tune, args.out / "pruned")
-        record("pruned", thin, {"parent": str(args.out / "distilled"), "keep": args.keep, "channels": kept,
-                                "parent_params": int(parent.count_params()), "epochs_run": len(hist["loss"])},
-               parent=str(args.out / "distilled"), keep=args.keep)
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    tune = TrainConfig(**{**cfg.__dict__, "epochs": args.prune_epochs, "lr": 1e-3})
+    out = args.out
+    stages = {
+        "teacher": lambda: train_run(data, "camera-vgg", cfg, out / "teacher", command=command,
+                                     width=args.teacher_width),
+        "student": lambda: train_run(data, "camera-vgg", cfg, out / "student", command=command,
+                                     width=args.student_width),
+        "distilled": lambda: distill_run(data, out / "teacher" / KERAS_FILE, "camera-vgg", args.student_width, cfg,
+                                         out / "distilled", temperature=args.temperature, alpha=args.alpha,
+                                         command=command),
+        "pruned": lambda: structured_run(data, out / "distilled" / KERAS_FILE, args.keep, "bn-gamma", tune,
+                                         out / "pruned", command=command),
+    }
+    summary = {}
+    for name in args.only or stages:
+        summary[name] = stages[name]()
+        print(json.dumps({name: summary[name]}, default=str), file=sys.stderr, flush=True)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return 0
 
 

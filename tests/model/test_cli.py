@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from common.cli import main
-from model.cli import data_options
+from model.options import data_options
 from tests.model.folders import SHAPES, shapes_folder
 
 TINY = ["--arch", "vgg-bn", "--width", "0.25", "--epochs", "1", "--batch-size", "8", "--threads", "1"]
